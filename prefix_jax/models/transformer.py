@@ -1,0 +1,396 @@
+"""A decoder-only transformer in Flax NNX covering the GPT-2 and Llama families.
+
+Layer weights are stacked along a leading `layers` axis and the forward pass is a
+`jax.lax.scan` over them: one layer is traced and compiled once, whatever the depth, and
+per-layer inputs (prefix keys/values, KV-cache slices) ride along the same scan.
+
+Every attention layer can attend to an optional prefix of keys/values that sits in front
+of the token keys. The prefix has no position: real tokens are numbered from 0 whatever
+its length, so a long prefix does not use up the model's context window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from prefix_jax.models.config import ModelConfig, RopeScaling
+
+Array = jax.Array
+
+
+class PrefixKV(struct.PyTreeNode):
+    """Per-layer prefix keys and values that every query may attend to.
+
+    keys/values: [layers, batch or 1, p, kv_heads, head_dim]. `mask` ([batch or 1, p],
+    True = attend) lets rows of one batch carry prefixes of different lengths.
+    """
+
+    keys: Array
+    values: Array
+    mask: Array | None = None
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[2]
+
+
+class KVCache(struct.PyTreeNode):
+    """Keys/values of past tokens, written at slot `index` and advanced after each call.
+
+    All rows share slot indices (prompts are left- or right-padded to one length); `valid`
+    marks slots that hold real tokens and `next_position` is each row's next RoPE position.
+    """
+
+    keys: Array  # [layers, batch, max_len, kv_heads, head_dim]
+    values: Array
+    valid: Array  # [batch, max_len] bool
+    index: Array  # [] int32, first free slot
+    next_position: Array  # [batch] int32
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[2]
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, std=0.02):
+    return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
+
+
+def _const(shape: tuple[int, ...], axes: tuple[str, ...], dtype, value: float):
+    return nnx.Param(jnp.full(shape, value, dtype), logical_axes=axes)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> Array:
+    """Inverse frequencies of rotary embeddings, with linear or Llama-3 frequency scaling."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling.rope_type == "linear":
+        return inv / scaling.factor
+    if scaling.rope_type == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, smooth between.
+        old = scaling.original_max_position_embeddings
+        low_wavelen = old / scaling.low_freq_factor
+        high_wavelen = old / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        smoothed = (1 - smooth) * inv / scaling.factor + smooth * inv
+        inv = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+        mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+        return jnp.where(mid, smoothed, inv)
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate halves (the Hugging Face Llama layout). x: [B, T, heads, hd], positions [B, T]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def positions_from_mask(attention_mask: Array, start: Array | int = 0) -> Array:
+    """Positions of real tokens counted from `start`; padding gets the neighbouring value."""
+    mask = attention_mask.astype(jnp.int32)
+    start = jnp.asarray(start, jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) + jnp.reshape(start, (-1, 1))
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query softmax attention. q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,T,S] bool."""
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM. Call with tokens [B, T] and an attention mask (1 = real token)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        remat_policy: str | None = None,
+    ):
+        self.config = config
+        self.dtype = dtype
+        self.remat_policy = remat_policy
+        c, pd, d = config, param_dtype, config.hidden_size
+        self.embed = _param(rngs, (c.vocab_size, d), ("vocab", "embed"), pd)
+        if c.positions == "learned":
+            self.pos_embed = _param(rngs, (c.max_position_embeddings, d), (None, "embed"), pd)
+        self.layers = DecoderLayers(c, rngs=rngs, param_dtype=pd)
+        self.final_norm_scale = _const((d,), ("embed",), pd, 1.0)
+        if c.norm == "layer":
+            self.final_norm_bias = _const((d,), ("embed",), pd, 0.0)
+        if not c.tie_embeddings:
+            self.lm_head = _param(rngs, (d, c.vocab_size), ("embed", "vocab"), pd)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        c = self.config
+        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+        dtype = dtype or self.dtype
+        return KVCache(
+            keys=jnp.zeros(shape, dtype),
+            values=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((batch, max_len), bool),
+            index=jnp.zeros((), jnp.int32),
+            next_position=jnp.zeros((batch,), jnp.int32),
+        )
+
+    def embed_tokens(self, tokens: Array) -> Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+
+    def __call__(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        prefix: PrefixKV | None = None,
+        cache: KVCache | None = None,
+        input_embeds: Array | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Logits [B, T, vocab] in float32, and the advanced cache when one is given."""
+        hidden, cache = self.hidden_states(
+            tokens, attention_mask, prefix=prefix, cache=cache, input_embeds=input_embeds
+        )
+        return self.unembed(hidden), cache
+
+    def unembed(self, hidden: Array) -> Array:
+        w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
+        return jnp.einsum(
+            "btd,dv->btv", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+
+    def hidden_states(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        prefix: PrefixKV | None = None,
+        cache: KVCache | None = None,
+        input_embeds: Array | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Final-norm hidden states [B, T, d]; `input_embeds` replaces token embeddings."""
+        c = self.config
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+        b, t = tokens.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        if attention_mask.shape != (b, t):
+            raise ValueError(
+                f"attention_mask shape {attention_mask.shape} does not match tokens {(b, t)}"
+            )
+        attention_mask = attention_mask.astype(bool)
+        if prefix is not None:
+            _check_prefix(prefix, c, b)
+
+        if cache is None:
+            positions = positions_from_mask(attention_mask)
+            key_valid = attention_mask
+            query_slots = jnp.arange(t)
+            key_slots = jnp.arange(t)
+        else:
+            positions = positions_from_mask(attention_mask, cache.next_position)
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
+            query_slots = cache.index + jnp.arange(t)
+            key_slots = jnp.arange(cache.max_len)
+        mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
+        if prefix is not None:
+            p_mask = prefix.mask if prefix.mask is not None else jnp.ones((1, prefix.length), bool)
+            p_mask = jnp.broadcast_to(p_mask.astype(bool)[:, None, :], (b, t, prefix.length))
+            mask = jnp.concatenate([p_mask, mask], axis=-1)
+
+        x = (
+            input_embeds.astype(self.dtype)
+            if input_embeds is not None
+            else self.embed_tokens(tokens)
+        )
+        if c.positions == "learned":
+            x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(self.dtype)
+        inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+
+        per_layer = {"params": self.layers.stacked(self.dtype)}
+        if prefix is not None:
+            per_layer["prefix"] = (prefix.keys.astype(self.dtype), prefix.values.astype(self.dtype))
+        if cache is not None:
+            per_layer["cache"] = (cache.keys, cache.values)
+
+        def layer(x, xs):
+            params = xs["params"]
+            h = _norm(x, params, "attn_norm", c)
+            q, k, v = _qkv(h, params, c)
+            if c.positions == "rope":
+                q = apply_rope(q, positions, inv_freq)
+                k = apply_rope(k, positions, inv_freq)
+            new_cache = None
+            if cache is not None:
+                ck, cv = xs["cache"]
+                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache.index, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache.index, 0, 0))
+                k, v, new_cache = ck.astype(self.dtype), cv.astype(self.dtype), (ck, cv)
+            if prefix is not None:
+                pk, pv = xs["prefix"]
+                pk = jnp.broadcast_to(pk, (b, *pk.shape[1:]))
+                pv = jnp.broadcast_to(pv, (b, *pv.shape[1:]))
+                k = jnp.concatenate([pk, k], axis=1)
+                v = jnp.concatenate([pv, v], axis=1)
+            attn = attend(q, k, v, mask)
+            out = jnp.einsum("bthd,hde->bte", attn, params["o"])
+            if c.out_bias:
+                out = out + params["o_bias"]
+            x = x + out
+            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, c)
+            return x, new_cache
+
+        if self.remat_policy is not None:
+            layer = jax.checkpoint(layer, policy=remat_policy(self.remat_policy))
+        x, new_kv = jax.lax.scan(layer, x, per_layer)
+        x = _norm_apply(
+            x,
+            self.final_norm_scale[...],
+            self.final_norm_bias[...] if c.norm == "layer" else None,
+            c,
+        ).astype(self.dtype)
+        if cache is not None:
+            cache = KVCache(
+                keys=new_kv[0],
+                values=new_kv[1],
+                valid=key_valid,
+                index=cache.index + t,
+                next_position=cache.next_position + attention_mask.sum(-1).astype(jnp.int32),
+            )
+        return x, cache
+
+
+def remat_policy(name: str) -> Callable | None:
+    """Map a config string to a `jax.checkpoint` policy ("full" saves nothing)."""
+    policies = {
+        "full": None,
+        "dots": jax.checkpoint_policies.dots_saveable,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "nothing": jax.checkpoint_policies.nothing_saveable,
+    }
+    if name not in policies:
+        raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(policies)}")
+    return policies[name]
+
+
+def _check_prefix(prefix: PrefixKV, c: ModelConfig, batch: int) -> None:
+    expected = (c.num_layers, c.num_kv_heads, c.head_dim)
+    got = (prefix.keys.shape[0], *prefix.keys.shape[3:])
+    if prefix.keys.ndim != 5 or got != expected or prefix.values.shape != prefix.keys.shape:
+        raise ValueError(
+            "prefix keys/values must be [layers, batch or 1, p, kv_heads, head_dim] with "
+            f"layers, kv_heads, head_dim = {expected}; got keys {prefix.keys.shape}, "
+            f"values {prefix.values.shape}"
+        )
+    if prefix.keys.shape[1] not in (1, batch):
+        raise ValueError(f"prefix batch {prefix.keys.shape[1]} is neither 1 nor {batch}")
+
+
+def _norm_apply(x: Array, scale: Array, bias: Array | None, c: ModelConfig) -> Array:
+    x32 = x.astype(jnp.float32)
+    if c.norm == "rms":
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + c.norm_eps)
+        return scale * y.astype(x.dtype)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + c.norm_eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def _norm(x: Array, params: dict, name: str, c: ModelConfig) -> Array:
+    return _norm_apply(x, params[f"{name}_scale"], params.get(f"{name}_bias"), c).astype(x.dtype)
+
+
+def _qkv(h: Array, params: dict, c: ModelConfig) -> tuple[Array, Array, Array]:
+    q = jnp.einsum("btd,dhk->bthk", h, params["q"])
+    k = jnp.einsum("btd,dhk->bthk", h, params["k"])
+    v = jnp.einsum("btd,dhk->bthk", h, params["v"])
+    if c.qkv_bias:
+        q, k, v = q + params["q_bias"], k + params["k_bias"], v + params["v_bias"]
+    return q, k, v
+
+
+def _mlp(h: Array, params: dict, c: ModelConfig) -> Array:
+    act = ACTIVATIONS[c.activation]
+    up = jnp.einsum("btd,df->btf", h, params["up"])
+    if c.mlp_bias:
+        up = up + params["up_bias"]
+    if c.gated_mlp:
+        up = act(jnp.einsum("btd,df->btf", h, params["gate"])) * up
+    else:
+        up = act(up)
+    out = jnp.einsum("btf,fd->btd", up, params["down"])
+    return out + params["down_bias"] if c.mlp_bias else out
+
+
+class DecoderLayers(nnx.Module):
+    """All layers' weights, stacked on a leading `layers` axis for `lax.scan`."""
+
+    def __init__(self, c: ModelConfig, *, rngs: nnx.Rngs, param_dtype):
+        L, d, H, KV, hd, F = (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size,
+        )
+        pd = param_dtype
+        self.attn_norm_scale = _const((L, d), ("layers", "embed"), pd, 1.0)
+        self.mlp_norm_scale = _const((L, d), ("layers", "embed"), pd, 1.0)
+        if c.norm == "layer":
+            self.attn_norm_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
+            self.mlp_norm_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
+        self.q = _param(rngs, (L, d, H, hd), ("layers", "embed", "heads", "head_dim"), pd)
+        self.k = _param(rngs, (L, d, KV, hd), ("layers", "embed", "kv_heads", "head_dim"), pd)
+        self.v = _param(rngs, (L, d, KV, hd), ("layers", "embed", "kv_heads", "head_dim"), pd)
+        self.o = _param(rngs, (L, H, hd, d), ("layers", "heads", "head_dim", "embed"), pd)
+        if c.qkv_bias:
+            self.q_bias = _const((L, H, hd), ("layers", "heads", "head_dim"), pd, 0.0)
+            self.k_bias = _const((L, KV, hd), ("layers", "kv_heads", "head_dim"), pd, 0.0)
+            self.v_bias = _const((L, KV, hd), ("layers", "kv_heads", "head_dim"), pd, 0.0)
+        if c.out_bias:
+            self.o_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
+        if c.gated_mlp:
+            self.gate = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
+        self.up = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
+        self.down = _param(rngs, (L, F, d), ("layers", "mlp", "embed"), pd)
+        if c.mlp_bias:
+            self.up_bias = _const((L, F), ("layers", "mlp"), pd, 0.0)
+            self.down_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
+
+    def stacked(self, dtype) -> dict[str, Array]:
+        """Weights by name, cast to the compute dtype (norm scales stay in float32)."""
+        out = {}
+        for name, var in vars(self).items():
+            if isinstance(var, nnx.Param):
+                keep = name.endswith("norm_scale") or name.endswith("norm_bias")
+                out[name] = var[...].astype(jnp.float32 if keep else dtype)
+        return out

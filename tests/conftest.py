@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random HF checkpoints written with `save_pretrained`, and SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(os.environ.get("PREFIX_JAX_DATA", Path(__file__).parents[1] / "../shared/data"))
+
+
+def _save_tiny(tmp_dir: Path, kind: str) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=None
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    else:
+        config = transformers.LlamaConfig(
+            vocab_size=101,
+            hidden_size=48,
+            intermediate_size=80,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rope_theta=5000.0,
+            tie_word_embeddings=kind == "llama_tied",
+        )
+        model = transformers.LlamaForCausalLM(config)
+        # Random norms so a wrong norm mapping cannot hide behind all-ones weights.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    path = tmp_dir / kind
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Paths of tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: _save_tiny(root, kind) for kind in ("gpt2", "llama", "llama_tied")}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Our SmolLM2 model and tokenizer, loaded once per test session."""
+    from prefix_jax.models import load
+
+    return load("smollm2")
+
+
+def padded_batch(rng: np.random.Generator, vocab: int, lengths: list[int], side: str):
+    """Random tokens with a mask padded on `side`, padding filled with token 0."""
+    width = max(lengths)
+    tokens = np.zeros((len(lengths), width), np.int64)
+    mask = np.zeros((len(lengths), width), np.int64)
+    for i, n in enumerate(lengths):
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        tokens[i, sl] = rng.integers(1, vocab, n)
+        mask[i, sl] = 1
+    return tokens, mask

@@ -1,0 +1,120 @@
+"""Checkpoint loading: sharded safetensors, and a clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+from prefix_jax.models import (
+    CheckpointError,
+    ModelConfig,
+    UnsupportedArchitectureError,
+    load,
+    resolve,
+)
+
+
+def test_sharded_checkpoint_loads_like_single_file(tiny_checkpoints, tmp_path):
+    single = tiny_checkpoints["llama"]
+    sharded = tmp_path / "sharded"
+    transformers.AutoModelForCausalLM.from_pretrained(single).save_pretrained(
+        sharded, max_shard_size="40KB"
+    )
+    assert (sharded / "model.safetensors.index.json").exists()
+    a, _ = load(str(single), with_tokenizer=False)
+    b, _ = load(str(sharded), with_tokenizer=False)
+    tokens = jnp.arange(12).reshape(2, 6)
+    np.testing.assert_array_equal(np.asarray(a(tokens)[0]), np.asarray(b(tokens)[0]))
+
+
+def test_missing_path_names_it():
+    with pytest.raises(CheckpointError, match="no such model file or directory '/nope/model'"):
+        load("/nope/model")
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(CheckpointError, match="known name.*smollm2"):
+        resolve("gpt-17")
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        load(str(tmp_path), with_tokenizer=False)
+
+
+def test_directory_without_weights(tiny_checkpoints, tmp_path):
+    shutil.copy(tiny_checkpoints["llama"] / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor"):
+        load(str(tmp_path), with_tokenizer=False)
+
+
+def test_unsupported_architecture_lists_supported(tiny_checkpoints, tmp_path):
+    dst = shutil.copytree(tiny_checkpoints["llama"], tmp_path / "ckpt")
+    config = json.loads((dst / "config.json").read_text())
+    config["model_type"] = "bert"
+    (dst / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitectureError, match="'bert'.*supported.*gpt2.*llama"):
+        load(str(dst), with_tokenizer=False)
+
+
+def test_shape_mismatch_names_the_tensor(tiny_checkpoints, tmp_path):
+    dst = shutil.copytree(tiny_checkpoints["llama"], tmp_path / "ckpt")
+    config = json.loads((dst / "config.json").read_text())
+    config["intermediate_size"] = 96  # weights were saved with 80
+    (dst / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'layers\.(gate|up|down)' has shape .* config implies"
+    ):
+        load(str(dst), with_tokenizer=False)
+
+
+def test_missing_tensor_is_named(tiny_checkpoints, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    dst = shutil.copytree(tiny_checkpoints["llama"], tmp_path / "ckpt")
+    tensors = load_file(dst / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, dst / "model.safetensors")
+    with pytest.raises(CheckpointError, match="lacks tensor 'layers.1.mlp.up_proj.weight'"):
+        load(str(dst), with_tokenizer=False)
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a .gguf"):
+        load(str(bad))
+
+
+def test_invalid_config_values():
+    with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
+        ModelConfig(
+            family="llama",
+            vocab_size=10,
+            hidden_size=8,
+            num_layers=1,
+            num_heads=3,
+            num_kv_heads=2,
+            head_dim=4,
+            intermediate_size=8,
+            max_position_embeddings=16,
+        )
+
+
+def test_smollm2_config_from_gguf(smollm2):
+    model, tokenizer = smollm2
+    c = model.config
+    assert (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) == (
+        576,
+        30,
+        9,
+        3,
+        64,
+    )
+    assert (c.vocab_size, c.rope_theta, c.tie_embeddings) == (49152, 100000.0, True)
+    assert tokenizer.eos_token_id == 2
