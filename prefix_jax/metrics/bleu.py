@@ -1,0 +1,221 @@
+"""Corpus BLEU and NIST as computed by NIST's ``mteval-v13a.pl`` (the E2E challenge's scorer).
+
+BLEU: Papineni et al., 2002, "BLEU: a Method for Automatic Evaluation of Machine Translation".
+NIST: Doddington, 2002, "Automatic Evaluation of Machine Translation Quality Using N-gram
+Co-Occurrence Statistics".
+
+The E2E scripts call ``mteval-v13a.pl`` without ``-c``, so text is lowercased (ASCII letters
+only, like the script's ``tr/A-Z/a-z/``) before its tokenization; this is the default here too.
+Everything below is accumulated over the whole corpus before the final formula, as mteval's
+system-level score does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+__all__ = ["bleu", "check_inputs", "mteval_tokenize", "ngram_counts", "nist"]
+
+# mteval-v13a "tokenize punctuation" class: every ASCII symbol except  ' , - .  (those are
+# handled by the context-dependent rules that follow it).
+_MTEVAL_SYMBOLS = re.compile(r"([{-~\[-` -&(-+:-@/])")
+_MTEVAL_PERIOD_COMMA_AFTER_NON_DIGIT = re.compile(r"([^0-9])([.,])")
+_MTEVAL_PERIOD_COMMA_BEFORE_NON_DIGIT = re.compile(r"([.,])([^0-9])")
+_MTEVAL_DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
+_ASCII_UPPER_TO_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    """Validate the corpus layout shared by every metric of this package.
+
+    ``references[i]`` holds *all* references of segment ``i`` (not sacrebleu's transposed
+    "one stream per reference" layout); a bare string there would silently be scored as a list
+    of one-character references, so it is rejected.
+    """
+    if isinstance(hypotheses, str):
+        raise ValueError("hypotheses must be a list of strings, not a single string")
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"got {len(hypotheses)} hypotheses but {len(references)} reference sets; "
+            "they must be aligned one reference set per hypothesis"
+        )
+    if len(hypotheses) == 0:
+        raise ValueError("cannot score an empty corpus")
+    for i, (hyp, refs) in enumerate(zip(hypotheses, references, strict=True)):
+        if not isinstance(hyp, str):
+            raise ValueError(f"hypothesis {i} is {type(hyp).__name__}, expected str")
+        if isinstance(refs, str):
+            raise ValueError(
+                f"references[{i}] is a str; expected a list of reference strings for segment {i}"
+            )
+        if len(refs) == 0:
+            raise ValueError(f"segment {i} has no reference")
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise ValueError(f"a reference of segment {i} is {type(ref).__name__}, not str")
+
+
+def mteval_tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Tokenize like mteval-v13a's default ("non-international") normalization.
+
+    Also used by sacrebleu's ``13a`` tokenizer, so BLEU here is comparable with it.
+    """
+    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    text = (
+        text.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    )
+    text = f" {text} "
+    if lowercase:
+        text = text.translate(_ASCII_UPPER_TO_LOWER)
+    text = _MTEVAL_SYMBOLS.sub(r" \1 ", text)
+    text = _MTEVAL_PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", text)
+    text = _MTEVAL_PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", text)
+    text = _MTEVAL_DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+    return text.split()
+
+
+def ngram_counts(tokens: Sequence[str], max_n: int) -> Counter[tuple[str, ...]]:
+    """All n-grams of ``tokens`` for n = 1..max_n with their counts (keys are token tuples)."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for n in range(1, max_n + 1):
+        for i in range(len(tokens) - n + 1):
+            counts[tuple(tokens[i : i + n])] += 1
+    return counts
+
+
+def _closest_ref_length(hyp_len: int, ref_lens: Sequence[int]) -> int:
+    """mteval's 'closest' reference length: ties go to the shorter one; empty refs are skipped
+    (mteval ignores a zero-length reference unless it is the first one)."""
+    best = ref_lens[0]
+    for length in ref_lens[1:]:
+        if length == 0:
+            continue
+        if abs(hyp_len - length) < abs(hyp_len - best) or (
+            abs(hyp_len - length) == abs(hyp_len - best) and length < best
+        ):
+            best = length
+    return best
+
+
+def _max_ref_counts(refs: Sequence[Sequence[str]], max_n: int) -> Counter[tuple[str, ...]]:
+    """For each n-gram, the largest count it has in any one reference (the clipping ceiling)."""
+    ceiling: Counter[tuple[str, ...]] = Counter()
+    for ref in refs:
+        for gram, count in ngram_counts(ref, max_n).items():
+            if count > ceiling[gram]:
+                ceiling[gram] = count
+    return ceiling
+
+
+def bleu(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    max_n: int = 4,
+    lowercase: bool = True,
+) -> float:
+    """Corpus BLEU on a 0-100 scale, reproducing mteval-v13a's system score.
+
+    Clipped n-gram matches (clip = max count in any single reference) and hypothesis n-gram
+    totals are summed over the corpus; the brevity penalty uses, per segment, the reference
+    length closest to the hypothesis length (ties -> shorter), summed over the corpus.
+
+    mteval-v13a's default (used by the E2E scripts) is its smoothed BLEU: an order with zero
+    matches contributes 1 / (2^k * total) instead of 0 (k counts such orders), and an order with
+    no hypothesis n-grams at all contributes precision 1. On real test sets neither case occurs
+    and the score equals plain BLEU; we keep them so tiny corpora also match the script.
+    """
+    check_inputs(hypotheses, references)
+    matches = [0] * (max_n + 1)
+    totals = [0] * (max_n + 1)
+    hyp_length = 0
+    ref_length = 0
+    for hyp, refs in zip(hypotheses, references, strict=True):
+        hyp_tokens = mteval_tokenize(hyp, lowercase)
+        ref_tokens = [mteval_tokenize(r, lowercase) for r in refs]
+        ceiling = _max_ref_counts(ref_tokens, max_n)
+        for gram, count in ngram_counts(hyp_tokens, max_n).items():
+            matches[len(gram)] += min(count, ceiling[gram])
+        for n in range(1, max_n + 1):
+            totals[n] += max(len(hyp_tokens) - n + 1, 0)
+        hyp_length += len(hyp_tokens)
+        ref_length += _closest_ref_length(len(hyp_tokens), [len(r) for r in ref_tokens])
+
+    if hyp_length == 0:
+        return 0.0
+    log_precision = 0.0
+    smooth = 1
+    for n in range(1, max_n + 1):
+        if totals[n] == 0:
+            continue  # log(1): mteval treats "no n-grams to match" as a perfect precision
+        if matches[n] == 0:
+            smooth *= 2
+            log_precision += math.log(1.0 / (smooth * totals[n]))
+        else:
+            log_precision += math.log(matches[n] / totals[n])
+    brevity = math.exp(min(0.0, 1.0 - ref_length / hyp_length))
+    return 100.0 * brevity * math.exp(log_precision / max_n)
+
+
+def _nist_length_penalty(ratio: float) -> float:
+    """exp(-beta * log(ratio)^2), beta set so a 2/3 hyp/ref length ratio scores 0.5."""
+    if ratio >= 1.0:
+        return 1.0
+    if ratio <= 0.0:
+        return 0.0
+    beta = -math.log(0.5) / math.log(1.5) ** 2
+    return math.exp(-beta * math.log(ratio) ** 2)
+
+
+def nist(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    max_n: int = 5,
+    lowercase: bool = True,
+) -> float:
+    """Corpus NIST score (native scale, ~0-15), reproducing mteval-v13a as run by E2E scripts.
+
+    Information weight of n-gram w1..wn = log2(count(w1..wn-1) / count(w1..wn)), counts taken
+    over every reference of the corpus (for unigrams, the numerator is the total reference word
+    count). Score = sum over n of (info of clipped matches / number of hypothesis n-grams),
+    times exp(-beta log^2(min(1, L_hyp / L_ref))).
+
+    L_ref is mteval's "average reference length": total reference words divided by the number
+    of reference sets. The E2E scripts pad segments with fewer references with empty ones up to
+    the largest count, so that divisor is the *maximum* number of references of any segment;
+    we do the same (for a constant number of references it is the plain average).
+    """
+    check_inputs(hypotheses, references)
+    hyp_tokens = [mteval_tokenize(h, lowercase) for h in hypotheses]
+    ref_tokens = [[mteval_tokenize(r, lowercase) for r in refs] for refs in references]
+
+    # Information weights from all references of the corpus.
+    corpus_counts: Counter[tuple[str, ...]] = Counter()
+    total_ref_words = 0
+    for refs in ref_tokens:
+        for ref in refs:
+            corpus_counts.update(ngram_counts(ref, max_n))
+            total_ref_words += len(ref)
+
+    def info(gram: tuple[str, ...]) -> float:
+        context = corpus_counts[gram[:-1]] if len(gram) > 1 else total_ref_words
+        return math.log2(context / corpus_counts[gram])
+
+    matched_info = [0.0] * (max_n + 1)
+    totals = [0] * (max_n + 1)
+    for hyp, refs in zip(hyp_tokens, ref_tokens, strict=True):
+        ceiling = _max_ref_counts(refs, max_n)
+        for gram, count in ngram_counts(hyp, max_n).items():
+            clipped = min(count, ceiling[gram])
+            if clipped:
+                matched_info[len(gram)] += info(gram) * clipped
+        for n in range(1, max_n + 1):
+            totals[n] += max(len(hyp) - n + 1, 0)
+
+    score = sum(matched_info[n] / max(totals[n], 1) for n in range(1, max_n + 1))
+    n_ref_sets = max(len(refs) for refs in ref_tokens)
+    avg_ref_length = total_ref_words / n_ref_sets
+    ratio = totals[1] / avg_ref_length if avg_ref_length > 0 else 1.0
+    return score * _nist_length_penalty(ratio)
