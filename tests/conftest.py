@@ -69,3 +69,32 @@ def padded_batch(rng: np.random.Generator, vocab: int, lengths: list[int], side:
         tokens[i, sl] = rng.integers(1, vocab, n)
         mask[i, sl] = 1
     return tokens, mask
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2):
+    """transformers' float32 SmolLM2 from the same GGUF file (the reference)."""
+    import torch
+    import transformers
+
+    from prefix_jax.models import resolve
+
+    path = resolve("smollm2")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Reference logits with positions counted from each row's first real token."""
+    import torch
+
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        out = hf_model(
+            input_ids=torch.from_numpy(tokens),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions),
+        )
+    return out.logits.float().numpy()

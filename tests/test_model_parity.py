@@ -7,21 +7,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import padded_batch
+from conftest import hf_logits, padded_batch
 
 from prefix_jax.decode import greedy, left_pad
 from prefix_jax.models import load
-
-
-def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    with torch.no_grad():
-        out = hf_model(
-            input_ids=torch.from_numpy(tokens),
-            attention_mask=torch.from_numpy(mask),
-            position_ids=torch.from_numpy(positions),
-        )
-    return out.logits.float().numpy()
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied"])
@@ -73,17 +62,6 @@ def test_bfloat16_compute_is_close_to_float32(tiny_checkpoints):
     assert b.dtype == jnp.float32  # logits are upcast for a stable loss
     assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
     assert np.mean(np.argmax(a, -1) == np.argmax(b, -1)) > 0.9
-
-
-@pytest.fixture(scope="module")
-def smollm2_hf(smollm2):
-    from prefix_jax.models import resolve
-
-    path = resolve("smollm2")
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
-    return model.eval()
 
 
 SENTENCES = [

@@ -33,6 +33,9 @@ class PrefixKV(struct.PyTreeNode):
     keys: Array
     values: Array
     mask: Array | None = None
+    # False: real tokens are numbered from 0 (ours). True: from the prefix length, as in
+    # Li & Liang's code and PEFT, where the prefix occupies positions 0..p-1.
+    positions_after_prefix: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def length(self) -> int:
@@ -206,16 +209,19 @@ class Transformer(nnx.Module):
                 f"attention_mask shape {attention_mask.shape} does not match tokens {(b, t)}"
             )
         attention_mask = attention_mask.astype(bool)
+        offset = jnp.zeros((b if prefix is None else 1,), jnp.int32)
         if prefix is not None:
             _check_prefix(prefix, c, b)
+            if prefix.positions_after_prefix:
+                offset = _prefix_lengths(prefix)
 
         if cache is None:
-            positions = positions_from_mask(attention_mask)
+            positions = positions_from_mask(attention_mask, offset)
             key_valid = attention_mask
             query_slots = jnp.arange(t)
             key_slots = jnp.arange(t)
         else:
-            positions = positions_from_mask(attention_mask, cache.next_position)
+            positions = positions_from_mask(attention_mask, cache.next_position + offset)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
             query_slots = cache.index + jnp.arange(t)
             key_slots = jnp.arange(cache.max_len)
@@ -298,6 +304,13 @@ def remat_policy(name: str) -> Callable | None:
     if name not in policies:
         raise ValueError(f"unknown remat policy {name!r}; known: {', '.join(policies)}")
     return policies[name]
+
+
+def _prefix_lengths(prefix: PrefixKV) -> Array:
+    """Number of attendable prefix slots per row ([batch or 1])."""
+    if prefix.mask is None:
+        return jnp.full((prefix.keys.shape[1],), prefix.length, jnp.int32)
+    return prefix.mask.astype(jnp.int32).sum(-1)
 
 
 def _check_prefix(prefix: PrefixKV, c: ModelConfig, batch: int) -> None:

@@ -1,0 +1,241 @@
+"""Prefix-tuning (Li & Liang, 2021): trainable per-layer keys/values in front of every layer.
+
+The prefix lives in its own variable type, `PrefixParam`, so it is a separate partition of
+the model: gradients, optimizer state and checkpoints can select it by type alone.
+
+Two parameterizations:
+- `reparam="none"`: a table [p, layers * 2 * kv_dim] learned directly (the "deep prompt" /
+  P-tuning v2 method is exactly this);
+- `reparam="mlp"`: embedding [p, e] -> Linear(e, hidden) -> tanh -> Linear(hidden,
+  layers * 2 * kv_dim), the paper's reparameterization that stabilizes training. It is
+  collapsed into a table at export (`Prefix.table()`).
+
+Each row of the table is laid out as [layers, 2 (key, value), kv_heads, head_dim]: the
+layout of PEFT's `prompt_embeddings`, so export to PEFT is a reshape. GQA models get
+prefixes in key/value-head space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.transformer import PrefixKV, Transformer
+
+Array = jax.Array
+REPARAMS = ("none", "mlp")
+POSITION_MODES = ("from_zero", "after_prefix")
+
+
+class PrefixParam(nnx.Param):
+    """Trainable prefix parameters: the partition prefix-tuning optimizes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixConfig:
+    """How the prefix is shaped, parameterized and initialized."""
+
+    length: int = 10
+    reparam: str = "mlp"
+    hidden: int = 512  # MLP hidden width (Li & Liang: 512)
+    embed_dim: int | None = None  # MLP input width; None = d_model (Li & Liang), PEFT: kv_dim
+    dropout: float = 0.0
+    init: str = "random"  # random | vocab | text:<words>
+    init_scale: float = 1.0  # std of the random table / embedding (N(0, 1) as nn.Embedding)
+    init_fit_steps: int = 300  # Adam steps fitting the MLP output to activations (mlp + vocab/text)
+    positions: str = "from_zero"  # from_zero | after_prefix (PEFT / original code)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length <= 0:
+            raise ValueError(f"prefix length must be positive, got {self.length}")
+        if self.reparam not in REPARAMS:
+            raise ValueError(f"prefix reparam must be one of {REPARAMS}, got {self.reparam!r}")
+        if self.reparam == "mlp" and self.hidden <= 0:
+            raise ValueError(f"prefix MLP hidden width must be positive, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"prefix dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in ("random", "vocab") and not self.init.startswith("text:"):
+            raise ValueError(
+                f"prefix init must be 'random', 'vocab' or 'text:<words>', got {self.init!r}"
+            )
+        if self.init.startswith("text:") and not self.init[5:].strip():
+            raise ValueError("prefix init 'text:' needs words after the colon")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"prefix positions must be one of {POSITION_MODES}")
+
+    def num_params(self, model: ModelConfig) -> int:
+        """Trainable parameter count (the formula the tests check against PEFT)."""
+        width = 2 * model.num_layers * model.kv_dim
+        if self.reparam == "none":
+            return self.length * width
+        e = self.embed_dim or model.hidden_size
+        return self.length * e + e * self.hidden + self.hidden + self.hidden * width + width
+
+
+def _torch_linear_init(rngs: nnx.Rngs, fan_in: int, shape: tuple[int, ...]) -> Array:
+    bound = 1.0 / fan_in**0.5
+    return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+
+
+class Prefix(nnx.Module):
+    """Produces the per-layer prefix keys/values (`PrefixKV`) for a given model config."""
+
+    def __init__(self, model_config: ModelConfig, config: PrefixConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model_config = model_config
+        p, width = config.length, 2 * model_config.num_layers * model_config.kv_dim
+        if config.reparam == "none":
+            self.table_param = PrefixParam(
+                jax.random.normal(rngs.params(), (p, width)) * config.init_scale
+            )
+        else:
+            e, h = config.embed_dim or model_config.hidden_size, config.hidden
+            self.embedding = PrefixParam(
+                jax.random.normal(rngs.params(), (p, e)) * config.init_scale
+            )
+            self.w1 = PrefixParam(_torch_linear_init(rngs, e, (e, h)))
+            self.b1 = PrefixParam(_torch_linear_init(rngs, e, (h,)))
+            self.w2 = PrefixParam(_torch_linear_init(rngs, h, (h, width)))
+            self.b2 = PrefixParam(_torch_linear_init(rngs, h, (width,)))
+        self.dropout = nnx.Dropout(config.dropout)
+
+    def table(self) -> Array:
+        """The prefix as a [p, layers * 2 * kv_dim] table; the MLP evaluated (collapsed)."""
+        if self.config.reparam == "none":
+            return self.table_param[...]
+        return mlp_table(
+            self.embedding[...], self.w1[...], self.b1[...], self.w2[...], self.b2[...]
+        )
+
+    def __call__(self, dropout_key: Array | None = None) -> PrefixKV:
+        """The prefix keys/values; dropout applies only when a key (training) is given."""
+        table = self.table()
+        if dropout_key is not None and self.config.dropout > 0:
+            table = self.dropout(table, deterministic=False, rngs=dropout_key)
+        return table_to_prefix(table, self.model_config, self.config.positions == "after_prefix")
+
+
+def mlp_table(embedding: Array, w1: Array, b1: Array, w2: Array, b2: Array) -> Array:
+    return jnp.tanh(embedding @ w1 + b1) @ w2 + b2
+
+
+def table_to_prefix(table: Array, c: ModelConfig, after_prefix: bool = False) -> PrefixKV:
+    """[p, layers*2*kv_dim] (PEFT layout) -> PrefixKV with keys/values [L, 1, p, kv, hd]."""
+    p = table.shape[0]
+    kv = table.reshape(p, c.num_layers, 2, c.num_kv_heads, c.head_dim)
+    kv = jnp.transpose(kv, (2, 1, 0, 3, 4))[:, :, None]  # [2, L, 1, p, kv, hd]
+    return PrefixKV(keys=kv[0], values=kv[1], positions_after_prefix=after_prefix)
+
+
+def prefix_to_table(prefix: PrefixKV) -> Array:
+    """Inverse of `table_to_prefix` for a batch-1 prefix."""
+    kv = jnp.stack([prefix.keys[:, 0], prefix.values[:, 0]])  # [2, L, p, kv, hd]
+    kv = jnp.transpose(kv, (2, 1, 0, 3, 4))
+    return kv.reshape(kv.shape[0], -1)
+
+
+class PrefixLM(nnx.Module):
+    """A frozen base model plus a trainable prefix; callable like the base model."""
+
+    def __init__(self, base: Transformer, prefix: Prefix):
+        c, pc = base.config, prefix.model_config
+        if (c.num_layers, c.num_kv_heads, c.head_dim) != (
+            pc.num_layers,
+            pc.num_kv_heads,
+            pc.head_dim,
+        ):
+            raise ValueError(
+                f"prefix built for layers/kv_heads/head_dim "
+                f"{(pc.num_layers, pc.num_kv_heads, pc.head_dim)} does not match the model "
+                f"{(c.num_layers, c.num_kv_heads, c.head_dim)}"
+            )
+        self.base = base
+        self.prefix = prefix
+
+    def __call__(
+        self, tokens: Array, attention_mask: Array | None = None, *, dropout_key=None, **kw
+    ):
+        return self.base(tokens, attention_mask, prefix=self.prefix(dropout_key), **kw)
+
+
+def activations_table(model: Transformer, tokens: Array, length: int) -> Array:
+    """Each layer's keys/values of real tokens, as a [length, layers*2*kv_dim] table.
+
+    The activations of `tokens` (a 1-D id sequence) are repeated or trimmed to `length`,
+    as Li & Liang initialize prefixes from the activations of real words.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 1 or tokens.shape[0] == 0:
+        raise ValueError("prefix init needs a non-empty 1-D token sequence")
+    cache = model.init_cache(1, tokens.shape[0], dtype=jnp.float32)
+    _, cache = model.hidden_states(tokens[None], cache=cache)
+    prefix = PrefixKV(keys=cache.keys, values=cache.values)
+    table = prefix_to_table(prefix)
+    reps = -(-length // table.shape[0])
+    return jnp.tile(table, (reps, 1))[:length]
+
+
+def init_tokens(config: PrefixConfig, model: Transformer, tokenizer=None) -> Array | None:
+    """Token ids whose activations initialize the prefix, or None for random init."""
+    if config.init == "random":
+        return None
+    if config.init == "vocab":
+        key = jax.random.key(config.seed)
+        return jax.random.randint(key, (config.length,), 0, model.config.vocab_size)
+    if tokenizer is None:
+        raise ValueError(f"prefix init {config.init!r} needs a tokenizer")
+    ids = tokenizer(config.init[5:], add_special_tokens=False)["input_ids"]
+    return jnp.asarray(ids, jnp.int32)
+
+
+def create_prefix(
+    model: Transformer, config: PrefixConfig, tokenizer=None
+) -> tuple[Prefix, dict[str, float]]:
+    """Build and initialize a prefix for `model`; returns it and init diagnostics.
+
+    With `mlp` and an activation init, the MLP is fitted to the activations by a short
+    Adam regression on all MLP weights (the original code's approach), so the initial
+    collapsed prefix reproduces them up to the reported relative error.
+    """
+    prefix = Prefix(model.config, config, rngs=nnx.Rngs(config.seed))
+    tokens = init_tokens(config, model, tokenizer)
+    if tokens is None:
+        return prefix, {}
+    target = activations_table(model, tokens, config.length)
+    if config.reparam == "none":
+        prefix.table_param[...] = target
+        return prefix, {"init_relative_error": 0.0}
+    error = _fit_mlp(prefix, target, config.init_fit_steps)
+    return prefix, {"init_relative_error": error}
+
+
+def _fit_mlp(prefix: Prefix, target: Array, steps: int) -> float:
+    names = ("embedding", "w1", "b1", "w2", "b2")
+    params = {n: getattr(prefix, n)[...] for n in names}
+    tx = optax.adam(1e-3)
+    scale = jnp.mean(jnp.square(target))
+
+    def loss(params):
+        return jnp.mean(jnp.square(mlp_table(*(params[n] for n in names)) - target)) / scale
+
+    @jax.jit
+    def fit(params):
+        def step(carry, _):
+            params, state = carry
+            grads = jax.grad(loss)(params)
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+        return params, jnp.sqrt(loss(params))
+
+    params, error = fit(params)
+    for n in names:
+        getattr(prefix, n)[...] = params[n]
+    return float(error)
