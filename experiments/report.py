@@ -1,0 +1,527 @@
+r"""Collect a sweep's trials into tables and plots.
+
+    python -m experiments.report runs/pl [--metric BLEU] [--split validation] [--out DIR]
+
+Reads every trial directory under the sweep root (`trial.json` from the launcher for the
+overrides, `train_summary.json`, `eval_<split>/results.json`, `metrics.jsonl`, `FAILED`) and
+`sweep.json` for trials that were planned but never started. Writes into the root (or
+`--out`):
+
+- `trials.csv`: one row per trial, every status, with its metrics, loss, size and time;
+- `summary.csv` and `report.md`: one row per setting (the overrides other than seeds) with
+  mean and sample standard deviation (n - 1) over its seeds, trainable parameters and wall
+  time; failed, incomplete and missing trials are listed, not dropped;
+- `metric_vs_<key>.png` for each numeric swept key (e.g. `metric_vs_prefix_length.png`, the
+  shape of Li & Liang's Fig. 4), one line per setting of the other keys (reparam, method),
+  with error bars over seeds; `metric_by_setting.png` when no key is numeric;
+- `train_loss.png`: training loss against step for every trial, coloured by setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.sweeps import format_value
+
+DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
+SUMMARY_FIELDS = ("eval_loss", "final_train_loss", "params_trainable", "params_total")
+TIME_FIELDS = ("wall_s", "decode_s")
+_STATUSES = ("finished", "failed", "incomplete", "missing")
+
+
+def _load_json(path: Path) -> Any:
+    """Parsed JSON, or None if the file is missing or unreadable (a trial still running)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def _scalar(value: Any) -> Any:
+    """Override values as hashable scalars (a hand-written trial.json may hold lists)."""
+    return (
+        value if value is None or isinstance(value, bool | int | float | str) else json.dumps(value)
+    )
+
+
+def read_loss_curve(path: Path, key: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) pairs of `key` from metrics.jsonl, sorted, last value per step (a
+    resumed run may log a step twice)."""
+    points: dict[int, float] = {}
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by an interruption
+        value = _number(row.get(key)) if isinstance(row, dict) else None
+        if value is not None and isinstance(row.get("step"), int):
+            points[row["step"]] = value
+    return sorted(points.items())
+
+
+def read_trial(tdir: Path, split: str = "validation") -> dict:
+    """One trial's record: status, overrides, metrics, summary numbers, error, loss curve."""
+    info = _load_json(tdir / "trial.json") or {}
+    summary = _load_json(tdir / "train_summary.json") or {}
+    results = _load_json(tdir / f"eval_{split}" / "results.json")
+    failed = tdir / "FAILED"
+    if results is not None:
+        status = "finished"
+    elif failed.exists():
+        status = "failed"
+    else:
+        status = "incomplete"
+    error = ""
+    if status == "failed":
+        lines = failed.read_text(errors="replace").splitlines()
+        error = next(
+            (ln[7:] for ln in lines if ln.startswith("error: ")), lines[0] if lines else ""
+        )
+    metrics = {k: _number(v) for k, v in ((results or {}).get("metrics") or {}).items()}
+    record = {
+        "name": tdir.name,
+        "dir": str(tdir),
+        "status": status,
+        # A directory not made by the launcher is its own setting.
+        "overrides": {k: _scalar(v) for k, v in info.get("overrides", {"run": tdir.name}).items()},
+        "seed_keys": info.get("seed_keys"),
+        "metrics": metrics,
+        "steps": summary.get("steps"),
+        "decode_s": _number((results or {}).get("decode_s")),
+        "error": error,
+        "loss_curve": read_loss_curve(tdir / "metrics.jsonl"),
+    }
+    for key in (*SUMMARY_FIELDS, "wall_s"):
+        record[key] = _number(summary.get(key))
+    return record
+
+
+def collect(root: str | Path, split: str = "validation") -> tuple[list[dict], dict]:
+    """All trials under `root` (plus 'missing' ones planned in sweep.json) and sweep info."""
+    root = Path(root)
+    sweep = _load_json(root / "sweep.json") or {}
+    markers = ("trial.json", "config.json", "FAILED")
+    dirs = sorted(
+        d for d in root.iterdir() if d.is_dir() and any((d / m).exists() for m in markers)
+    )
+    trials = [read_trial(d, split) for d in dirs]
+    seen = {t["name"] for t in trials}
+    for planned in sweep.get("trials", []):
+        if planned["name"] not in seen:
+            trials.append(
+                {
+                    "name": planned["name"],
+                    "dir": str(root / planned["name"]),
+                    "status": "missing",
+                    "overrides": planned["overrides"],
+                    "seed_keys": sweep.get("seed_keys"),
+                    "metrics": {},
+                    "error": "",
+                    "loss_curve": [],
+                }
+            )
+    # The sweep's order (it fixes the order of non-numeric values in tables and plots).
+    planned_order = {t["name"]: i for i, t in enumerate(sweep.get("trials", []))}
+    trials.sort(key=lambda t: planned_order.get(t["name"], len(planned_order)))
+    return trials, sweep
+
+
+def seed_keys_of(trials: Sequence[dict], sweep: dict) -> list[str]:
+    """Keys averaged over: what the launcher recorded, else the default seed keys."""
+    keys: list[str] = []
+    for source in [*(t.get("seed_keys") for t in trials), sweep.get("seed_keys")]:
+        keys += [k for k in source or [] if k not in keys]
+    return keys or list(DEFAULT_SEED_KEYS)
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None below two values) and count, ignoring None."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def _sort_key(value: Any, first_seen: dict | None = None) -> tuple:
+    """Numbers ascending, then other values in the order they were first seen (the sweep's
+    order, e.g. reparam none before mlp), then absent values."""
+    if value is None:
+        return (2, 0)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    return (1, (first_seen or {}).get(value, 0))
+
+
+def group_trials(trials: Sequence[dict], seed_keys: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Groups of trials that differ only in their seeds, with statistics; and the axis keys.
+
+    Every numeric field is averaged over the group's trials that have it (metrics exist
+    only for finished trials); groups are sorted by their override values (numbers
+    ascending, other values in the order the trials list them).
+    """
+    axes: list[str] = []
+    for t in trials:
+        axes += [k for k in t["overrides"] if k not in seed_keys and k not in axes]
+    metric_names: list[str] = []
+    for t in trials:
+        metric_names += [m for m in t["metrics"] if m not in metric_names]
+    first_seen: dict[str, dict] = {k: {} for k in axes}
+    for t in trials:
+        for k in axes:
+            first_seen[k].setdefault(t["overrides"].get(k), len(first_seen[k]))
+    groups: dict[tuple, dict] = {}
+    for t in trials:
+        values = tuple(t["overrides"].get(k) for k in axes)
+        group = groups.setdefault(values, {"setting": dict(zip(axes, values, strict=True))})
+        group.setdefault("trials", []).append(t)
+    out = []
+
+    def order(values: tuple) -> tuple:
+        return tuple(_sort_key(v, first_seen[k]) for k, v in zip(axes, values, strict=True))
+
+    for values in sorted(groups, key=order):
+        group = groups[values]
+        members = group["trials"]
+        group["n"] = len(members)
+        group["finished"] = sum(t["status"] == "finished" for t in members)
+        group["seeds"] = [
+            next((t["overrides"][k] for k in seed_keys if k in t["overrides"]), None)
+            for t in members
+            if t["status"] == "finished"
+        ]
+        stats = {}
+        for m in metric_names:
+            stats[m] = mean_std([t["metrics"].get(m) for t in members])
+        for field in (*SUMMARY_FIELDS, *TIME_FIELDS):
+            stats[field] = mean_std([t.get(field) for t in members])
+        group["stats"] = stats
+        out.append(group)
+    return out, axes
+
+
+def _metric_names(groups: Sequence[dict]) -> list[str]:
+    names: list[str] = []
+    for g in groups:
+        names += [k for k in g["stats"] if k not in names]
+    return [n for n in names if n not in (*SUMMARY_FIELDS, *TIME_FIELDS)]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return format_value(value) if isinstance(value, bool | int | str) else str(value)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+
+
+Table = tuple[list[str], list[list[Any]]]
+
+
+def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequence[str]) -> Table:
+    """Header and rows of trials.csv."""
+    metrics: list[str] = []
+    for t in trials:
+        metrics += [m for m in t["metrics"] if m not in metrics]
+    fields = ["steps", *SUMMARY_FIELDS, *TIME_FIELDS]
+    header = ["trial", "status", *axes, "seed", *metrics, *fields, "error"]
+    rows = []
+    for t in trials:
+        o = t["overrides"]
+        seed = next((o[k] for k in seed_keys if k in o), None)
+        rows.append(
+            [
+                t["name"],
+                t["status"],
+                *(o.get(k) for k in axes),
+                seed,
+                *(t["metrics"].get(m) for m in metrics),
+                *(t.get(f) for f in fields),
+                t["error"],
+            ]
+        )
+    return header, rows
+
+
+def summary_table(groups: Sequence[dict], axes: Sequence[str]) -> Table:
+    """Header and rows of summary.csv: per setting, mean and std of every number."""
+    metrics = _metric_names(groups)
+    numbers = [*metrics, *SUMMARY_FIELDS, *TIME_FIELDS]
+    header = [*axes, "trials", "finished", "seeds"]
+    header += [f"{m}_{s}" for m in numbers for s in ("mean", "std")]
+    rows = []
+    for g in groups:
+        row = [*(g["setting"][k] for k in axes), g["n"], g["finished"]]
+        row.append(" ".join(_cell(s) for s in g["seeds"]))
+        for m in numbers:
+            mean, std, _ = g["stats"].get(m, (None, None, 0))
+            row += [mean, std]
+        rows.append(row)
+    return header, rows
+
+
+def _pm(stat: tuple[float | None, float | None, int], fmt: str = ".4g") -> str:
+    mean, std, _ = stat
+    if mean is None:
+        return "-"
+    return f"{mean:{fmt}}" if std is None else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(
+    groups: Sequence[dict],
+    axes: Sequence[str],
+    trials: Sequence[dict],
+    title: str,
+    plots: Sequence[Path] = (),
+) -> str:
+    """report.md: the settings table (mean ± std over seeds), problems, plots."""
+    metrics = _metric_names(groups)
+    header = [*axes, "seeds", *metrics, "eval loss", "trainable params", "train wall (s)"]
+    lines = [f"# {title}", ""]
+    counts = {s: sum(t["status"] == s for t in trials) for s in _STATUSES}
+    lines.append(
+        f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + "."
+    )
+    lines += ["", "| " + " | ".join(_md(h) for h in header) + " |"]
+    lines.append("|" + "---|" * len(header))
+    for g in groups:
+        params, _, _ = g["stats"]["params_trainable"]
+        total, _, _ = g["stats"]["params_total"]
+        size = "-" if params is None else f"{params:,.0f}"
+        if params is not None and total:
+            size += f" ({100 * params / total:.2g}%)"
+        cells = [_cell(g["setting"][k]) for k in axes]
+        cells.append(f"{g['finished']}/{g['n']}")
+        cells += [_pm(g["stats"][m]) for m in metrics]
+        cells += [_pm(g["stats"]["eval_loss"]), size, _pm(g["stats"]["wall_s"], ".0f")]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Mean ± sample standard deviation (n - 1) over the finished seeds of each setting;",
+        "`seeds` is finished/planned. Metrics are from `results.json`, the rest from "
+        "`train_summary.json`.",
+    ]
+    problems = [t for t in trials if t["status"] != "finished"]
+    if problems:
+        lines += ["", "## Trials without results", ""]
+        for t in problems:
+            detail = {
+                "failed": f"failed: {t['error']}",
+                "incomplete": "incomplete (interrupted or still running)",
+                "missing": "missing (planned, never started)",
+            }[t["status"]]
+            lines.append(f"- `{t['name']}`: {_md(detail)}")
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float = 6.4, height: float = 4.4):
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _label(setting: dict, keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={format_value(setting[k])}" for k in keys if setting[k] is not None)
+
+
+def numeric_axes(groups: Sequence[dict], axes: Sequence[str]) -> list[str]:
+    """Swept keys with numeric values and at least two of them: candidate x axes."""
+    out = []
+    for key in axes:
+        values = {g["setting"][key] for g in groups if g["setting"][key] is not None}
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if numeric and len(values) >= 2:
+            out.append(key)
+    return out
+
+
+def plot_metric_vs(
+    groups: Sequence[dict], axes: Sequence[str], key: str, metric: str, path: Path, title: str
+) -> bool:
+    """`metric` against `key`, one line per setting of the other keys, std error bars."""
+    others = [k for k in axes if k != key]
+    lines: dict[tuple, list[tuple[float, float, float]]] = {}
+    labels: dict[tuple, str] = {}
+    for g in groups:
+        mean, std, _ = g["stats"].get(metric, (None, None, 0))
+        x = g["setting"][key]
+        if mean is None or x is None:
+            continue
+        rest = tuple(g["setting"][k] for k in others)
+        lines.setdefault(rest, []).append((x, mean, std or 0.0))
+        labels[rest] = _label(g["setting"], others) or metric
+    if not lines:
+        return False
+    fig, ax = _figure()
+    for rest in lines:  # groups come sorted, so lines are in the sweep's order
+        xs, ys, es = zip(*sorted(lines[rest]), strict=True)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels[rest])
+    xs_all = [x for pts in lines.values() for x, _, _ in pts]
+    if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1 or others:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def plot_metric_by_setting(
+    groups: Sequence[dict], axes: Sequence[str], metric: str, path: Path, title: str
+) -> bool:
+    """Horizontal bars of `metric` per setting, for sweeps without a numeric axis."""
+    rows = [(g, g["stats"].get(metric, (None, None, 0))) for g in groups]
+    rows = [(g, s) for g, s in rows if s[0] is not None]
+    if not rows:
+        return False
+    fig, ax = _figure(height=1.2 + 0.35 * len(rows))
+    names = [_label(g["setting"], axes) or "(base)" for g, _ in rows]
+    ax.barh(names, [s[0] for _, s in rows], xerr=[s[1] or 0.0 for _, s in rows], capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_title(title)
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, title: str) -> bool:
+    """Training loss against step for every trial; seeds of a setting share a colour."""
+    curves = [(i, t) for i, g in enumerate(groups) for t in g["trials"] if t["loss_curve"]]
+    if not curves:
+        return False
+    fig, ax = _figure()
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    labelled = set()
+    for i, t in curves:
+        steps, losses = zip(*t["loss_curve"], strict=True)
+        label = None
+        if i not in labelled and len(groups) <= 12:
+            label = _label(groups[i]["setting"], axes) or "loss"
+            labelled.add(i)
+        ax.plot(steps, losses, color=colours[i], alpha=0.8, linewidth=1.2, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if labelled:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def choose_metric(groups: Sequence[dict], wanted: str) -> str | None:
+    """`wanted` if any setting has it; else the first metric with values, else eval_loss."""
+    names = [*_metric_names(groups), "eval_loss"]
+    have = [n for n in names if any(g["stats"].get(n, (None,))[0] is not None for g in groups)]
+    if wanted in have:
+        return wanted
+    return have[0] if have else None
+
+
+def report(
+    root: str | Path,
+    out: str | Path | None = None,
+    *,
+    metric: str = "BLEU",
+    split: str = "validation",
+) -> dict[str, Path]:
+    """Write the CSVs, report.md and PNGs for the sweep under `root`; returns their paths."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    out = Path(out) if out else root
+    out.mkdir(parents=True, exist_ok=True)
+    trials, sweep = collect(root, split)
+    if not trials:
+        raise FileNotFoundError(f"no trial directories under {root}")
+    seed_keys = seed_keys_of(trials, sweep)
+    groups, axes = group_trials(trials, seed_keys)
+    name = sweep.get("sweep") or root.name
+    written: dict[str, Path] = {}
+
+    header, rows = trials_table(trials, axes, seed_keys)
+    write_csv(out / "trials.csv", header, rows)
+    header, rows = summary_table(groups, axes)
+    write_csv(out / "summary.csv", header, rows)
+    written["trials_csv"], written["summary_csv"] = out / "trials.csv", out / "summary.csv"
+
+    plots = []
+    chosen = choose_metric(groups, metric)
+    if chosen is not None:
+        xs = numeric_axes(groups, axes)
+        for key in xs:
+            path = out / f"metric_vs_{key.replace('.', '_')}.png"
+            if plot_metric_vs(groups, axes, key, chosen, path, f"{name}: {chosen} ({split})"):
+                plots.append(path)
+        if not xs:
+            path = out / "metric_by_setting.png"
+            if plot_metric_by_setting(groups, axes, chosen, path, f"{name}: {chosen} ({split})"):
+                plots.append(path)
+    path = out / "train_loss.png"
+    if plot_train_loss(groups, axes, path, f"{name}: training loss"):
+        plots.append(path)
+    written.update({p.stem: p for p in plots})
+
+    title = f"Sweep `{name}` ({root})"
+    (out / "report.md").write_text(markdown(groups, axes, trials, title, plots))
+    written["report_md"] = out / "report.md"
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: write the report and print the Markdown table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("root", help="sweep directory (the launcher's --workdir)")
+    parser.add_argument("--out", help="output directory (default: the sweep directory)")
+    parser.add_argument("--metric", default="BLEU", help="metric to plot (default: BLEU)")
+    parser.add_argument("--split", default="validation", help="evaluated split to read")
+    args = parser.parse_args(argv)
+    try:
+        written = report(args.root, args.out, metric=args.metric, split=args.split)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    print(written["report_md"].read_text())
+    for key, path in written.items():
+        if key != "report_md":
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,522 @@
+"""Sweeps, launcher and report: grid expansion, skip/resume/failure isolation with a fake
+trial program, the print and tpu-pod backends, and the report on synthetic results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from experiments import launch, report
+from experiments.sweeps import (
+    Sweep,
+    available,
+    chain,
+    format_value,
+    load_sweep,
+    product,
+    sweep,
+    trial_name,
+    zip_,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Stands in for `python -m prefix_jax.train|evaluate ...`: it is run as
+# `python fake_prog.py -m MODULE ARGS...`, logs each call, fails for the trial whose
+# overrides contain $FAKE_FAIL, and writes the files the real programs write.
+FAKE_PROG = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+
+    args = sys.argv[1:]
+    module = args[1]
+    if module == "prefix_jax.train":
+        flags = dict(a[2:].split("=", 1) for a in args[2:])
+        workdir = Path(flags.pop("workdir"))
+        overrides = {k[len("config."):]: v for k, v in flags.items() if k.startswith("config.")}
+    else:
+        workdir = Path(args[args.index("--workdir") + 1])
+        overrides = json.loads((workdir / "config.json").read_text())
+    call = {"module": module, "trial": workdir.name}
+    fail = os.environ.get("FAKE_FAIL", "")
+    if module == "prefix_jax.train":
+        call["resumed"] = (workdir / "checkpoint").exists()
+        if fail and fail in ",".join(f"{k}={v}" for k, v in overrides.items()):
+            with open(os.environ["FAKE_LOG"], "a") as f:
+                f.write(json.dumps({**call, "failed": True}) + "\\n")
+            print("step 1/3", flush=True)
+            raise ValueError(f"boom for {fail}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(overrides))
+        (workdir / "checkpoint").write_text("3")
+        with open(workdir / "metrics.jsonl", "a") as f:
+            for step in (1, 2, 3):
+                f.write(json.dumps({"step": step, "loss": 3.0 / step}) + "\\n")
+        summary = {"steps": 3, "wall_s": 1.5, "params_trainable": 10, "params_total": 1000,
+                   "eval_loss": 1.0, "final_train_loss": 1.0}
+        (workdir / "train_summary.json").write_text(json.dumps(summary))
+    else:
+        out = workdir / "eval_validation"
+        out.mkdir(parents=True, exist_ok=True)
+        bleu = float(overrides["prefix.length"]) / 100
+        results = {"metrics": {"BLEU": bleu, "METEOR": None}, "decode_s": 0.5}
+        (out / "results.json").write_text(json.dumps(results))
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps(call) + "\\n")
+    """
+)
+
+SWEEP_FILE = textwrap.dedent(
+    """
+    from experiments.sweeps import Sweep, sweep
+
+    def get_sweep():
+        return Sweep(
+            name="tiny",
+            config="configs/e2e_prefix.py:local",
+            grid=sweep("prefix.length", [1, 5, 10, 20]),
+            seeds=(0,),
+            base_overrides={"data.path": "/data/e2e devset.csv"},
+        )
+    """
+)
+
+
+# ---------------------------------------------------------------------------- grids
+
+
+def test_grid_helpers_sizes_order_and_errors():
+    lengths = sweep("prefix.length", [1, 5, 10])
+    reparams = sweep("prefix.reparam", ["none", "mlp"])
+    grid = product(lengths, reparams)
+    assert len(grid) == 6
+    assert grid[:2] == [
+        {"prefix.length": 1, "prefix.reparam": "none"},
+        {"prefix.length": 1, "prefix.reparam": "mlp"},
+    ]
+    zipped = zip_(sweep("optim.learning_rate", [1e-4, 5e-5]), sweep("epochs", [5, 10]))
+    assert zipped == [
+        {"optim.learning_rate": 1e-4, "epochs": 5},
+        {"optim.learning_rate": 5e-5, "epochs": 10},
+    ]
+    assert len(chain(lengths, product(sweep("method", ["lora"]), reparams))) == 5
+    with pytest.raises(ValueError, match="share keys"):
+        product(lengths, lengths)
+    with pytest.raises(ValueError, match="different lengths"):
+        zip_(lengths, reparams)
+    with pytest.raises(ValueError, match="bad config key"):
+        sweep("prefix length", [1])
+    with pytest.raises(TypeError):
+        sweep("prefix.length", [[1]])
+    with pytest.raises(ValueError, match="seeds"):
+        Sweep("s", "c.py", grid=sweep("seed", [0, 1]), seeds=(0,))
+
+
+def test_trial_names_are_stable_safe_and_unique():
+    assert trial_name({"prefix.length": 5, "prefix.reparam": "mlp", "seed": 0}) == (
+        "prefix.length=5,prefix.reparam=mlp,seed=0"
+    )
+    assert (
+        trial_name({"optim.learning_rate": 8e-05, "x": True}) == "optim.learning_rate=8e-05,x=true"
+    )
+    a = trial_name({"prefix.init": "text:elephant"})
+    b = trial_name({"prefix.init": "text_elephant"})
+    assert a != b and b == "prefix.init=text_elephant"
+    assert a == trial_name({"prefix.init": "text:elephant"})  # stable
+    for name in (a, trial_name({"data.path": "/a b/c.csv"}), trial_name({"k": "x" * 500})):
+        assert "/" not in name and " " not in name and ":" not in name and len(name) <= 120
+    assert format_value(0.1) == "0.1" and format_value(False) == "false"
+
+
+def test_sweep_trials_cross_seeds_outermost():
+    s = Sweep("s", "c.py", grid=sweep("prefix.length", [1, 5]), seeds=(0, 1))
+    trials = s.trials()
+    assert [t.name for t in trials] == [
+        "prefix.length=1,seed=0",
+        "prefix.length=5,seed=0",
+        "prefix.length=1,seed=1",
+        "prefix.length=5,seed=1",
+    ]
+    assert trials[3].overrides == {"prefix.length": 5, "seed": 1, "prefix.seed": 1}
+    assert [t.name for t in s.trials(seeds=[7])] == [
+        "prefix.length=1,seed=7",
+        "prefix.length=5,seed=7",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,size,first_flags",
+    [
+        ("prefix_length", 5 * 2 * 3, ["--config.prefix.length=1", "--config.prefix.reparam=none"]),
+        ("method", 4 * 3, ["--config.method=prefix"]),
+        ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
+        ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
+        ("init", 4 * 3, ["--config.prefix.init=random", "--config.data.train_fraction=0.1"]),
+        ("small_cpu", 4 * 2, ["--config.prefix.length=1", "--config.data.eval_sources=100"]),
+    ],
+)
+def test_shipped_sweeps_expand(name, size, first_flags):
+    s = load_sweep(f"experiments/sweeps/{name}.py")
+    assert s.name == name
+    plans = launch.plan_trials(s, "runs/x", python=["python"])
+    assert len(plans) == size
+    assert len({p.trial.name for p in plans}) == size
+    train = plans[0].steps[0].argv
+    assert train[:3] == ["python", "-m", "prefix_jax.train"]
+    assert f"--workdir={Path('runs/x') / plans[0].trial.name}" in train
+    for flag in first_flags:
+        assert flag in train
+    assert "--config.seed=0" in train and "--config.prefix.seed=0" in train
+    evaluate = plans[0].steps[1].argv
+    assert evaluate[1:] == ["-m", "prefix_jax.evaluate", "--workdir", str(plans[0].dir)] + [
+        "--split",
+        "validation",
+    ]
+
+
+def test_sweep_module_and_bare_name_load_the_same():
+    assert set(available()) >= {"prefix_length", "method", "small_cpu", "data_size", "init"}
+    by_path = load_sweep("experiments/sweeps/prefix_length.py")
+    assert load_sweep("prefix_length") == by_path
+    assert load_sweep("experiments.sweeps.prefix_length") == by_path
+    assert "methods issue" in load_sweep("method").note
+    assert load_sweep("small_cpu").config == "configs/e2e_prefix.py:local"
+
+
+def test_overrides_parse_into_the_real_configs():
+    """Every shipped sweep's flags are accepted by ml_collections and set the right values."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    for name in available():
+        s = load_sweep(name)
+        plans = launch.plan_trials(s, "runs/x", python=["python"])
+        for plan in (plans[0], plans[-1]):
+            argv = ["train", *plan.steps[0].argv[3:]]
+            fv = flags.FlagValues()
+            config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+            flags.DEFINE_string("workdir", None, "", flag_values=fv)
+            fv(argv)
+            for key, value in {**s.base_overrides, **plan.trial.overrides}.items():
+                got = fv.config
+                for part in key.split("."):
+                    got = got[part]
+                assert got == value and type(got) is type(value), (name, key)
+
+
+def test_set_overrides_seeds_and_only():
+    s = load_sweep("small_cpu")
+    sets = launch.parse_sets(["data.path=/d/devset.csv", "config.max_steps=5"])
+    plans = launch.plan_trials(
+        s, "w", python=["py"], global_overrides=sets, seeds=[3, 4], only=r"length=5,"
+    )
+    assert [p.trial.name for p in plans] == [
+        "prefix.length=5,prefix.reparam=none,seed=3",
+        "prefix.length=5,prefix.reparam=mlp,seed=3",
+        "prefix.length=5,prefix.reparam=none,seed=4",
+        "prefix.length=5,prefix.reparam=mlp,seed=4",
+    ]
+    argv = plans[0].steps[0].argv
+    assert "--config.data.path=/d/devset.csv" in argv and "--config.max_steps=5" in argv
+    assert not any(a.startswith("--config.data.path=/work") for a in argv)  # --set wins
+    assert plans[0].record["global_overrides"] == {"data.path": "/d/devset.csv", "max_steps": "5"}
+    with pytest.raises(ValueError, match="sweep's own axis"):
+        launch.plan_trials(s, "w", python=["py"], global_overrides={"prefix.length": "3"})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        launch.parse_sets(["oops"])
+
+
+# ------------------------------------------------------------------------- launcher
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A sweep file, the fake trial program and its call log; returns a launcher runner."""
+    prog = tmp_path / "fake_prog.py"
+    prog.write_text(FAKE_PROG)
+    sweep_file = tmp_path / "tiny.py"
+    sweep_file.write_text(SWEEP_FILE)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.delenv("FAKE_FAIL", raising=False)
+    root = tmp_path / "runs"
+
+    def run(*extra: str) -> int:
+        argv = [str(sweep_file), "--workdir", str(root)]
+        argv += ["--python", shlex.join([sys.executable, str(prog)]), *extra]
+        return launch.main(argv)
+
+    def calls() -> list[dict]:
+        out = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        log.unlink(missing_ok=True)
+        return out
+
+    run.root, run.calls, run.sweep_file = root, calls, sweep_file
+    return run
+
+
+def _trial(length: int) -> str:
+    return f"prefix.length={length},seed=0"
+
+
+def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys):
+    root = fake.root
+    finished = root / _trial(1) / "eval_validation"
+    finished.mkdir(parents=True)
+    (finished / "results.json").write_text('{"metrics": {"BLEU": 0.99}}')
+    interrupted = root / _trial(10)
+    interrupted.mkdir()
+    (interrupted / "checkpoint").write_text("1")
+    monkeypatch.setenv("FAKE_FAIL", "prefix.length=5")
+
+    assert fake() == 1
+    calls = fake.calls()
+    ran = [(c["trial"], c["module"]) for c in calls]
+    assert (_trial(1), "prefix_jax.train") not in ran  # finished: skipped
+    assert [c for c in calls if c["trial"] == _trial(10)][0]["resumed"] is True
+    assert (_trial(10), "prefix_jax.evaluate") in ran
+    assert (_trial(5), "prefix_jax.evaluate") not in ran  # failed in training
+    assert [c for c in calls if c["trial"] == _trial(5)][0]["failed"] is True
+    assert (_trial(20), "prefix_jax.train") in ran and (_trial(20), "prefix_jax.evaluate") in ran
+
+    failed = (root / _trial(5) / "FAILED").read_text()
+    assert "error: ValueError: boom for prefix.length=5" in failed
+    assert "step: train" in failed and "exit status 1" in failed and "step 1/3" in failed
+    out = capsys.readouterr().out
+    assert "1 skipped, 1 failed" in out and f"FAILED {_trial(5)}: ValueError: boom" in out
+    events = [json.loads(x) for x in (root / "launch.jsonl").read_text().splitlines()]
+    assert {(e["trial"], e["event"]) for e in events} >= {
+        (_trial(1), "skipped"),
+        (_trial(5), "failed"),
+        (_trial(10), "finished"),
+        (_trial(20), "finished"),
+    }
+    record = json.loads((root / _trial(20) / "trial.json").read_text())
+    assert record["overrides"] == {"prefix.length": 20, "seed": 0, "prefix.seed": 0}
+    assert record["base_overrides"] == {"data.path": "/data/e2e devset.csv"}
+    planned = json.loads((root / "sweep.json").read_text())["trials"]
+    assert [t["name"] for t in planned] == [_trial(n) for n in (1, 5, 10, 20)]
+
+    # --skip-failed leaves the failure alone; a plain rerun retries only it.
+    assert fake("--skip-failed") == 0 and fake.calls() == []
+    monkeypatch.delenv("FAKE_FAIL")
+    assert fake() == 0
+    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
+        (_trial(5), "prefix_jax.train"),
+        (_trial(5), "prefix_jax.evaluate"),
+    ]
+    assert not (root / _trial(5) / "FAILED").exists()
+
+
+def test_launcher_does_not_retrain_a_finished_training(fake):
+    tdir = fake.root / _trial(5)
+    tdir.mkdir(parents=True)
+    (tdir / "train_summary.json").write_text("{}")
+    (tdir / "config.json").write_text('{"prefix.length": 5}')
+    assert fake("--only", "length=5,") == 0
+    assert [(c["trial"], c["module"]) for c in fake.calls()] == [(_trial(5), "prefix_jax.evaluate")]
+
+
+def test_launcher_records_a_program_that_cannot_start(tmp_path, fake):
+    code = launch.main(
+        [str(fake.sweep_file), "--workdir", str(fake.root), "--only", "length=1,"]
+        + ["--python", str(tmp_path / "no-such-python")]
+    )
+    assert code == 1
+    assert "could not start" in (fake.root / _trial(1) / "FAILED").read_text()
+
+
+def test_launcher_times_out_a_hanging_command(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SLEEP", "30")
+    assert fake("--only", "length=1,", "--timeout", "0.5") == 1
+    failed = (fake.root / _trial(1) / "FAILED").read_text()
+    assert "reason: timed out after 0.5 s" in failed and "error: timed out" in failed
+
+
+def test_dry_run_prints_commands_and_touches_nothing(fake, capsys):
+    assert fake("--dry-run", "--set", "max_steps=2") == 0
+    out = capsys.readouterr().out
+    assert not fake.root.exists() and fake.calls() == []
+    assert out.count("-m prefix_jax.train") == 4 and out.count("-m prefix_jax.evaluate") == 4
+    assert "--config.prefix.length=5" in out and "--config.max_steps=2" in out
+    assert "'--config.data.path=/data/e2e devset.csv'" in out  # shell-quoted
+    assert f"# [2/4] {_trial(5)}: new" in out
+
+
+def test_print_backend_lines_are_runnable_and_idempotent(fake, tmp_path, monkeypatch, capsys):
+    out_file = tmp_path / "trials.sh"
+    assert fake("--backend=print", "-o", str(out_file)) == 0
+    lines = out_file.read_text().splitlines()
+    assert len(lines) == 4 and all("-m prefix_jax.train" in line for line in lines)
+    assert "--config.prefix.length=5" in lines[1]
+
+    def bash(line: str) -> int:
+        return subprocess.run(["bash", "-c", line], capture_output=True, check=False).returncode
+
+    assert bash(lines[0]) == 0
+    assert [c["module"] for c in fake.calls()] == ["prefix_jax.train", "prefix_jax.evaluate"]
+    assert json.loads((fake.root / _trial(1) / "trial.json").read_text())["trial"] == _trial(1)
+    assert bash(lines[0]) == 0 and fake.calls() == []  # finished: nothing reruns
+    monkeypatch.setenv("FAKE_FAIL", "prefix.length=5")
+    assert bash(lines[1]) != 0
+    assert "exit status 1" in (fake.root / _trial(5) / "FAILED").read_text()
+    assert fake("--backend=print") == 0  # without -o: stdout
+    assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
+    assert fake("--backend=tpu-pod", "--tpu", "pod-1", "--zone", "us-central2-b") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and fake.calls() == []
+    train, evaluate = shlex.split(lines[2]), shlex.split(lines[3])
+    base = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-1", "--zone", "us-central2-b"]
+    assert train[:8] == base and evaluate[:8] == base
+    assert "--worker=all" in train and "--worker=0" in evaluate
+    remote = train[train.index("--command") + 1]
+    assert remote.startswith("cd prefix_jax && ")
+    assert "--config.prefix.length=5" in remote and "--config=configs/e2e_prefix.py:local" in remote
+    assert shlex.split(remote.split(" || ")[1].rstrip("; }"))[:3] == [
+        sys.executable,
+        str(fake.sweep_file.parent / "fake_prog.py"),
+        "-m",
+    ]
+    assert "prefix_jax.evaluate" in evaluate[evaluate.index("--command") + 1]
+    with pytest.raises(SystemExit):
+        fake("--backend=tpu-pod", "--tpu", "pod-1")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _write_trial(root, length, reparam, seed, bleu=None, failed=None, loss=1.0):
+    name = trial_name({"prefix.length": length, "prefix.reparam": reparam, "seed": seed})
+    tdir = root / name
+    tdir.mkdir(parents=True)
+    overrides = {"prefix.length": length, "prefix.reparam": reparam, "seed": seed}
+    overrides["prefix.seed"] = seed
+    (tdir / "trial.json").write_text(
+        json.dumps({"trial": name, "overrides": overrides, "seed_keys": ["seed", "prefix.seed"]})
+    )
+    (tdir / "config.json").write_text("{}")
+    params = 100 * length * (2 if reparam == "mlp" else 1)
+    summary = {"steps": 2, "wall_s": 10.0 + seed, "params_trainable": params}
+    summary |= {"params_total": 10_000, "eval_loss": loss + seed}
+    (tdir / "train_summary.json").write_text(json.dumps(summary))
+    rows = [{"step": 0, "trainable_params": params}, {"step": 1, "loss": 3.0}]
+    rows += [{"step": 2, "loss": 2.0 - 0.1 * seed}, {"step": 2, "eval_loss": 2.5}]
+    (tdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if bleu is not None:
+        (tdir / "eval_validation").mkdir()
+        metrics = {"BLEU": bleu, "NIST": 10 * bleu, "METEOR": None}
+        (tdir / "eval_validation" / "results.json").write_text(json.dumps({"metrics": metrics}))
+    if failed:
+        (tdir / "FAILED").write_text(f"step: evaluate\nerror: {failed}\n")
+    return name
+
+
+def test_report_tables_and_plots(tmp_path):
+    root = tmp_path / "pl"
+    bleus = {(5, "none"): [0.50, 0.60], (5, "mlp"): [0.70, 0.80], (10, "none"): [0.55, 0.65]}
+    for (length, reparam), values in bleus.items():
+        for seed, bleu in enumerate(values):
+            _write_trial(root, length, reparam, seed, bleu)
+    _write_trial(root, 10, "mlp", 0, 0.75)
+    bad = _write_trial(root, 10, "mlp", 1, failed="RuntimeError: out of memory")
+    interrupted = root / "prefix.length=20,prefix.reparam=none,seed=0"
+    interrupted.mkdir()
+    (interrupted / "trial.json").write_text(
+        json.dumps({"overrides": {"prefix.length": 20, "prefix.reparam": "none", "seed": 0}})
+    )
+    planned = [  # the launcher's record, in sweep order: reparam none before mlp
+        {"name": trial_name(o), "overrides": o}
+        for length in (5, 10, 20)
+        for reparam in ("none", "mlp")
+        for seed in (0, 1)
+        for o in [{"prefix.length": length, "prefix.reparam": reparam, "seed": seed}]
+        if length != 20 or seed == 0
+    ]
+    (root / "sweep.json").write_text(json.dumps({"sweep": "pl", "trials": planned}))
+
+    written = report.report(root)
+
+    with open(root / "summary.csv") as f:
+        summary = {(r["prefix.length"], r["prefix.reparam"]): r for r in csv.DictReader(f)}
+    assert len(summary) == 6
+    row = summary[("5", "none")]
+    assert float(row["BLEU_mean"]) == pytest.approx(0.55)
+    assert float(row["BLEU_std"]) == pytest.approx(statistics.stdev([0.5, 0.6]))
+    assert float(row["NIST_mean"]) == pytest.approx(5.5)
+    assert float(row["wall_s_mean"]) == pytest.approx(10.5)
+    assert float(row["params_trainable_mean"]) == 500 and row["seeds"] == "0 1"
+    assert row["METEOR_mean"] == "" and row["METEOR_std"] == ""
+    assert float(summary[("5", "mlp")]["BLEU_mean"]) == pytest.approx(0.75)
+    partial = summary[("10", "mlp")]  # one finished seed, one failed
+    assert partial["trials"] == "2" and partial["finished"] == "1"
+    assert float(partial["BLEU_mean"]) == pytest.approx(0.75) and partial["BLEU_std"] == ""
+    assert float(partial["eval_loss_mean"]) == pytest.approx(1.5)  # training of both seeds
+    assert summary[("20", "mlp")]["trials"] == "1" and summary[("20", "mlp")]["finished"] == "0"
+
+    with open(root / "trials.csv") as f:
+        trials = {r["trial"]: r for r in csv.DictReader(f)}
+    assert len(trials) == 10
+    assert (
+        trials[bad]["status"] == "failed" and trials[bad]["error"] == "RuntimeError: out of memory"
+    )
+    assert trials[interrupted.name]["status"] == "incomplete"
+    assert trials["prefix.length=20,prefix.reparam=mlp,seed=0"]["status"] == "missing"
+
+    md = (root / "report.md").read_text()
+    assert "| 5 | none | 2/2 | 0.55 ± 0.07071 | 5.5 ± 0.7071 | - |" in md
+    assert "| 10 | mlp | 1/2 | 0.75 | 7.5 | - |" in md
+    rows = [line.split(" | ")[:2] for line in md.splitlines() if line.startswith("| ")][1:]
+    assert rows == [[f"| {n}", r] for n in (5, 10, 20) for r in ("none", "mlp")]
+    assert "1,000 (10%)" in md  # trainable params of p=5, mlp
+    assert f"- `{bad}`: failed: RuntimeError: out of memory" in md
+    assert "incomplete" in md and "missing (planned, never started)" in md
+    assert "10 trials: 7 finished, 1 failed, 1 incomplete, 1 missing." in md
+
+    for name in ("metric_vs_prefix_length", "train_loss"):
+        png = root / f"{name}.png"
+        assert written[name] == png
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000
+        assert f"![{name}]({name}.png)" in md
+    assert report.read_loss_curve(root / bad / "metrics.jsonl") == [(1, 3.0), (2, 1.9)]
+
+
+def test_report_without_numeric_axis_draws_bars_and_cli(tmp_path, capsys):
+    root = tmp_path / "method"
+    for method, bleu in (("prefix", 0.6), ("lora", 0.65)):
+        tdir = root / f"method={method},seed=0"
+        (tdir / "eval_validation").mkdir(parents=True)
+        (tdir / "trial.json").write_text(json.dumps({"overrides": {"method": method, "seed": 0}}))
+        results = {"metrics": {"BLEU": bleu}}
+        (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    assert "| lora | 1/1 | 0.65 |" in capsys.readouterr().out
+    assert (out / "metric_by_setting.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (out / "train_loss.png").exists()  # no metrics.jsonl: no curves
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "nothing")])
+
+
+def test_launch_then_report_end_to_end(fake):
+    assert fake() == 0
+    written = report.report(fake.root)
+    with open(written["summary_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["prefix.length"] for r in rows] == ["1", "5", "10", "20"]
+    assert [float(r["BLEU_mean"]) for r in rows] == pytest.approx([0.01, 0.05, 0.10, 0.20])
+    assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
