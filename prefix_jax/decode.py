@@ -282,7 +282,7 @@ def _beam_prefix(prefix: PrefixKV | None, k: int) -> PrefixKV | None:
         return x if x.shape[axis] == 1 else jnp.repeat(x, k, axis=axis)
 
     mask = None if prefix.mask is None else repeat(prefix.mask, 0)
-    return PrefixKV(keys=repeat(prefix.keys, 1), values=repeat(prefix.values, 1), mask=mask)
+    return prefix.replace(keys=repeat(prefix.keys, 1), values=repeat(prefix.values, 1), mask=mask)
 
 
 def _reorder_cache(cache: KVCache, rows: Array) -> KVCache:

@@ -13,7 +13,7 @@ from conftest import hf_logits, padded_batch
 from flax import nnx
 
 from prefix_jax import export
-from prefix_jax.decode import greedy, left_pad
+from prefix_jax.decode import beam_search, greedy, left_pad
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, count_params, create_prefix
 from prefix_jax.methods.prefix import Prefix, activations_table
 from prefix_jax.models import load
@@ -304,6 +304,22 @@ def test_greedy_with_prefix_equals_stepwise_full_forward(tiny_checkpoints, kind)
             logits, _ = model(jnp.asarray([seq]), prefix=prefix)  # no cache, no padding
             seq.append(int(np.argmax(logits[0, -1])))
         assert out[row].tolist() == seq[len(prompt) :]
+
+
+def test_beam_search_keeps_the_position_convention(tiny_checkpoints):
+    """Beam scores with a PEFT-style (after_prefix) prefix equal no-cache log-probs."""
+    model = tiny(tiny_checkpoints, "llama")
+    prefix = _trained_like_prefix(model, positions="after_prefix")()
+    prompt = [5, 9, 3, 7]
+    tokens, mask = left_pad([prompt], pad_id=0)
+    seqs, scores = beam_search(
+        model, tokens, mask, beam_size=2, max_new_tokens=4, prefix=prefix, length_penalty=0.0
+    )
+    seq = np.asarray(seqs)[0].tolist()
+    logits, _ = model(jnp.asarray([prompt + seq]), prefix=prefix)
+    logp = jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1)
+    want = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(seq))
+    assert float(scores[0]) == pytest.approx(want, abs=1e-4)
 
 
 # --- initialization -------------------------------------------------------------------
