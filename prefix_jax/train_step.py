@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prefix_jax import sharding
 from prefix_jax.methods import partition
 
 Array = jax.Array
@@ -38,15 +40,9 @@ class OptimConfig:
     eps: float = 1e-8
 
 
-def make_optimizer(
-    config: OptimConfig, trainable: nnx.filterlib.Filter
-) -> optax.GradientTransformation:
-    """AdamW with linear warmup then linear decay to 0, clipping, and decay on matrices only.
-
-    Wrapped in `multi_transform` with labels from the variable types: applied to a tree that
-    holds frozen leaves too, those get `set_to_zero` and no state.
-    """
-    schedule = optax.join_schedules(
+def learning_rate_schedule(config: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0, then linear decay to 0 at `total_steps`."""
+    return optax.join_schedules(
         [
             optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1)),
             optax.linear_schedule(
@@ -55,6 +51,17 @@ def make_optimizer(
         ],
         [config.warmup_steps],
     )
+
+
+def make_optimizer(
+    config: OptimConfig, trainable: nnx.filterlib.Filter
+) -> optax.GradientTransformation:
+    """AdamW with linear warmup then linear decay to 0, clipping, and decay on matrices only.
+
+    Wrapped in `multi_transform` with labels from the variable types: applied to a tree that
+    holds frozen leaves too, those get `set_to_zero` and no state.
+    """
+    schedule = learning_rate_schedule(config)
     chain = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
     chain.append(
         optax.adamw(
@@ -86,7 +93,12 @@ def lm_loss(logits: Array, tokens: Array, loss_mask: Array) -> tuple[Array, Arra
 
 
 class Trainer:
-    """Holds the split model and the compiled step; `state` is a TrainState."""
+    """Holds the split model and the compiled step; `state` is a TrainState.
+
+    With a `mesh`, the frozen weights, the train state and batches get explicit shardings
+    from the logical-axis `rules`; the state is created sharded (by a jitted init with
+    `out_shardings`) and donated to every step.
+    """
 
     def __init__(
         self,
@@ -94,15 +106,42 @@ class Trainer:
         tx: optax.GradientTransformation,
         trainable: nnx.filterlib.Filter,
         loss_fn: Callable | None = None,
+        mesh: Mesh | None = None,
+        rules=sharding.DEFAULT_RULES,
     ):
         self.graphdef, params, self.frozen = nnx.split(model, trainable, ...)
         self.tx = tx
-        self.state = TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
-        )
+        self.mesh = mesh
         self._loss_fn = loss_fn or _default_loss
-        self._step = jax.jit(self._train_step, donate_argnums=(0,))
-        self._eval = jax.jit(self._eval_step)
+
+        def init(params):
+            return TrainState(
+                step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+            )
+
+        if mesh is None:
+            self.state = init(params)
+            self._step = jax.jit(self._train_step, donate_argnums=(0,))
+            self._eval = jax.jit(self._eval_step)
+            return
+        self.state_sharding = sharding.state_shardings(jax.eval_shape(init, params), rules, mesh)
+        frozen_sharding = sharding.state_shardings(self.frozen, rules, mesh)
+        self.frozen = jax.device_put(self.frozen, frozen_sharding)
+        params = jax.device_put(params, self.state_sharding.params)
+        self.state = jax.jit(init, out_shardings=self.state_sharding)(params)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        batch = sharding.batch_sharding(mesh)
+        self._step = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_sharding, frozen_sharding, batch, replicated),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=(0,),
+        )
+        self._eval = jax.jit(
+            self._eval_step,
+            in_shardings=(self.state_sharding.params, frozen_sharding, batch),
+            out_shardings=replicated,
+        )
 
     def model(self, state: TrainState | None = None) -> nnx.Module:
         """The model with the given (default: current) trainable params merged in."""

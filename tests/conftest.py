@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+# Eight simulated CPU devices for the mesh tests; unsharded code runs on device 0 as usual.
+jax.config.update("jax_num_cpu_devices", 8)
 
 SHARED_DATA = Path(os.environ.get("PREFIX_JAX_DATA", Path(__file__).parents[1] / "../shared/data"))
 

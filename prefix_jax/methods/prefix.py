@@ -92,17 +92,27 @@ class Prefix(nnx.Module):
         p, width = config.length, 2 * model_config.num_layers * model_config.kv_dim
         if config.reparam == "none":
             self.table_param = PrefixParam(
-                jax.random.normal(rngs.params(), (p, width)) * config.init_scale
+                jax.random.normal(rngs.params(), (p, width)) * config.init_scale,
+                logical_axes=("prefix_len", "prefix_kv"),
             )
         else:
             e, h = config.embed_dim or model_config.hidden_size, config.hidden
             self.embedding = PrefixParam(
-                jax.random.normal(rngs.params(), (p, e)) * config.init_scale
+                jax.random.normal(rngs.params(), (p, e)) * config.init_scale,
+                logical_axes=("prefix_len", "prefix_embed"),
             )
-            self.w1 = PrefixParam(_torch_linear_init(rngs, e, (e, h)))
-            self.b1 = PrefixParam(_torch_linear_init(rngs, e, (h,)))
-            self.w2 = PrefixParam(_torch_linear_init(rngs, h, (h, width)))
-            self.b2 = PrefixParam(_torch_linear_init(rngs, h, (width,)))
+            self.w1 = PrefixParam(
+                _torch_linear_init(rngs, e, (e, h)), logical_axes=("prefix_embed", "prefix_hidden")
+            )
+            self.b1 = PrefixParam(
+                _torch_linear_init(rngs, e, (h,)), logical_axes=("prefix_hidden",)
+            )
+            self.w2 = PrefixParam(
+                _torch_linear_init(rngs, h, (h, width)), logical_axes=("prefix_hidden", "prefix_kv")
+            )
+            self.b2 = PrefixParam(
+                _torch_linear_init(rngs, h, (width,)), logical_axes=("prefix_kv",)
+            )
         self.dropout = nnx.Dropout(config.dropout)
 
     def table(self) -> Array:

@@ -13,10 +13,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
+from prefix_jax import sharding
 from prefix_jax.models.config import (
     ModelConfig,
     RopeScaling,
@@ -62,10 +65,13 @@ def load(
     dtype=jnp.float32,
     remat_policy: str | None = None,
     with_tokenizer: bool = True,
+    mesh: Mesh | None = None,
+    rules=sharding.DEFAULT_RULES,
 ):
     """Load a model and its tokenizer from an HF directory, a GGUF file or a known name.
 
-    Returns `(model, tokenizer)`; the tokenizer is None when `with_tokenizer=False`.
+    Returns `(model, tokenizer)`; the tokenizer is None when `with_tokenizer=False`. With a
+    `mesh`, weights are placed sharded by the logical-axis `rules`.
     """
     path = resolve(path_or_name)
     if path.is_dir():
@@ -74,7 +80,15 @@ def load(
         config, tensors = _read_gguf(path)
     else:
         raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file")
-    model = build(config, tensors, param_dtype=param_dtype, dtype=dtype, remat_policy=remat_policy)
+    model = build(
+        config,
+        tensors,
+        param_dtype=param_dtype,
+        dtype=dtype,
+        remat_policy=remat_policy,
+        mesh=mesh,
+        rules=rules,
+    )
     tokenizer = load_tokenizer(path) if with_tokenizer else None
     return model, tokenizer
 
@@ -95,8 +109,13 @@ def build(
     param_dtype=jnp.float32,
     dtype=jnp.float32,
     remat_policy: str | None = None,
+    mesh: Mesh | None = None,
+    rules=sharding.DEFAULT_RULES,
 ) -> Transformer:
-    """Create a Transformer whose parameters are exactly `tensors` (our names, stacked)."""
+    """Create a Transformer whose parameters are exactly `tensors` (our names, stacked).
+
+    With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.sharding`).
+    """
     model = nnx.eval_shape(
         lambda: Transformer(
             config,
@@ -120,8 +139,24 @@ def build(
                 f"tensor {name!r} has shape {tuple(array.shape)} but the config implies "
                 f"{tuple(var.get_value().shape)}"
             )
-        var.set_value(jnp.asarray(array, dtype=param_dtype))
+    for name, var in expected.items():
+        var.set_value(_place(tensors.pop(name), param_dtype, var, mesh, rules))
     return model
+
+
+def _place(array: np.ndarray, param_dtype, var: nnx.Param, mesh, rules) -> jax.Array:
+    """Put a host array on devices, sharded by its logical axes when a mesh is given.
+
+    Each device receives only its slice (no full copy on one device first), and in a
+    multi-process run each process fills only its addressable shards.
+    """
+    array = np.asarray(array, dtype=jnp.dtype(param_dtype))
+    if mesh is None:
+        return jnp.asarray(array)
+    spec = sharding.logical_to_spec(var.get_metadata("logical_axes"), array.shape, rules, mesh)
+    return jax.make_array_from_callback(
+        array.shape, NamedSharding(mesh, spec), lambda index: array[index]
+    )
 
 
 def _param_paths(model: nnx.Module) -> Iterator[tuple[str, nnx.Param]]:

@@ -1,0 +1,148 @@
+"""Meshes and logical-axis rules on 8 simulated CPU devices (set up in conftest.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from jax.sharding import PartitionSpec as P
+
+from prefix_jax import sharding
+from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix
+from prefix_jax.models import load
+from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices (conftest sets jax_num_cpu_devices=8)"
+)
+
+
+@pytest.fixture(scope="module")
+def shardable_checkpoint(tmp_path_factory):
+    """A tiny GQA Llama whose heads, MLP and vocab divide by 8 (kv heads 4 do not)."""
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    path = tmp_path_factory.mktemp("shardable") / "llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def mesh_of(shape):
+    return sharding.make_mesh(list(zip(sharding.MESH_AXES, shape, strict=True)))
+
+
+def batch(vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, (8, 12))
+    mask = np.ones((8, 12), bool)
+    mask[::3, 9:] = False  # some right padding
+    loss_mask = mask.copy()
+    loss_mask[:, :3] = False
+    return {
+        "tokens": jnp.asarray(tokens, jnp.int32),
+        "attention_mask": jnp.asarray(mask),
+        "loss_mask": jnp.asarray(loss_mask, jnp.int32),
+    }
+
+
+def run_steps(path, mesh=None, steps=3):
+    model, _ = load(path, with_tokenizer=False, mesh=mesh)
+    prefix, _ = create_prefix(model, PrefixConfig(length=4, reparam="mlp", hidden=32))
+    # Adam's normalized update turns reduction-order noise in tiny gradients into steps of
+    # about lr; 1e-3 keeps that under the 1e-5 tolerance.
+    tx = make_optimizer(OptimConfig(learning_rate=1e-3), PrefixParam)
+    trainer = Trainer(PrefixLM(model, prefix), tx, PrefixParam, mesh=mesh)
+    data = batch(model.config.vocab_size)
+    if mesh is not None:
+        data = sharding.global_batch({k: np.asarray(v) for k, v in data.items()}, mesh)
+    losses = [float(trainer.step(data, jax.random.key(0))["loss"]) for _ in range(steps)]
+    table = np.asarray(trainer.model().prefix.table())
+    return losses, table, model, trainer
+
+
+@pytest.fixture(scope="module")
+def reference(shardable_checkpoint):
+    losses, table, _, _ = run_steps(shardable_checkpoint, mesh=None)
+    assert losses[2] < losses[0]  # the steps do train the prefix
+    return losses, table
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_sharded_steps_match_one_device(shardable_checkpoint, reference, shape):
+    mesh = mesh_of(shape)
+    losses, table, model, trainer = run_steps(shardable_checkpoint, mesh)
+    np.testing.assert_allclose(losses, reference[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(table, reference[1], rtol=0, atol=1e-5)
+
+    data, fsdp, tensor = shape
+    want_tensor = "tensor" if tensor > 1 else None
+    want_fsdp = "fsdp" if fsdp > 1 else None
+    assert model.layers.q[...].sharding.spec == P(None, want_fsdp, want_tensor, None)
+    # 4 kv heads cannot split 8 ways: replicated on that axis, by rule.
+    kv_axis = want_tensor if tensor in (1, 2) else None
+    assert model.layers.k[...].sharding.spec == P(None, want_fsdp, kv_axis, None)
+    assert model.layers.down[...].sharding.spec == P(None, want_tensor, want_fsdp)
+    assert model.lm_head[...].sharding.spec == P(want_fsdp, want_tensor)
+    # The prefix and its optimizer state are replicated.
+    for leaf in jax.tree.leaves(trainer.state):
+        assert leaf.sharding.is_fully_replicated
+
+
+def test_sharded_decoding_equals_unsharded(shardable_checkpoint):
+    plain, _ = load(shardable_checkpoint, with_tokenizer=False)
+    sharded, _ = load(shardable_checkpoint, with_tokenizer=False, mesh=mesh_of((2, 2, 2)))
+    prefix, _ = create_prefix(plain, PrefixConfig(length=3, reparam="none", init_scale=0.5))
+    kv = prefix()
+    tokens, mask = left_pad([[5, 9, 3, 7], [11, 2], [4, 4, 4], [1]], pad_id=0)
+    for fn, kwargs in ((greedy, {}), (beam_search, {"beam_size": 3})):
+        a = fn(plain, tokens, mask, max_new_tokens=6, prefix=kv, **kwargs)
+        b = fn(sharded, tokens, mask, max_new_tokens=6, prefix=kv, **kwargs)
+        a, b = (x[0] if isinstance(x, tuple) else x for x in (a, b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mesh_errors():
+    with pytest.raises(ValueError, match="needs 12 devices, but there are 8"):
+        sharding.make_mesh([("data", 3), ("fsdp", 4)])
+    with pytest.raises(ValueError, match="does not divide 8 devices"):
+        sharding.make_mesh([("data", -1), ("fsdp", 3)])
+    with pytest.raises(ValueError, match="distinct names"):
+        sharding.make_mesh([("data", 8), ("model", 1)])
+    mesh = mesh_of((8, 1, 1))
+    with pytest.raises(ValueError, match="names an axis that is not in the mesh"):
+        sharding.check_rules([("embed", "expert")], mesh)
+    rows = {"tokens": np.zeros((6, 4), np.int32)}
+    with pytest.raises(ValueError, match="not divisible by the data-parallel size 8"):
+        sharding.global_batch(rows, mesh)
+
+
+def test_minus_one_takes_the_remaining_devices():
+    mesh = sharding.make_mesh([("data", -1), ("fsdp", 2), ("tensor", 1)])
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+
+
+def test_logical_rules_map_axes():
+    mesh = mesh_of((2, 2, 2))
+    rules = sharding.DEFAULT_RULES
+    assert sharding.logical_to_spec(("embed", "vocab"), (64, 128), rules, mesh) == P(
+        "fsdp", "tensor"
+    )
+    # A mesh axis is used once per array; non-divisible dims are replicated.
+    assert sharding.logical_to_spec(("heads", "mlp"), (8, 128), rules, mesh) == P("tensor", None)
+    assert sharding.logical_to_spec(("kv_heads",), (3,), rules, mesh) == P(None)

@@ -1,0 +1,464 @@
+"""Tests for prefix_jax.train: outputs, exact resumption (exception and SIGKILL), the NaN
+guard, and config errors.
+
+Everything runs on a tiny random Llama (vocab 257 = bytes + eos) with a byte-level tokenizer
+and a 26-line jsonl task: 4 held-out sources leave 22 training examples, so an epoch is 6
+batches of 4 (the last one padded) and a 12-step run crosses one epoch boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from test_data import byte_tokenizer
+
+from configs import e2e_prefix
+from prefix_jax import experiment, export, train_step
+from prefix_jax.checkpoint import Checkpointer
+from prefix_jax.train import NonFiniteLossError, train
+from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+
+REPO = Path(__file__).parents[1]
+MAX_STEPS = 12
+STEPS_PER_EPOCH = 6  # ceil(22 / 4)
+
+NAMES = "Aromi Bibimbap Cotto Zizzi Wildwood Fitz Giraffe Loch Mill Punter Strada Vaults Eagle"
+FOODS = ("Thai", "French")
+
+# The run's settings, shared by the in-process runs and the CLI (as --config.KEY=VALUE).
+OVERRIDES = {
+    "mesh": (),  # one device, no mesh (meshes: tests/test_sharding.py, test_multihost.py)
+    "data.task": "jsonl",
+    "data.eval_sources": 4,
+    "data.max_source_tokens": 40,
+    "data.max_target_tokens": 32,
+    "data.buckets": (48, 96),
+    "batch_size": 4,
+    "max_steps": MAX_STEPS,
+    "checkpoint_every": 3,
+    "log_every": 2,
+    "prefix.length": 3,
+    "prefix.hidden": 16,
+    "prefix.dropout": 0.1,
+    "optim.learning_rate": 0.01,
+    "optim.warmup_steps": 2,
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for this module only, shared with the CLI runs.
+
+    Every `train` call jits anew; the cache turns the repeated compiles of the same step into
+    loads (the tests' main cost on a small CPU). Restored to the previous settings after.
+    """
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.mktemp("jax_cache")
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    previous = {name: getattr(jax.config, name) for name in names}
+    cc.reset_cache()
+    jax.config.update(names[0], str(path))
+    jax.config.update(names[1], 0.0)
+    yield {
+        "JAX_COMPILATION_CACHE_DIR": str(path),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    for name, value in previous.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama with the byte tokenizer in one HF directory, and a jsonl task file."""
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=256,
+        eos_token_id=256,
+    )
+    model_dir = root / "tiny_llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+
+    names = NAMES.split()
+    data = root / "e2e_like.jsonl"
+    with data.open("w") as f:
+        for i in range(26):  # 13 names x 2 foods: 26 distinct sources
+            name, food = names[i % 13], FOODS[i % 2]
+            source, target = f"name : {name} | food : {food}", f"{name} serves {food} food."
+            f.write(json.dumps({"source": source, "target": target}) + "\n")
+    return {"model": model_dir, "data": data, "root": root}
+
+
+def make_config(tiny: dict[str, Path], **overrides) -> ml_collections.ConfigDict:
+    """`configs/e2e_prefix.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
+    config = e2e_prefix.get_config("local")
+    settings = {**OVERRIDES, "model": str(tiny["model"]), "data.path": str(tiny["data"])}
+    settings |= {key.replace("__", "."): value for key, value in overrides.items()}
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
+    settings = {**OVERRIDES, "model": tiny["model"], "data.path": tiny["data"], **overrides}
+    flags = [f"--config.{key}={_flag_value(value)}" for key, value in settings.items()]
+    config_file = "configs/e2e_prefix.py:local"  # relative to the repository root (cwd)
+    command = [sys.executable, "-m", "prefix_jax.train", "--config", config_file]
+    return command + ["--workdir", str(workdir), *flags]
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(str, value)) + ")"
+    return str(value)
+
+
+def fresh_trainer(config: ml_collections.ConfigDict):
+    """(Trainer with the initial state, base model) built as `train` builds them."""
+    model, tokenizer = experiment.load_model(config)
+    lm, trainable, _ = experiment.build_method(config, model, tokenizer)
+    optim = OptimConfig(total_steps=config.max_steps, **config.optim.to_dict())
+    return Trainer(lm, make_optimizer(optim, trainable), trainable), model
+
+
+def exported_table(workdir: Path) -> np.ndarray:
+    return export.load(workdir / "export").table
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: Path):
+    """(step, restored state, position, trainer, model) of the workdir's latest checkpoint."""
+    trainer, model = fresh_trainer(config)
+    checkpoints = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        step = checkpoints.latest_step()
+        restored = checkpoints.restore_latest(trainer.state)
+    finally:
+        checkpoints.close()
+    assert restored is not None, f"no checkpoint in {workdir}"
+    state, position = restored
+    return step, state, position, trainer, model
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """Finished checkpoint steps on disk (orbax renames a step's directory when complete)."""
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if re.fullmatch(r"\d+", p.name))
+
+
+def all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """An uninterrupted in-process run: (workdir, config, summary, exported table)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    config = make_config(tiny)
+    summary = train(config, workdir)
+    return workdir, config, summary, exported_table(workdir)
+
+
+class Crash(Exception):
+    """Stands in for a crash of the training process."""
+
+
+def count_steps(monkeypatch, crash_before: int | None = None) -> list[int]:
+    """Patch `Trainer.step` to count its calls and raise Crash on call `crash_before`."""
+    calls = [0]
+    original = Trainer.step
+
+    def step(self, batch, key):
+        calls[0] += 1
+        if calls[0] == crash_before:
+            raise Crash(f"crash before step call {calls[0]}")
+        return original(self, batch, key)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    return calls
+
+
+# --------------------------------------------------------------------------- uninterrupted run
+
+
+def read_scalars(events_dir: Path) -> dict[str, list[int]]:
+    """{tag: [steps]} of the scalar summaries in TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[int]] = {}
+    for path in events_dir.glob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(event.step)
+    return scalars
+
+
+def test_uninterrupted_run_writes_all_outputs(tiny, reference):
+    workdir, config, summary, table = reference
+
+    assert json.loads((workdir / "config.json").read_text()) == json.loads(
+        config.to_json_best_effort()
+    )
+
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and lines[0]["trainable_params"] > 0
+    train_lines = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in train_lines] == list(range(2, MAX_STEPS + 1, 2))
+    for line in train_lines:
+        assert np.isfinite(line["loss"]) and line["tokens_per_s"] > 0 and line["tokens"] > 0
+    # The logged rate is schedule(step), the rate of the next update (as HF logs it): the
+    # peak after the 2 warmup steps, 0 at the end.
+    assert train_lines[0]["learning_rate"] == pytest.approx(0.01)
+    assert train_lines[-1]["learning_rate"] == 0.0
+    assert lines[-1] == {"step": MAX_STEPS, "eval_loss": summary["eval_loss"]}
+
+    scalars = read_scalars(workdir / "tb")
+    assert scalars["loss"] == list(range(2, MAX_STEPS + 1, 2))
+    assert {"tokens_per_s", "learning_rate", "grad_norm", "eval_loss"} <= set(scalars)
+
+    # keep_checkpoints=2 of the saves at 3, 6, 9, 12.
+    assert checkpoint_steps(workdir) == [9, 12]
+
+    saved = json.loads((workdir / "train_summary.json").read_text())
+    assert saved == summary
+    assert summary["steps"] == MAX_STEPS
+    assert summary["train_examples"] == 22 and summary["eval_examples"] == 4
+    assert np.isfinite(summary["final_train_loss"]) and np.isfinite(summary["eval_loss"])
+    assert summary["final_train_loss"] == train_lines[-1]["loss"]
+
+    # The export loads against the model, equals the final checkpoint's collapsed prefix,
+    # and differs from the initial prefix (training moved it).
+    step, state, position, trainer, model = restore_latest(config, workdir)
+    loaded = export.load(workdir / "export", model)
+    assert loaded.table.shape == (3, 2 * 2 * 2 * 8)  # [p, layers * 2 * kv_heads * head_dim]
+    assert loaded.training["steps"] == MAX_STEPS
+    assert (step, int(state.step)) == (MAX_STEPS, MAX_STEPS)
+    assert position == {"epoch": 1, "step_in_epoch": MAX_STEPS - STEPS_PER_EPOCH}
+    final = export.collapse(trainer.model(state).prefix, model).table
+    np.testing.assert_array_equal(loaded.table, final)
+    initial = export.collapse(trainer.model().prefix, model).table
+    assert np.abs(loaded.table - initial).max() > 1e-3
+    # Prefix dropout is active in training (so resumption must replay its keys exactly).
+    prefix = trainer.model(state).prefix
+    a, b = prefix(jax.random.key(1)).keys, prefix(jax.random.key(2)).keys
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(prefix().keys, prefix().keys)
+    # positions="from_zero" cannot round-trip through PEFT, so no PEFT export is written.
+    assert not (workdir / "export_peft").exists()
+
+
+# --------------------------------------------------------------------------- resumption
+
+
+@pytest.mark.parametrize(
+    ("crash_after", "resumed_from"),
+    [(6, 6), (5, 3)],
+    ids=["right_after_checkpoint_at_epoch_end", "between_checkpoints"],
+)
+def test_resume_after_crash_is_bitwise_exact(
+    tiny, reference, tmp_path, monkeypatch, crash_after, resumed_from
+):
+    config = make_config(tiny)
+    count_steps(monkeypatch, crash_before=crash_after + 1)
+    with pytest.raises(Crash):
+        train(config, tmp_path)
+    assert checkpoint_steps(tmp_path)[-1] == resumed_from
+    assert not (tmp_path / "export").exists()
+
+    calls = count_steps(monkeypatch)
+    summary = train(make_config(tiny), tmp_path)
+    assert calls[0] == MAX_STEPS - resumed_from, "the rerun did not resume from the checkpoint"
+    assert summary["steps"] == MAX_STEPS
+    np.testing.assert_array_equal(exported_table(tmp_path), reference[3])
+    assert summary["eval_loss"] == reference[2]["eval_loss"]
+
+
+def test_rerun_of_finished_run_trains_no_more(tiny, reference, tmp_path, monkeypatch):
+    """A finished workdir reruns to the same export without taking a step."""
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference[0], workdir)
+    calls = count_steps(monkeypatch)
+    summary = train(make_config(tiny), workdir)
+    assert calls[0] == 0
+    assert summary["steps"] == MAX_STEPS
+    np.testing.assert_array_equal(exported_table(workdir), reference[3])
+
+
+def test_sigkill_at_random_moment_then_restart_is_bitwise_exact(
+    tiny, reference, tmp_path, compilation_cache
+):
+    """The CLI, killed with SIGKILL mid-run, restarts to the uninterrupted result.
+
+    It checkpoints every step (checkpoint_every and log_every do not change the training
+    math), so a kill likely lands while an asynchronous save or deletion is in flight.
+    """
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    kill_at = rng.randint(1, MAX_STEPS - 3)
+    jitter = rng.uniform(0.0, 0.05)
+    context = f"(random seed {seed}: kill after checkpoint {kill_at} + {jitter:.3f}s)"
+    workdir = tmp_path / "run"
+    command = cli_args(tiny, workdir, checkpoint_every=1, log_every=1)
+    env = {**os.environ, **compilation_cache, "PYTHONUNBUFFERED": "1"}
+
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 300
+            while not checkpoint_steps(workdir) or checkpoint_steps(workdir)[-1] < kill_at:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+            time.sleep(jitter)
+            finished = process.poll()
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    tail = (tmp_path / "killed.log").read_text()[-3000:]
+    assert finished is None, f"the run ended (rc {finished}) before it was killed {context}\n{tail}"
+    assert process.returncode == -signal.SIGKILL
+    assert not (workdir / "export").exists(), context
+
+    # The latest checkpoint left by the kill restores completely and consistently.
+    config = make_config(tiny, checkpoint_every=1, log_every=1)
+    step, state, position, _, _ = restore_latest(config, workdir)
+    assert step >= kill_at and int(state.step) == step, context
+    assert position["epoch"] * STEPS_PER_EPOCH + position["step_in_epoch"] == step, context
+    assert all_finite(state.params), context
+
+    restarted = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert restarted.returncode == 0, f"{context}\n{restarted.stderr[-3000:]}"
+    assert f"resumed from step {step}" in restarted.stderr, context
+    summary = json.loads((workdir / "train_summary.json").read_text())
+    assert summary["steps"] == MAX_STEPS
+    np.testing.assert_array_equal(exported_table(workdir), reference[3], err_msg=context)
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+
+def poison_step(monkeypatch, at_step: int, kind: str) -> None:
+    """Make step `at_step` non-finite: `kind="loss"` gives a NaN loss (and NaN gradients);
+    `kind="gradient"` keeps the loss finite but makes the gradients NaN, as an overflow in
+    the backward pass would. Other steps compute exactly the normal loss."""
+    calls = [0]
+    code = {"loss": 1, "gradient": 2}[kind]
+    original_step = Trainer.step
+
+    def step(self, batch, key):
+        calls[0] += 1
+        poison = jnp.int32(code if calls[0] == at_step else 0)
+        return original_step(self, {**batch, "poison": poison}, key)
+
+    def loss(model, batch, dropout_key):
+        loss, count = train_step.lm_loss(
+            model(batch["tokens"], batch["attention_mask"], dropout_key=dropout_key)[0],
+            batch["tokens"],
+            batch["loss_mask"],
+        )
+        poison = batch.get("poison")
+        if poison is None:  # evaluation batches
+            return loss, count
+        loss = loss * jnp.where(poison == 1, jnp.nan, 1.0)
+        # d/dx sqrt(|x|) at x = 0 is not finite; the double `where` keeps other steps clean.
+        table = model.prefix.table()
+        zero = jnp.where(poison == 2, table - jax.lax.stop_gradient(table), 1.0)
+        loss = loss + jnp.where(poison == 2, jnp.sqrt(jnp.abs(zero)).sum(), 0.0)
+        return loss, count
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(train_step, "_default_loss", loss)
+
+
+@pytest.mark.parametrize(
+    ("kind", "bad_step"),
+    [("loss", 5), ("gradient", 6)],
+    ids=["nan_loss_between_checkpoints", "nan_gradient_with_finite_loss_at_checkpoint"],
+)
+def test_nonfinite_step_raises_and_keeps_last_good_checkpoint(
+    tiny, tmp_path, monkeypatch, kind, bad_step
+):
+    poison_step(monkeypatch, bad_step, kind)
+    with pytest.raises(NonFiniteLossError) as error:
+        train(make_config(tiny), tmp_path)
+    message = str(error.value)
+    assert f"at step {bad_step}" in message
+    assert "last good checkpoint (step 3)" in message
+
+    assert checkpoint_steps(tmp_path)[-1] == 3
+    step, state, position, _, _ = restore_latest(make_config(tiny), tmp_path)
+    assert step == 3 and int(state.step) == 3
+    assert position == {"epoch": 0, "step_in_epoch": 3}
+    assert all_finite(state.params) and all_finite(state.opt_state)
+    assert not (tmp_path / "export").exists()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["step"] < bad_step for line in lines if "loss" in line)
+
+
+def test_nonfinite_before_any_checkpoint_says_so(tiny, tmp_path, monkeypatch):
+    poison_step(monkeypatch, 1, "loss")
+    with pytest.raises(NonFiniteLossError, match="at step 1 .*no checkpoint had been saved"):
+        train(make_config(tiny, log_every=1), tmp_path)
+    assert checkpoint_steps(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "lora"}, r"unknown method 'lora'; known: prefix"),
+        ({"prefix__lenght": 5}, r"unknown config.prefix fields: \['lenght'\]"),
+        ({"dtype": "fp16"}, r"unknown dtype 'fp16'; known: float32, bfloat16, float16"),
+        ({"param_dtype": "float64"}, r"unknown dtype 'float64'"),
+        ({"prefix__reparam": "lstm"}, r"prefix reparam must be one of"),
+    ],
+    ids=["method", "prefix_field", "dtype", "param_dtype", "prefix_value"],
+)
+def test_config_errors_are_clear(tiny, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_config(tiny, **overrides), tmp_path)
+    assert checkpoint_steps(tmp_path) == []
