@@ -103,8 +103,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Run (or resume) training; returns the summary also written to train_summary.json."""
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     mesh = experiment.make_mesh(config)
@@ -144,11 +143,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     position = {"epoch": 0, "step_in_epoch": 0}
     if restored is not None:
         trainer.state, position = restored
-        log.info("resumed from step %d at %s", int(trainer.state.step), position)
+        log.info(
+            "resumed from step %d at %s", int(sharding.host_value(trainer.state.step)), position
+        )
 
     writer = MetricsWriter(workdir) if is_main else _NullWriter()
     key = jax.random.key(config.seed)
-    step = int(trainer.state.step)
+    step = int(sharding.host_value(trainer.state.step))
     if step == 0:
         writer.write(0, {"trainable_params": counts["trainable"], **init_info})
     first_nonfinite = jnp.zeros((), jnp.int32)  # first step with a NaN/inf; 0 = none
@@ -232,7 +233,7 @@ def _track_nonfinite(first: jax.Array, metrics: dict, step) -> jax.Array:
 
 
 def _check_finite(first_nonfinite: jax.Array, step: int, checkpoints: Checkpointer) -> None:
-    bad = int(first_nonfinite)  # host sync: only at log and checkpoint steps
+    bad = int(sharding.host_value(first_nonfinite))  # host sync: only at log and checkpoint steps
     if bad:
         latest = checkpoints.latest_step()
         if latest is None:
