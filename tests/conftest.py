@@ -20,7 +20,23 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    if kind == "gpt2":
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
+        model = transformers.Qwen2ForCausalLM(config)
+        with torch.no_grad():  # random biases, so a missing bias cannot pass unnoticed
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn_like(p))
+    elif kind == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=None
         )
@@ -37,6 +53,15 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
             rope_theta=5000.0,
             tie_word_embeddings=kind == "llama_tied",
         )
+        if kind == "llama3_rope":  # Llama 3.1 frequency scaling
+            config.rope_parameters = {
+                "rope_type": "llama3",
+                "rope_theta": 5000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
         model = transformers.LlamaForCausalLM(config)
         # Random norms so a wrong norm mapping cannot hide behind all-ones weights.
         with torch.no_grad():
@@ -50,9 +75,10 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Paths of tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied."""
+    """Tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied, llama3_rope, qwen2."""
     root = tmp_path_factory.mktemp("tiny")
-    return {kind: _save_tiny(root, kind) for kind in ("gpt2", "llama", "llama_tied")}
+    kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2")
+    return {kind: _save_tiny(root, kind) for kind in kinds}
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,16 @@ from prefix_jax.decode import greedy, left_pad
 from prefix_jax.models import load
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2"])
 @pytest.mark.parametrize("side", ["left", "right", "none"])
 def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
     path = tiny_checkpoints[kind]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
     model, _ = load(str(path), with_tokenizer=False)
+    if kind == "llama3_rope":
+        assert model.config.rope_scaling.rope_type == "llama3"
+    if kind == "qwen2":
+        assert model.config.qkv_bias and not model.config.tie_embeddings
     rng = np.random.default_rng(1)
     lengths = [9, 9, 9] if side == "none" else [9, 4, 7]
     tokens, mask = padded_batch(

@@ -146,3 +146,39 @@ def test_logical_rules_map_axes():
     # A mesh axis is used once per array; non-divisible dims are replicated.
     assert sharding.logical_to_spec(("heads", "mlp"), (8, 128), rules, mesh) == P("tensor", None)
     assert sharding.logical_to_spec(("kv_heads",), (3,), rules, mesh) == P(None)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_step(shardable_checkpoint, policy):
+    def one_step(remat):
+        model, _ = load(shardable_checkpoint, with_tokenizer=False, remat_policy=remat)
+        prefix, _ = create_prefix(model, PrefixConfig(length=4, reparam="mlp", hidden=32))
+        tx = make_optimizer(OptimConfig(learning_rate=1e-3), PrefixParam)
+        trainer = Trainer(PrefixLM(model, prefix), tx, PrefixParam)
+        metrics = trainer.step(batch(model.config.vocab_size), jax.random.key(0))
+        return float(metrics["grad_norm"]), np.asarray(trainer.model().prefix.table())
+
+    (norm_a, table_a), (norm_b, table_b) = one_step(None), one_step(policy)
+    assert norm_a == pytest.approx(norm_b, rel=1e-5)
+    np.testing.assert_allclose(table_a, table_b, atol=1e-6)
+
+
+def test_mixed_precision_keeps_prefix_and_optimizer_in_float32(shardable_checkpoint):
+    model, _ = load(
+        shardable_checkpoint,
+        with_tokenizer=False,
+        param_dtype=jnp.bfloat16,
+        dtype=jnp.bfloat16,
+        mesh=mesh_of((2, 4, 1)),
+    )
+    prefix, _ = create_prefix(model, PrefixConfig(length=4, reparam="mlp", hidden=32))
+    tx = make_optimizer(OptimConfig(learning_rate=1e-3), PrefixParam)
+    trainer = Trainer(PrefixLM(model, prefix), tx, PrefixParam, mesh=mesh_of((2, 4, 1)))
+    data = batch(model.config.vocab_size)
+    data = sharding.global_batch({k: np.asarray(v) for k, v in data.items()}, trainer.mesh)
+    metrics = trainer.step(data, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert {x.dtype for x in jax.tree.leaves(trainer.frozen)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(trainer.state.params)} == {jnp.dtype(jnp.float32)}
+    floats = [x for x in jax.tree.leaves(trainer.state.opt_state) if x.ndim > 0]
+    assert floats and {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}
