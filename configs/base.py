@@ -41,6 +41,18 @@ def get_base_config() -> ml_collections.ConfigDict:
         }
     )
 
+    # Baselines (config.method = "prompt" | "lora" | "full"); each reads only its own block.
+    # Prompt tuning (Lester et al.): sampled vocabulary embeddings init better than random.
+    c.prompt = ml_collections.ConfigDict(
+        {"length": 10, "init": "vocab", "init_scale": 1.0, "seed": 0}
+    )
+    # LoRA (Hu et al.) on GPT-2 E2E: r=4, alpha=32, dropout 0.1 on W_q, W_v.
+    c.lora = ml_collections.ConfigDict(
+        {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ("q", "v"), "seed": 0}
+    )
+    # Full fine-tuning; top_layers=k trains only the last k layers (FT-top2: k=2).
+    c.finetune = ml_collections.ConfigDict({"top_layers": 0})
+
     c.data = ml_collections.ConfigDict()
     c.data.task = "e2e"
     c.data.path = "e2e_nlg"  # hub name by default; a local file path works too
@@ -97,4 +109,27 @@ def apply_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.max_eval_groups = 32
     c.decode.beam_size = 2
     c.decode.max_new_tokens = 40
+    return c
+
+
+# Optimizer settings per baseline: (full runs, `:local` runs). Starting points, not tuned here:
+# LoRA follows Hu et al. on E2E (lr 2e-4, weight decay 0.01, 500 warmup steps); fine-tuning
+# uses the usual GPT-2 fine-tuning rate 5e-5; prompt tuning needs a large rate (PEFT's
+# causal-LM prompt-tuning example uses 3e-2).
+METHOD_OPTIM = {
+    "prompt": ({"learning_rate": 3e-2}, {"learning_rate": 3e-2}),
+    "lora": (
+        {"learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": 500},
+        {"learning_rate": 1e-3, "weight_decay": 0.01},
+    ),
+    "full": ({"learning_rate": 5e-5}, {"learning_rate": 1e-4}),
+}
+
+
+def use_method(
+    c: ml_collections.ConfigDict, method: str, local: bool = False
+) -> ml_collections.ConfigDict:
+    """Switch a task config to a baseline method with that method's optimizer settings."""
+    c.method = method
+    c.optim.update(METHOD_OPTIM[method][1 if local else 0])
     return c

@@ -12,13 +12,28 @@ from jax.sharding import Mesh
 
 from prefix_jax import sharding
 from prefix_jax.data import EncodeConfig, Example, load_task, split_by_source
-from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix
+from prefix_jax.methods import (
+    FinetuneConfig,
+    LoraConfig,
+    LoraLM,
+    LoraParam,
+    PrefixConfig,
+    PrefixLM,
+    PrefixParam,
+    PromptConfig,
+    PromptLM,
+    PromptParam,
+    create_finetune,
+    create_lora,
+    create_prefix,
+    create_prompt,
+)
 from prefix_jax.models import Transformer, load
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-METHODS = ("prefix",)
+METHODS = ("prefix", "prompt", "lora", "full")
 
 
 def dtype(name: str):
@@ -90,17 +105,38 @@ def _keep_fraction_of_sources(examples: list[Example], fraction: float, seed: in
     return [e for e in examples if e.source in keep]
 
 
-def prefix_config(config: ml_collections.ConfigDict) -> PrefixConfig:
-    fields = {f.name for f in dataclasses.fields(PrefixConfig)}
-    unknown = set(config.prefix.keys()) - fields
+def method_config(config: ml_collections.ConfigDict, field: str, cls):
+    """The dataclass `cls` from the config's `field` sub-config, rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(config[field].keys()) - names
     if unknown:
-        raise ValueError(f"unknown config.prefix fields: {sorted(unknown)}")
-    return PrefixConfig(**config.prefix.to_dict())
+        raise ValueError(f"unknown config.{field} fields: {sorted(unknown)}")
+    return cls(**config[field].to_dict())
+
+
+def prefix_config(config: ml_collections.ConfigDict) -> PrefixConfig:
+    return method_config(config, "prefix", PrefixConfig)
 
 
 def build_method(config: ml_collections.ConfigDict, model: Transformer, tokenizer):
-    """The trainable model for `config.method`, its trainable filter, and init info."""
+    """(trainable model, trainable filter, init info) for `config.method`.
+
+    prefix, prompt and lora wrap the frozen model with their own variable type; full
+    fine-tunes every weight, or only the last `config.finetune.top_layers` layers.
+    """
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    prefix, info = create_prefix(model, prefix_config(config), tokenizer)
-    return PrefixLM(model, prefix), PrefixParam, info
+    if config.method == "prefix":
+        prefix, info = create_prefix(model, prefix_config(config), tokenizer)
+        return PrefixLM(model, prefix), PrefixParam, info
+    if config.method == "prompt":
+        prompt, info = create_prompt(
+            model, method_config(config, "prompt", PromptConfig), tokenizer
+        )
+        return PromptLM(model, prompt), PromptParam, info
+    if config.method == "lora":
+        lora, info = create_lora(model, method_config(config, "lora", LoraConfig))
+        return LoraLM(model, lora), LoraParam, info
+    finetune = method_config(config, "finetune", FinetuneConfig)
+    lm, info = create_finetune(model, finetune)
+    return lm, finetune.trainable, info

@@ -6,7 +6,8 @@ r"""Train a method (prefix-tuning by default) from an ml_collections config.
 Restarting the same command resumes from the latest checkpoint in the workdir, with the
 train state and the data position restored, so the result equals an uninterrupted run.
 The workdir receives `config.json`, `metrics.jsonl`, TensorBoard events (`tb/`),
-`checkpoints/`, the exported prefix (`export/`, `export_peft/`) and `train_summary.json`.
+`checkpoints/`, the method's exported artifact (`export/`, and `export_peft/` in PEFT's
+format; none for full fine-tuning) and `train_summary.json`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from prefix_jax import experiment, export, sharding
 from prefix_jax.checkpoint import Checkpointer
 from prefix_jax.data import BatchIterator, encode_examples
-from prefix_jax.methods import count_params
+from prefix_jax.methods import count_params, lora, prompt
+from prefix_jax.methods.common import gather
+from prefix_jax.models import Transformer
 from prefix_jax.train_step import OptimConfig, Trainer, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -200,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         writer.close()
 
     training = {"steps": step, "config": json.loads(config.to_json_best_effort())}
-    exported = export.collapse(trainer.model().prefix, model, training)
+    exports = export_artifacts(config.method, trainer, model, training, workdir, write=is_main)
     summary = {
         "steps": step,
         "final_train_loss": last["loss"] if math.isfinite(last["loss"]) else None,
@@ -211,13 +215,54 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         **{f"params_{k}": v for k, v in counts.items()},
+        "exports": exports,
     }
+    if not exports:
+        summary["export_note"] = (
+            "fine-tuning has no small artifact: the trained weights are the checkpoint"
+        )
     if is_main:
-        export.save(exported, workdir / "export")
-        if exported.positions_after_prefix:
-            export.save_peft(exported, workdir / "export_peft")
         (workdir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def export_artifacts(
+    method: str,
+    trainer: Trainer,
+    model: Transformer,
+    training: dict,
+    workdir: Path,
+    write: bool,
+) -> list[str]:
+    """Export the method's small artifact (ours and PEFT's format) to `workdir`/export*.
+
+    Full / top-k fine-tuning exports nothing (the checkpoint holds the trained weights).
+    Every process gathers the trained parameters (a collective); only `write` ones write.
+    Returns the directory names.
+    """
+    if method == "full":
+        return []
+    params = jax.tree.map(gather, trainer.state.params)
+    lm = nnx.merge(trainer.graphdef, params, trainer.frozen)
+    if method == "prefix":
+        exported = export.collapse(lm.prefix, model, training)
+        writers = {"export": lambda d: export.save(exported, d)}
+        if exported.positions_after_prefix:
+            writers["export_peft"] = lambda d: export.save_peft(exported, d)
+    elif method == "prompt":
+        writers = {
+            "export": lambda d: prompt.save(lm.prompt, model, d, training),
+            "export_peft": lambda d: prompt.save_peft(lm.prompt, model, d),
+        }
+    else:
+        writers = {
+            "export": lambda d: lora.save(lm.lora, model, d, training),
+            "export_peft": lambda d: lora.save_peft(lm.lora, model, d),
+        }
+    if write:
+        for name, save in writers.items():
+            save(workdir / name)
+    return list(writers)
 
 
 @jax.jit

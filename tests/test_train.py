@@ -450,7 +450,7 @@ def test_nonfinite_before_any_checkpoint_says_so(tiny, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "lora"}, r"unknown method 'lora'; known: prefix"),
+        ({"method": "adapter"}, r"unknown method 'adapter'; known: prefix, prompt, lora, full"),
         ({"prefix__lenght": 5}, r"unknown config.prefix fields: \['lenght'\]"),
         ({"dtype": "fp16"}, r"unknown dtype 'fp16'; known: float32, bfloat16, float16"),
         ({"param_dtype": "float64"}, r"unknown dtype 'float64'"),

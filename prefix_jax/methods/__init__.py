@@ -1,5 +1,8 @@
-"""Parameter-efficient methods; each marks its trainable variables with its own type."""
+"""Parameter-efficient methods and baselines; each marks its trainable variables with its own
+variable type (full fine-tuning: every `nnx.Param`)."""
 
+from prefix_jax.methods.finetune import FinetuneConfig, FinetuneLM, TopLayerParam, create_finetune
+from prefix_jax.methods.lora import Lora, LoraConfig, LoraLM, LoraParam, create_lora
 from prefix_jax.methods.partition import count_params
 from prefix_jax.methods.prefix import (
     Prefix,
@@ -8,5 +11,27 @@ from prefix_jax.methods.prefix import (
     PrefixParam,
     create_prefix,
 )
+from prefix_jax.methods.prompt import PromptConfig, PromptLM, PromptParam, SoftPrompt, create_prompt
 
-__all__ = ["Prefix", "PrefixConfig", "PrefixLM", "PrefixParam", "count_params", "create_prefix"]
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneLM",
+    "Lora",
+    "LoraConfig",
+    "LoraLM",
+    "LoraParam",
+    "Prefix",
+    "PrefixConfig",
+    "PrefixLM",
+    "PrefixParam",
+    "PromptConfig",
+    "PromptLM",
+    "PromptParam",
+    "SoftPrompt",
+    "TopLayerParam",
+    "count_params",
+    "create_finetune",
+    "create_lora",
+    "create_prefix",
+    "create_prompt",
+]

@@ -26,8 +26,20 @@ def labels(state: nnx.State, trainable: nnx.filterlib.Filter) -> nnx.State:
 
 
 def decay_mask(params) -> object:
-    """Weight decay on matrices only, not on biases or 1-D scales (AdamW convention)."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """Weight decay on matrices only, not on biases or norm scales (AdamW convention).
+
+    A stacked weight's leading `layers` axis does not make it a matrix: per-layer norm
+    scales [layers, d] are vectors (this matters once layers train: full or top-k FT).
+    """
+
+    def is_matrix(x) -> bool:
+        if not isinstance(x, nnx.Variable):
+            return getattr(x, "ndim", 0) >= 2
+        value = x.get_value()
+        axes = x.get_metadata("logical_axes", None) or ()
+        return getattr(value, "ndim", 0) - ("layers" in axes) >= 2
+
+    return jax.tree.map(is_matrix, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def multi_transform(
@@ -40,8 +52,13 @@ def multi_transform(
 
 
 def count_params(model: nnx.Module, trainable: nnx.filterlib.Filter) -> dict[str, float]:
-    """Trainable and total parameter counts, and the trainable fraction."""
+    """Trainable and total parameter counts, and the trainable fraction.
+
+    A wrapper that trains copies of frozen weights (top-k fine-tuning) reports how many
+    frozen parameters they replace as `num_shadowed_params`; those are not counted twice.
+    """
     train_state, rest = nnx.state(model, trainable, nnx.Param)
     n_train = sum(x.size for x in jax.tree.leaves(train_state))
     n_total = n_train + sum(x.size for x in jax.tree.leaves(rest))
+    n_total -= getattr(model, "num_shadowed_params", 0)
     return {"trainable": n_train, "total": n_total, "fraction": n_train / max(n_total, 1)}

@@ -7,6 +7,11 @@ per-layer inputs (prefix keys/values, KV-cache slices) ride along the same scan.
 Every attention layer can attend to an optional prefix of keys/values that sits in front
 of the token keys. The prefix has no position: real tokens are numbered from 0 whatever
 its length, so a long prefix does not use up the model's context window.
+
+Two more hooks serve the baseline methods without method-specific code here: `deltas`
+adds per-layer low-rank updates to named projections inside the scan (LoRA), and
+`top_layers` swaps in other weights for the last k layers, run as a second scan so that
+autodiff never enters the layers below (top-k fine-tuning).
 """
 
 from __future__ import annotations
@@ -58,6 +63,39 @@ class KVCache(struct.PyTreeNode):
     @property
     def max_len(self) -> int:
         return self.keys.shape[2]
+
+
+class LowRankDeltas(struct.PyTreeNode):
+    """Per-layer low-rank updates of named layer weights: `y = x W + scale * (x A) B`.
+
+    factors: {weight name: (A [layers, *in, r], B [layers, r, *out])}, where `in`/`out` are
+    the input/output dims of the stacked weight (q: A [L, embed, r], B [L, r, heads,
+    head_dim]; o: A [L, heads, head_dim, r], B [L, r, embed]). Dropout at rate `dropout`
+    applies to the input of A when `dropout_key` is given (training), with an independent
+    mask per layer and weight. LoRA is this with B initialized to zero.
+    """
+
+    factors: dict[str, tuple[Array, Array]]
+    scale: float = struct.field(pytree_node=False, default=1.0)
+    dropout: float = struct.field(pytree_node=False, default=0.0)
+    dropout_key: Array | None = None
+
+
+# Each projection of a layer: einsum of its input with the stacked weight (one layer's slice).
+PROJECTIONS = {
+    "q": "btd,dhk->bthk",
+    "k": "btd,dhk->bthk",
+    "v": "btd,dhk->bthk",
+    "o": "bthd,hde->bte",
+    "gate": "btd,df->btf",
+    "up": "btd,df->btf",
+    "down": "btf,fd->btd",
+}
+
+
+def projection_in_dims(name: str) -> int:
+    """How many leading dims of a (per-layer) projection weight are input dims."""
+    return len(PROJECTIONS[name].split(",")[0]) - 2
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, std=0.02):
@@ -175,10 +213,18 @@ class Transformer(nnx.Module):
         prefix: PrefixKV | None = None,
         cache: KVCache | None = None,
         input_embeds: Array | None = None,
+        deltas: LowRankDeltas | None = None,
+        top_layers: dict[str, Array] | None = None,
     ) -> tuple[Array, KVCache | None]:
         """Logits [B, T, vocab] in float32, and the advanced cache when one is given."""
         hidden, cache = self.hidden_states(
-            tokens, attention_mask, prefix=prefix, cache=cache, input_embeds=input_embeds
+            tokens,
+            attention_mask,
+            prefix=prefix,
+            cache=cache,
+            input_embeds=input_embeds,
+            deltas=deltas,
+            top_layers=top_layers,
         )
         return self.unembed(hidden), cache
 
@@ -196,8 +242,14 @@ class Transformer(nnx.Module):
         prefix: PrefixKV | None = None,
         cache: KVCache | None = None,
         input_embeds: Array | None = None,
+        deltas: LowRankDeltas | None = None,
+        top_layers: dict[str, Array] | None = None,
     ) -> tuple[Array, KVCache | None]:
-        """Final-norm hidden states [B, T, d]; `input_embeds` replaces token embeddings."""
+        """Final-norm hidden states [B, T, d]; `input_embeds` replaces token embeddings.
+
+        `deltas` adds low-rank updates to named projections of every layer; `top_layers`
+        ({weight name: [k, ...]}) replaces those weights of the last k layers.
+        """
         c = self.config
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
@@ -245,11 +297,31 @@ class Transformer(nnx.Module):
             per_layer["prefix"] = (prefix.keys.astype(self.dtype), prefix.values.astype(self.dtype))
         if cache is not None:
             per_layer["cache"] = (cache.keys, cache.values)
+        if deltas is not None:
+            per_layer["deltas"] = {
+                name: (a.astype(self.dtype), b.astype(self.dtype))
+                for name, (a, b) in deltas.factors.items()
+            }
+            if deltas.dropout_key is not None and deltas.dropout > 0:
+                per_layer["delta_keys"] = jax.random.split(deltas.dropout_key, c.num_layers)
 
         def layer(x, xs):
             params = xs["params"]
+
+            def project(name: str, h: Array) -> Array:
+                y = jnp.einsum(PROJECTIONS[name], h, params[name])
+                if name not in xs.get("deltas", {}):
+                    return y
+                a, b = xs["deltas"][name]
+                if "delta_keys" in xs:
+                    key = jax.random.fold_in(xs["delta_keys"], list(PROJECTIONS).index(name))
+                    keep = jax.random.bernoulli(key, 1.0 - deltas.dropout, h.shape)
+                    h = jnp.where(keep, h / (1.0 - deltas.dropout), 0).astype(h.dtype)
+                low = jnp.tensordot(h, a, axes=projection_in_dims(name))
+                return y + (deltas.scale * jnp.tensordot(low, b, axes=1)).astype(y.dtype)
+
             h = _norm(x, params, "attn_norm", c)
-            q, k, v = _qkv(h, params, c)
+            q, k, v = _qkv(h, params, project, c)
             if c.positions == "rope":
                 q = apply_rope(q, positions, inv_freq)
                 k = apply_rope(k, positions, inv_freq)
@@ -266,16 +338,19 @@ class Transformer(nnx.Module):
                 k = jnp.concatenate([pk, k], axis=1)
                 v = jnp.concatenate([pv, v], axis=1)
             attn = attend(q, k, v, mask)
-            out = jnp.einsum("bthd,hde->bte", attn, params["o"])
+            out = project("o", attn)
             if c.out_bias:
                 out = out + params["o_bias"]
             x = x + out
-            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, c)
+            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, project, c)
             return x, new_cache
 
         if self.remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy(self.remat_policy))
-        x, new_kv = jax.lax.scan(layer, x, per_layer)
+        if top_layers is None:
+            x, new_kv = jax.lax.scan(layer, x, per_layer)
+        else:
+            x, new_kv = _scan_with_top_layers(layer, x, per_layer, top_layers, self.dtype)
         x = _norm_apply(
             x,
             self.final_norm_scale[...],
@@ -291,6 +366,27 @@ class Transformer(nnx.Module):
                 next_position=cache.next_position + attention_mask.sum(-1).astype(jnp.int32),
             )
         return x, cache
+
+
+def _scan_with_top_layers(layer, x, per_layer: dict, top: dict[str, Array], dtype):
+    """Scan the stored lower layers, then the last k with `top`'s weights swapped in.
+
+    Two scans rather than one over concatenated weights: nothing below the top layers
+    depends on `top`, so autodiff neither runs the backward pass there nor builds weight
+    gradients for those layers.
+    """
+    n_lower = per_layer["params"]["q"].shape[0] - next(iter(top.values())).shape[0]
+    lower = jax.tree.map(lambda a: a[:n_lower], per_layer)
+    upper = jax.tree.map(lambda a: a[n_lower:], per_layer)
+    upper["params"] = {
+        **upper["params"],
+        **{name: cast_layer_weight(name, w, dtype) for name, w in top.items()},
+    }
+    x, kv_lower = jax.lax.scan(layer, x, lower)
+    x, kv_upper = jax.lax.scan(layer, x, upper)
+    if kv_upper is None:
+        return x, None
+    return x, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv_lower, kv_upper)
 
 
 def remat_policy(name: str) -> Callable | None:
@@ -341,25 +437,23 @@ def _norm(x: Array, params: dict, name: str, c: ModelConfig) -> Array:
     return _norm_apply(x, params[f"{name}_scale"], params.get(f"{name}_bias"), c).astype(x.dtype)
 
 
-def _qkv(h: Array, params: dict, c: ModelConfig) -> tuple[Array, Array, Array]:
-    q = jnp.einsum("btd,dhk->bthk", h, params["q"])
-    k = jnp.einsum("btd,dhk->bthk", h, params["k"])
-    v = jnp.einsum("btd,dhk->bthk", h, params["v"])
+def _qkv(h: Array, params: dict, project: Callable, c: ModelConfig) -> tuple[Array, Array, Array]:
+    q, k, v = project("q", h), project("k", h), project("v", h)
     if c.qkv_bias:
         q, k, v = q + params["q_bias"], k + params["k_bias"], v + params["v_bias"]
     return q, k, v
 
 
-def _mlp(h: Array, params: dict, c: ModelConfig) -> Array:
+def _mlp(h: Array, params: dict, project: Callable, c: ModelConfig) -> Array:
     act = ACTIVATIONS[c.activation]
-    up = jnp.einsum("btd,df->btf", h, params["up"])
+    up = project("up", h)
     if c.mlp_bias:
         up = up + params["up_bias"]
     if c.gated_mlp:
-        up = act(jnp.einsum("btd,df->btf", h, params["gate"])) * up
+        up = act(project("gate", h)) * up
     else:
         up = act(up)
-    out = jnp.einsum("btf,fd->btd", up, params["down"])
+    out = project("down", up)
     return out + params["down_bias"] if c.mlp_bias else out
 
 
@@ -401,9 +495,14 @@ class DecoderLayers(nnx.Module):
 
     def stacked(self, dtype) -> dict[str, Array]:
         """Weights by name, cast to the compute dtype (norm scales stay in float32)."""
-        out = {}
-        for name, var in vars(self).items():
-            if isinstance(var, nnx.Param):
-                keep = name.endswith("norm_scale") or name.endswith("norm_bias")
-                out[name] = var[...].astype(jnp.float32 if keep else dtype)
-        return out
+        return {
+            name: cast_layer_weight(name, var[...], dtype)
+            for name, var in vars(self).items()
+            if isinstance(var, nnx.Param)
+        }
+
+
+def cast_layer_weight(name: str, w: Array, dtype) -> Array:
+    """A layer weight in the compute dtype; norm scales and biases stay in float32."""
+    keep = name.endswith("norm_scale") or name.endswith("norm_bias")
+    return w.astype(jnp.float32 if keep else dtype)

@@ -1,0 +1,17 @@
+r"""LoRA (Hu et al., 2021) on E2E, a baseline for prefix-tuning.
+
+    python -m prefix_jax.train --config configs/e2e_lora.py --workdir runs/e2e_lora
+
+Rank 4, alpha 32, dropout 0.1 on q and v (Hu et al.'s GPT-2 E2E setting); other
+weights with e.g. `--config.lora.targets="('q','k','v','o')"`.
+
+Data, batch size and decoding as in configs/e2e_prefix.py (including its `:local`
+variant); the optimizer settings are the method's (`configs.base.METHOD_OPTIM`).
+"""
+
+from configs import e2e_prefix
+from configs.base import use_method
+
+
+def get_config(arg: str | None = None):
+    return use_method(e2e_prefix.get_config(arg), "lora", local=arg == "local")

@@ -1,0 +1,105 @@
+"""What the baseline methods share: the wrapper interface and artifact writing.
+
+A method's trainable model wraps the frozen base `Transformer` and is callable like it
+(plus `dropout_key=`), and it also exposes the base's decoding interface (`config`,
+`init_cache`, `hidden_states`, `unembed`), so `prefix_jax.decode` and the train step take
+it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
+
+from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.transformer import KVCache, Transformer
+
+Array = jax.Array
+
+
+class WrappedLM(nnx.Module):
+    """Base class of method wrappers: `self.base` plus whatever `forward_kwargs` adds.
+
+    Subclasses set `self.base` and override `forward_kwargs` (extra arguments of the base
+    forward pass, e.g. LoRA deltas) or `hidden_states` itself (prompt tuning).
+    """
+
+    base: Transformer
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.base.config
+
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        """Extra base-model arguments; dropout applies only when a key (training) is given."""
+        del dropout_key
+        return {}
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        return self.base.init_cache(batch, max_len, dtype)
+
+    def unembed(self, hidden: Array) -> Array:
+        return self.base.unembed(hidden)
+
+    def hidden_states(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+        **kw,
+    ) -> tuple[Array, KVCache | None]:
+        return self.base.hidden_states(
+            tokens, attention_mask, **self.forward_kwargs(dropout_key), **kw
+        )
+
+    def __call__(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+        **kw,
+    ) -> tuple[Array, KVCache | None]:
+        """Logits [B, T, vocab] (float32) and the advanced cache, as the base model."""
+        hidden, cache = self.hidden_states(tokens, attention_mask, dropout_key=dropout_key, **kw)
+        return self.unembed(hidden), cache
+
+
+def gather(x: Array) -> Array:
+    """`x` itself when this process holds all of it, else its full value gathered here.
+
+    A collective across processes when the array spans several: call it on every process.
+    """
+    if x.is_fully_addressable:
+        return x
+    return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def write_artifact(
+    directory: str | Path,
+    weights_name: str,
+    tensors: dict[str, np.ndarray],
+    config_name: str,
+    meta: dict,
+) -> Path:
+    """Write `tensors` as safetensors and `meta` as JSON; each via a temporary then a rename."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    _atomic_write(directory / weights_name, lambda p: save_file(tensors, p))
+    _atomic_write(directory / config_name, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return directory
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)

@@ -1,0 +1,290 @@
+"""LoRA (Hu et al., 2021): trainable low-rank updates `W + (alpha / r) A B` of chosen weights.
+
+Factors are stacked like the layer weights they update: A [layers, *in, r] and
+B [layers, r, *out] in the weight's own layout (q: A [L, embed, r], B [L, r, heads,
+head_dim]), and ride through the layer scan as the transformer's `deltas` hook. As in
+PEFT, A starts kaiming-uniform (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and B at zero, so an
+untrained LoRA model computes exactly the base model's logits; dropout applies to the
+input of A in training.
+
+Targets are regular expressions full-matched against our weight names (q, k, v, o, gate,
+up, down); PEFT's module names are accepted too (q_proj ... down_proj; GPT-2's c_attn =
+q, k, v; attn.c_proj = o; c_fc = up; mlp.c_proj = down; c_proj = o and down).
+
+GPT-2's fused c_attn is one module in PEFT, with one A shared by q, k and v: LoRA on
+c_attn is a rank-r update of the fused [d, 3d] weight, ours on q, k, v three rank-r
+updates (4dr vs 6dr parameters per layer). Ours exports to PEFT exactly as a rank-3r LoRA
+on c_attn (stacked A, block-diagonal B, alpha scaled by 3 to keep alpha / r).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prefix_jax.methods.common import WrappedLM, write_artifact
+from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.loading import model_identity
+from prefix_jax.models.transformer import (
+    PROJECTIONS,
+    LowRankDeltas,
+    Transformer,
+    projection_in_dims,
+)
+
+Array = jax.Array
+FORMAT_VERSION = 1
+
+PEFT_NAMES: dict[str, tuple[str, ...]] = {
+    "q_proj": ("q",),
+    "k_proj": ("k",),
+    "v_proj": ("v",),
+    "o_proj": ("o",),
+    "gate_proj": ("gate",),
+    "up_proj": ("up",),
+    "down_proj": ("down",),
+    "c_attn": ("q", "k", "v"),
+    "attn.c_proj": ("o",),
+    "c_fc": ("up",),
+    "mlp.c_proj": ("down",),
+    "c_proj": ("o", "down"),
+}
+
+
+class LoraParam(nnx.Param):
+    """Trainable LoRA factors: the partition LoRA optimizes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Rank, scaling (alpha / rank), dropout and target weights of LoRA."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))  # lists from JSON configs
+        if self.rank <= 0:
+            raise ValueError(f"lora rank must be positive, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise ValueError("lora targets must name at least one weight, e.g. ('q', 'v')")
+        for pattern in self.targets:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"lora target {pattern!r} is not a valid regex: {e}") from None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def target_names(self, model: ModelConfig) -> tuple[str, ...]:
+        """Our weight names the targets select in this model, in layer order."""
+        available = [n for n in PROJECTIONS if n != "gate" or model.gated_mlp]
+        chosen = set()
+        for pattern in self.targets:
+            names = PEFT_NAMES.get(pattern) or [n for n in available if re.fullmatch(pattern, n)]
+            names = [n for n in names if n in available]
+            if not names:
+                raise ValueError(
+                    f"lora target {pattern!r} matches no weight of this {model.family} model; "
+                    f"weights: {', '.join(available)} (or PEFT names: {', '.join(PEFT_NAMES)})"
+                )
+            chosen.update(names)
+        return tuple(n for n in available if n in chosen)
+
+    def num_params(self, model: ModelConfig) -> int:
+        """Trainable parameter count: layers * r * (fan_in + fan_out) per target weight."""
+        d, f, L = model.hidden_size, model.intermediate_size, model.num_layers
+        q, kv = model.num_heads * model.head_dim, model.kv_dim
+        fans = {
+            "q": (d, q),
+            "k": (d, kv),
+            "v": (d, kv),
+            "o": (q, d),
+            "gate": (d, f),
+            "up": (d, f),
+            "down": (f, d),
+        }
+        return sum(L * self.rank * sum(fans[n]) for n in self.target_names(model))
+
+
+class Lora(nnx.Module):
+    """The stacked A/B factors of every target weight (`<name>_a`, `<name>_b`)."""
+
+    def __init__(self, model: Transformer, config: LoraConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.targets = config.target_names(model.config)
+        r = config.rank
+        for name in self.targets:
+            weight = getattr(model.layers, name)
+            axes = weight.get_metadata("logical_axes")  # (layers, *in, *out)
+            n_in = projection_in_dims(name)
+            layers, ins, outs = (
+                weight.shape[0],
+                weight.shape[1 : 1 + n_in],
+                weight.shape[1 + n_in :],
+            )
+            bound = 1.0 / math.sqrt(math.prod(ins))
+            a = jax.random.uniform(rngs.params(), (layers, *ins, r), jnp.float32, -bound, bound)
+            setattr(self, f"{name}_a", LoraParam(a, logical_axes=(*axes[: 1 + n_in], "lora_rank")))
+            setattr(
+                self,
+                f"{name}_b",
+                LoraParam(
+                    jnp.zeros((layers, r, *outs), jnp.float32),
+                    logical_axes=(axes[0], "lora_rank", *axes[1 + n_in :]),
+                ),
+            )
+
+    def factors(self) -> dict[str, tuple[Array, Array]]:
+        return {
+            n: (getattr(self, f"{n}_a")[...], getattr(self, f"{n}_b")[...]) for n in self.targets
+        }
+
+    def __call__(self, dropout_key: Array | None = None) -> LowRankDeltas:
+        """The deltas for the transformer; dropout only when a key (training) is given."""
+        return LowRankDeltas(
+            factors=self.factors(),
+            scale=self.config.scale,
+            dropout=self.config.dropout,
+            dropout_key=dropout_key,
+        )
+
+
+class LoraLM(WrappedLM):
+    """A frozen base model with LoRA updates on its target weights."""
+
+    def __init__(self, base: Transformer, lora: Lora):
+        for name in lora.targets:
+            want = getattr(base.layers, name).shape
+            a, b = getattr(lora, f"{name}_a"), getattr(lora, f"{name}_b")
+            if (*a.shape[:-1], *b.shape[2:]) != want:
+                raise ValueError(
+                    f"lora factors for {name!r} ({a.shape}, {b.shape}) do not fit the model's "
+                    f"weight {want}"
+                )
+        self.base = base
+        self.lora = lora
+
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        return {"deltas": self.lora(dropout_key)}
+
+
+def create_lora(model: Transformer, config: LoraConfig) -> tuple[Lora, dict[str, float]]:
+    """LoRA factors for `model` (B = 0, so the model starts as the base); and init info."""
+    return Lora(model, config, rngs=nnx.Rngs(config.seed)), {}
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def save(
+    lora: Lora, model: Transformer, directory: str | Path, training: dict | None = None
+) -> Path:
+    """Our format: `lora.safetensors` (`<name>.a`, `<name>.b`, stacked as in `Lora`) and
+    `lora_config.json`."""
+    tensors = {}
+    for name, (a, b) in lora.factors().items():
+        tensors[f"{name}.a"], tensors[f"{name}.b"] = np.asarray(a), np.asarray(b)
+    meta = {
+        "format": "prefix_jax.lora",
+        "version": FORMAT_VERSION,
+        "rank": lora.config.rank,
+        "alpha": lora.config.alpha,
+        "targets": list(lora.targets),
+        "layout": "a: [layers, *weight input dims, rank]; b: [layers, rank, *weight output dims]",
+        "model": model_identity(model),
+        "training": {"lora": dataclasses.asdict(lora.config), **(training or {})},
+    }
+    return write_artifact(directory, "lora.safetensors", tensors, "lora_config.json", meta)
+
+
+_LLAMA_MODULES = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+_GPT2_MODULES = {"o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"}
+
+
+def peft_tensors(lora: Lora, model: Transformer) -> tuple[dict[str, np.ndarray], dict]:
+    """PEFT LoRA state dict ([r, in] lora_A, [out, r] lora_B per layer and module) and the
+    config entries that depend on the model."""
+    c, r = model.config, lora.config.rank
+    factors = {n: (np.asarray(a), np.asarray(b)) for n, (a, b) in lora.factors().items()}
+    gpt2 = c.family == "gpt2"
+    prefix, modules = (
+        ("base_model.model.transformer.h", _GPT2_MODULES)
+        if gpt2
+        else ("base_model.model.model.layers", _LLAMA_MODULES)
+    )
+    fused = [n for n in ("q", "k", "v") if gpt2 and n in factors]
+    tensors = {}
+    for layer in range(c.num_layers):
+        for name, (a, b) in factors.items():
+            if name in fused:
+                continue
+            key = f"{prefix}.{layer}.{modules[name]}"
+            tensors[f"{key}.lora_A.weight"] = a[layer].reshape(-1, r).T
+            tensors[f"{key}.lora_B.weight"] = b[layer].reshape(r, -1).T
+        if fused:
+            # c_attn's output is [q | k | v]: a rank-(r * len(fused)) update with the A's
+            # stacked and a block-diagonal B (zero rows for the parts without LoRA).
+            d = c.hidden_size
+            key = f"{prefix}.{layer}.attn.c_attn"
+            a_fused = np.concatenate([factors[n][0][layer].T for n in fused])  # [n*r, d]
+            b_fused = np.zeros((3 * d, len(fused) * r), np.float32)
+            for i, n in enumerate(fused):
+                j = ("q", "k", "v").index(n)
+                b_fused[j * d : (j + 1) * d, i * r : (i + 1) * r] = (
+                    factors[n][1][layer].reshape(r, d).T
+                )
+            tensors[f"{key}.lora_A.weight"] = a_fused
+            tensors[f"{key}.lora_B.weight"] = b_fused
+    names = [modules[n] for n in factors if n not in fused] + (["attn.c_attn"] if fused else [])
+    extra = {"target_modules": sorted(names), "fan_in_fan_out": gpt2}
+    if fused:
+        extra["rank_pattern"] = {"attn.c_attn": len(fused) * r}
+        extra["alpha_pattern"] = {"attn.c_attn": len(fused) * lora.config.alpha}
+    return tensors, extra
+
+
+def save_peft(lora: Lora, model: Transformer, directory: str | Path) -> Path:
+    """A PEFT LORA adapter (`adapter_config.json`, `adapter_model.safetensors`) that
+    `peft.PeftModel.from_pretrained` loads onto the Hugging Face model."""
+    tensors, extra = peft_tensors(lora, model)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": lora.config.rank,
+        "lora_alpha": lora.config.alpha,
+        "lora_dropout": lora.config.dropout,
+        "bias": "none",
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "base_model_name_or_path": model.config.name,
+        "revision": None,
+        **extra,
+    }
+    return write_artifact(
+        directory, "adapter_model.safetensors", tensors, "adapter_config.json", config
+    )

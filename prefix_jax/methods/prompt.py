@@ -1,0 +1,223 @@
+"""Prompt tuning (Lester et al., 2021): p trainable vectors in front of the token embeddings.
+
+Unlike a prefix, the soft prompt enters only at the input layer; every layer's keys and
+values at its positions are computed by the frozen model. The virtual tokens are real
+input positions: they take positions 0..p-1 and the first real token is at p (PEFT's
+convention; with left padding our real tokens still start at p, PEFT's would not).
+
+Deep prompt tuning (P-tuning v2, trainable vectors at every layer) is prefix-tuning with
+`reparam="none"`: use `PrefixConfig(reparam="none")`, not this module.
+
+`PromptLM` returns logits only for the real tokens, so `lm_loss` and the train step work
+unchanged. For decoding with a KV cache, `PromptLM.init_cache` returns a cache already
+holding the soft prompt, so `prefix_jax.decode.greedy`/`beam_search` take the wrapper as
+the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prefix_jax.methods.common import WrappedLM, write_artifact
+from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.loading import model_identity
+from prefix_jax.models.transformer import KVCache, Transformer
+
+Array = jax.Array
+FORMAT_VERSION = 1
+
+
+class PromptParam(nnx.Param):
+    """Trainable soft-prompt vectors: the partition prompt tuning optimizes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    """Length and initialization of the soft prompt."""
+
+    length: int = 10
+    init: str = "random"  # random | vocab (sampled vocabulary embeddings) | text:<words>
+    init_scale: float = 1.0  # std of the random init (N(0, 1): PEFT's nn.Embedding default)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.length <= 0:
+            raise ValueError(f"prompt length must be positive, got {self.length}")
+        if self.init not in ("random", "vocab") and not self.init.startswith("text:"):
+            raise ValueError(
+                f"prompt init must be 'random', 'vocab' or 'text:<words>', got {self.init!r}"
+            )
+        if self.init.startswith("text:") and not self.init[5:].strip():
+            raise ValueError("prompt init 'text:' needs words after the colon")
+        if self.init_scale <= 0:
+            raise ValueError(f"prompt init_scale must be positive, got {self.init_scale}")
+
+    def num_params(self, model: ModelConfig) -> int:
+        """Trainable parameter count: p vectors of the embedding width."""
+        return self.length * model.hidden_size
+
+
+class SoftPrompt(nnx.Module):
+    """The [p, d_model] soft prompt."""
+
+    def __init__(self, model_config: ModelConfig, config: PromptConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model_config = model_config
+        shape = (config.length, model_config.hidden_size)
+        self.embedding = PromptParam(
+            jax.random.normal(rngs.params(), shape) * config.init_scale,
+            logical_axes=("prompt_len", "embed"),
+        )
+
+    @property
+    def length(self) -> int:
+        return self.config.length
+
+
+class PromptLM(WrappedLM):
+    """A frozen base model with a soft prompt in front of every sequence."""
+
+    def __init__(self, base: Transformer, prompt: SoftPrompt):
+        if prompt.model_config.hidden_size != base.config.hidden_size:
+            raise ValueError(
+                f"soft prompt width {prompt.model_config.hidden_size} does not match the "
+                f"model's hidden size {base.config.hidden_size}"
+            )
+        self.base = base
+        self.prompt = prompt
+
+    def _prompt_embeds(self, batch: int) -> Array:
+        p, d = self.prompt.embedding.shape
+        return jnp.broadcast_to(self.prompt.embedding[...].astype(self.base.dtype), (batch, p, d))
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """A cache of max_len + p slots whose first p hold the soft prompt."""
+        p = self.prompt.length
+        cache = self.base.init_cache(batch, max_len + p, dtype)
+        _, cache = self.base.hidden_states(
+            jnp.zeros((batch, p), jnp.int32),
+            jnp.ones((batch, p), bool),
+            cache=cache,
+            input_embeds=self._prompt_embeds(batch),
+        )
+        return cache
+
+    def hidden_states(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+        cache: KVCache | None = None,
+        input_embeds: Array | None = None,
+        **kw,
+    ) -> tuple[Array, KVCache | None]:
+        """Hidden states of the real tokens only. A `cache` must come from `init_cache`
+        (it already holds the soft prompt); without one the prompt is prepended here."""
+        del dropout_key  # prompt tuning has no dropout of its own
+        if cache is not None:
+            return self.base.hidden_states(
+                tokens, attention_mask, cache=cache, input_embeds=input_embeds, **kw
+            )
+        b, t = tokens.shape
+        p = self.prompt.length
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        embeds = self.base.embed_tokens(tokens) if input_embeds is None else input_embeds
+        hidden, _ = self.base.hidden_states(
+            jnp.concatenate([jnp.zeros((b, p), tokens.dtype), tokens], axis=1),
+            jnp.concatenate([jnp.ones((b, p), bool), attention_mask.astype(bool)], axis=1),
+            input_embeds=jnp.concatenate(
+                [self._prompt_embeds(b), embeds.astype(self.base.dtype)], 1
+            ),
+            **kw,
+        )
+        return hidden[:, p:], None
+
+
+def init_embeddings(config: PromptConfig, model: Transformer, tokenizer=None) -> Array | None:
+    """Initial [p, d] vectors from vocabulary embeddings, or None for a random init.
+
+    `vocab` samples p token ids uniformly (PEFT's SAMPLE_VOCAB); `text:` tokenizes the
+    words and repeats or trims them to p (PEFT's TEXT init).
+    """
+    if config.init == "random":
+        return None
+    if config.init == "vocab":
+        ids = jax.random.randint(
+            jax.random.key(config.seed), (config.length,), 0, model.config.vocab_size
+        )
+    else:
+        if tokenizer is None:
+            raise ValueError(f"prompt init {config.init!r} needs a tokenizer")
+        words = tokenizer(config.init[5:], add_special_tokens=False)["input_ids"]
+        if not words:
+            raise ValueError(f"prompt init {config.init!r} tokenizes to no tokens")
+        reps = -(-config.length // len(words))
+        ids = jnp.asarray((list(words) * reps)[: config.length], jnp.int32)
+    return jnp.take(model.embed[...], ids, axis=0).astype(jnp.float32)
+
+
+def create_prompt(
+    model: Transformer, config: PromptConfig, tokenizer=None
+) -> tuple[SoftPrompt, dict[str, float]]:
+    """Build and initialize a soft prompt for `model`; returns it and (no) init diagnostics."""
+    prompt = SoftPrompt(model.config, config, rngs=nnx.Rngs(config.seed))
+    vectors = init_embeddings(config, model, tokenizer)
+    if vectors is not None:
+        prompt.embedding[...] = vectors
+    return prompt, {}
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def save(
+    prompt: SoftPrompt, model: Transformer, directory: str | Path, training: dict | None = None
+) -> Path:
+    """Our format: `prompt.safetensors` (`prompt`, [p, d]) and `prompt_config.json`."""
+    meta = {
+        "format": "prefix_jax.prompt",
+        "version": FORMAT_VERSION,
+        "length": prompt.length,
+        "hidden_size": prompt.model_config.hidden_size,
+        "positions": "virtual tokens at 0..p-1, real tokens from p",
+        "model": model_identity(model),
+        "training": {"prompt": dataclasses.asdict(prompt.config), **(training or {})},
+    }
+    table = np.asarray(prompt.embedding[...])
+    return write_artifact(
+        directory, "prompt.safetensors", {"prompt": table}, "prompt_config.json", meta
+    )
+
+
+def save_peft(prompt: SoftPrompt, model: Transformer, directory: str | Path) -> Path:
+    """A PEFT PROMPT_TUNING adapter (`prompt_embeddings` [p, d]) that PeftModel loads."""
+    c = model.config
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": prompt.length,
+        "token_dim": c.hidden_size,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": c.num_heads,
+        "num_layers": c.num_layers,
+        "prompt_tuning_init": "RANDOM",
+        "inference_mode": True,
+        "base_model_name_or_path": c.name,
+        "revision": None,
+    }
+    table = np.asarray(prompt.embedding[...])
+    return write_artifact(
+        directory,
+        "adapter_model.safetensors",
+        {"prompt_embeddings": table},
+        "adapter_config.json",
+        config,
+    )
