@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from prefix_jax.methods.common import atomic_write
 from prefix_jax.methods.prefix import Prefix, table_to_prefix
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
@@ -111,10 +112,10 @@ def save(exported: ExportedPrefix, directory: str | Path) -> Path:
         "model": exported.model,
         "training": exported.training,
     }
-    _atomic_write(
+    atomic_write(
         directory / "prefix.safetensors", lambda p: save_file({"prefix": exported.table}, p)
     )
-    _atomic_write(
+    atomic_write(
         directory / "prefix_config.json", lambda p: p.write_text(json.dumps(meta, indent=2))
     )
     return directory
@@ -176,11 +177,11 @@ def save_peft(
         "revision": None,
     }
     table = np.ascontiguousarray(exported.table, np.float32)
-    _atomic_write(
+    atomic_write(
         directory / "adapter_model.safetensors",
         lambda p: save_file({"prompt_embeddings": table}, p),
     )
-    _atomic_write(
+    atomic_write(
         directory / "adapter_config.json", lambda p: p.write_text(json.dumps(config, indent=2))
     )
     return directory
@@ -224,9 +225,3 @@ def load_peft(directory: str | Path) -> ExportedPrefix:
         model={"name": config.get("base_model_name_or_path", "")},
         training={"source": "peft", "peft_config": config},
     )
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)

@@ -94,12 +94,13 @@ def write_artifact(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-    _atomic_write(directory / weights_name, lambda p: save_file(tensors, p))
-    _atomic_write(directory / config_name, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / weights_name, lambda p: save_file(tensors, p))
+    atomic_write(directory / config_name, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return directory
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a killed run never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     tmp.replace(path)
