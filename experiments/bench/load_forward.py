@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
+
+from experiments.bench.timing import median_seconds
 
 BATCH, LENGTH = 8, 64
 
@@ -39,15 +40,11 @@ def run_ours(repeats: int) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(forward(model, tokens))
     compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(model, tokens))
-        times.append(time.perf_counter() - start)
+    forward_s = median_seconds(lambda: jax.block_until_ready(forward(model, tokens)), repeats)
     return {
         "load_s": load_s,
         "first_call_s": compile_s,
-        "forward_s": statistics.median(times),
+        "forward_s": forward_s,
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -66,19 +63,15 @@ def run_transformers(repeats: int) -> dict:
     transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     load_s = time.perf_counter() - start
     tokens = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
-    times = []
     with torch.inference_mode():
         start = time.perf_counter()
         model(tokens)
         first = time.perf_counter() - start
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(tokens)
-            times.append(time.perf_counter() - start)
+        forward_s = median_seconds(lambda: model(tokens), repeats)
     return {
         "load_s": load_s,
         "first_call_s": first,
-        "forward_s": statistics.median(times),
+        "forward_s": forward_s,
         "peak_rss_mb": _peak_rss_mb(),
     }
 

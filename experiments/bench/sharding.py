@@ -10,7 +10,6 @@ compiled memory analysis (arguments + temporaries + outputs of the train step pe
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -20,6 +19,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.bench.timing import median_seconds  # noqa: E402
 from prefix_jax import sharding  # noqa: E402
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix  # noqa: E402
 from prefix_jax.models import load  # noqa: E402
@@ -62,15 +62,11 @@ def measure(shape, steps: int) -> dict:
         memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
     )
     jax.block_until_ready(trainer.step(batch, key))
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(trainer.step(batch, key))
-        times.append(time.perf_counter() - start)
+    step_s = median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), steps)
     weights = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(trainer.frozen))
     return {
         "devices": len(devices),
-        "step_s": statistics.median(times),
+        "step_s": step_s,
         "compile_s": compile_s,
         "per_device_mb": per_device / 2**20,
         "weights_per_device_mb": weights / 2**20,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+
+from experiments.bench.timing import median_seconds
 
 BATCH, LENGTH, P = 8, 64, 10
 
@@ -27,12 +27,7 @@ def matmul_gflops(repeats: int) -> float:
     a = jnp.ones((2048, 2048), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     jax.block_until_ready(f(a))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
+    return 2 * 2048**3 / median_seconds(lambda: jax.block_until_ready(f(a)), repeats) / 1e9
 
 
 def step_flops(c) -> float:
@@ -66,12 +61,7 @@ def ours(reparam: str, repeats: int) -> tuple[float, float]:
     key = jax.random.key(0)
     flops = step_flops(model.config)
     jax.block_until_ready(trainer.step(batch, key))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(trainer.step(batch, key))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), flops
+    return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats), flops
 
 
 def peft(projection: bool, repeats: int) -> float:
@@ -102,12 +92,7 @@ def peft(projection: bool, repeats: int) -> float:
         opt.zero_grad()
 
     step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(step, repeats)
 
 
 def main() -> None:
