@@ -116,10 +116,11 @@ def plan_trials(
     for trial in trials:
         tdir = Path(workdir) / trial.name
         overrides = {**sweep.base_overrides, **global_overrides, **trial.overrides}
+        trial_config = resolve_config(config, overrides)
         record = {
             "sweep": sweep.name,
             "trial": trial.name,
-            "config": sweep.config,
+            "config": resolve_config(sweep.config, overrides),
             "overrides": trial.overrides,
             "seed_keys": list(sweep.seed_keys),
             "base_overrides": sweep.base_overrides,
@@ -127,7 +128,7 @@ def plan_trials(
         }
         done = f"eval_{split}/results.json"
         steps = [
-            Step("train", train_argv(python, config, tdir, overrides), "train_summary.json"),
+            Step("train", train_argv(python, trial_config, tdir, overrides), "train_summary.json"),
             Step("evaluate", eval_argv(python, tdir, split), done),
         ]
         plans.append(TrialPlan(trial, tdir, steps, record, done))
@@ -349,10 +350,27 @@ def write_sweep_json(root: Path, sweep: Sweep, plans: Sequence[TrialPlan], sets:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+def resolve_config(config: str, overrides: Point) -> str:
+    """Fill `{key}` placeholders of a sweep's config path from the trial's overrides, so
+    that e.g. `configs/e2e_{method}.py` gives each method its own config file."""
+
+    def value(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in overrides:
+            raise ValueError(f"config {config!r} names {{{key}}}, which the trial does not set")
+        return format_value(overrides[key])
+
+    return _PLACEHOLDER.sub(value, config)
+
+
 def _local_config(config: str) -> str:
-    """Make a repo-relative config path work from any current directory."""
+    """Make a repo-relative config path (or path template) work from any current directory."""
     path, sep, arg = config.partition(":")
-    if not Path(path).is_absolute() and not Path(path).exists() and (REPO_ROOT / path).exists():
+    directory = Path(path).parent
+    if not Path(path).is_absolute() and not directory.is_dir() and (REPO_ROOT / directory).is_dir():
         return str(REPO_ROOT / path) + sep + arg
     return config
 

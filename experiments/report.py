@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -367,14 +368,20 @@ def numeric_axes(groups: Sequence[dict], axes: Sequence[str]) -> list[str]:
 def plot_metric_vs(
     groups: Sequence[dict], axes: Sequence[str], key: str, metric: str, path: Path, title: str
 ) -> bool:
-    """`metric` against `key`, one line per setting of the other keys, std error bars."""
+    """`metric` against `key`, one line per setting of the other keys, std error bars;
+    settings without `key` (e.g. a LoRA baseline in a prefix-length sweep) are dashed
+    horizontal lines."""
     others = [k for k in axes if k != key]
     lines: dict[tuple, list[tuple[float, float, float]]] = {}
     labels: dict[tuple, str] = {}
+    baselines: list[tuple[str, float]] = []
     for g in groups:
         mean, std, _ = g["stats"].get(metric, (None, None, 0))
         x = g["setting"][key]
-        if mean is None or x is None:
+        if mean is None:
+            continue
+        if x is None:
+            baselines.append((_label(g["setting"], others) or "(base)", mean))
             continue
         rest = tuple(g["setting"][k] for k in others)
         lines.setdefault(rest, []).append((x, mean, std or 0.0))
@@ -385,6 +392,8 @@ def plot_metric_vs(
     for rest in lines:  # groups come sorted, so lines are in the sweep's order
         xs, ys, es = zip(*sorted(lines[rest]), strict=True)
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels[rest])
+    for (label, mean), style in zip(baselines, itertools.cycle(["--", ":", "-."])):
+        ax.axhline(mean, linestyle=style, color="gray", label=label)
     xs_all = [x for pts in lines.values() for x, _, _ in pts]
     if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100:
         ax.set_xscale("log")
@@ -392,7 +401,7 @@ def plot_metric_vs(
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(lines) > 1 or others:
+    if len(lines) + len(baselines) > 1 or others:
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     return True

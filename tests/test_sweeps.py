@@ -159,11 +159,15 @@ def test_sweep_trials_cross_seeds_outermost():
     "name,size,first_flags",
     [
         ("prefix_length", 5 * 2 * 3, ["--config.prefix.length=1", "--config.prefix.reparam=none"]),
-        ("method", 4 * 3, ["--config.method=prefix"]),
+        ("method", 4 * 3, ["--config=configs/e2e_prefix.py", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
         ("init", 4 * 3, ["--config.prefix.init=random", "--config.data.train_fraction=0.1"]),
-        ("small_cpu", 4 * 2, ["--config.prefix.length=1", "--config.data.eval_sources=100"]),
+        (
+            "small_cpu",
+            4 * 2 + 2,
+            ["--config=configs/e2e_prefix.py:local", "--config.prefix.length=1"],
+        ),
     ],
 )
 def test_shipped_sweeps_expand(name, size, first_flags):
@@ -190,8 +194,22 @@ def test_sweep_module_and_bare_name_load_the_same():
     by_path = load_sweep("experiments/sweeps/prefix_length.py")
     assert load_sweep("prefix_length") == by_path
     assert load_sweep("experiments.sweeps.prefix_length") == by_path
-    assert "methods issue" in load_sweep("method").note
-    assert load_sweep("small_cpu").config == "configs/e2e_prefix.py:local"
+    assert load_sweep("small_cpu").config == "configs/e2e_{method}.py:local"
+
+
+def test_config_template_gives_each_method_its_own_config():
+    plans = launch.plan_trials(load_sweep("method"), "runs/m", python=["python"], seeds=[0])
+    configs = [next(a for a in p.steps[0].argv if a.startswith("--config=")) for p in plans]
+    assert configs == [f"--config=configs/e2e_{m}.py" for m in ("prefix", "prompt", "lora", "full")]
+    assert all("--config.lora.seed=0" in p.steps[0].argv for p in plans)
+    small = launch.plan_trials(load_sweep("small_cpu"), "runs/s", python=["python"])
+    assert [p.record["config"] for p in small[-2:]] == [
+        "configs/e2e_prompt.py:local",
+        "configs/e2e_lora.py:local",
+    ]
+    bad = Sweep(name="bad", config="configs/e2e_{method}.py", grid=[{"prefix.length": 1}])
+    with pytest.raises(ValueError, match=r"\{method\}, which the trial does not set"):
+        launch.plan_trials(bad, "runs/b", python=["python"])
 
 
 def test_overrides_parse_into_the_real_configs():
@@ -222,10 +240,10 @@ def test_set_overrides_seeds_and_only():
         s, "w", python=["py"], global_overrides=sets, seeds=[3, 4], only=r"length=5,"
     )
     assert [p.trial.name for p in plans] == [
-        "prefix.length=5,prefix.reparam=none,seed=3",
-        "prefix.length=5,prefix.reparam=mlp,seed=3",
-        "prefix.length=5,prefix.reparam=none,seed=4",
-        "prefix.length=5,prefix.reparam=mlp,seed=4",
+        "method=prefix,prefix.length=5,prefix.reparam=none,seed=3",
+        "method=prefix,prefix.length=5,prefix.reparam=mlp,seed=3",
+        "method=prefix,prefix.length=5,prefix.reparam=none,seed=4",
+        "method=prefix,prefix.length=5,prefix.reparam=mlp,seed=4",
     ]
     argv = plans[0].steps[0].argv
     assert "--config.data.path=/d/devset.csv" in argv and "--config.max_steps=5" in argv
@@ -520,3 +538,31 @@ def test_launch_then_report_end_to_end(fake):
     assert [r["prefix.length"] for r in rows] == ["1", "5", "10", "20"]
     assert [float(r["BLEU_mean"]) for r in rows] == pytest.approx([0.01, 0.05, 0.10, 0.20])
     assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_baselines_without_the_x_key_are_horizontal_lines(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    root = tmp_path / "mixed"
+    trials = [
+        ({"method": "prefix", "prefix.length": 1, "seed": 0}, 0.4),
+        ({"method": "prefix", "prefix.length": 5, "seed": 0}, 0.6),
+        ({"method": "lora", "seed": 0}, 0.65),
+    ]
+    for overrides, bleu in trials:
+        tdir = root / trial_name(overrides)
+        (tdir / "eval_validation").mkdir(parents=True)
+        (tdir / "trial.json").write_text(json.dumps({"overrides": overrides}))
+        results = {"metrics": {"BLEU": bleu}}
+        (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
+    drawn = []
+    axhline = matplotlib.axes.Axes.axhline
+
+    def record(self, y=0, *args, **kw):
+        drawn.append((y, kw.get("label")))
+        return axhline(self, y, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", record)
+    written = report.report(root)
+    assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
+    assert drawn == [(pytest.approx(0.65), "method=lora")]

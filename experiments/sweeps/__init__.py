@@ -33,6 +33,8 @@ Point = dict[str, Value]
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 MAX_NAME = 120
+# Seed keys for sweeps across methods: each method's own init seed follows the trial seed.
+METHOD_SEED_KEYS = ("seed", "prefix.seed", "prompt.seed", "lora.seed")
 
 
 def sweep(key: str, values: Iterable[Value]) -> list[Point]:
@@ -111,7 +113,8 @@ class Trial:
 class Sweep:
     """A named grid of config overrides on top of one config file.
 
-    `config` is a config path as `--config` takes it (`configs/e2e_prefix.py:local`);
+    `config` is a config path as `--config` takes it (`configs/e2e_prefix.py:local`); it may
+    name a trial's override in braces (`configs/e2e_{method}.py`) to pick a file per trial;
     `base_overrides` apply to every trial without naming it (data paths and the like);
     `seeds` are crossed with the grid and every key in `seed_keys` gets the seed (data order
     and prefix init both vary). `note` is printed by the launcher (e.g. missing features).

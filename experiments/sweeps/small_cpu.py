@@ -1,18 +1,20 @@
-"""A sweep this 2-core CPU machine can finish: p in {1, 5, 10, 20} x reparam {none, mlp}.
+"""A sweep this 2-core CPU machine can finish: prefix length p in {1, 5, 10, 20} x
+reparameterization {none, mlp}, plus prompt tuning and LoRA at the same budget.
 
     python -m experiments.launch experiments/sweeps/small_cpu.py --workdir runs/cpu
     python -m experiments.report runs/cpu
 
-Uses `configs/e2e_prefix.py:local` (60 steps, 32 held-out MRs, beam 2) on the E2E devset
-split by MR (100 MRs held out), as the demo does. The devset is read from
-`$PREFIX_JAX_DATA/e2e/devset.csv` (default: `shared/data` next to the repository), or pass
-`--set data.path=PATH`. Eight trials of a few minutes each; one seed.
+Every trial uses its method's `:local` config (`configs/e2e_<method>.py:local`: 60 steps
+of batch 8, 32 held-out MRs, beam 2) on the E2E devset split by MR (100 MRs held out), as
+the demo does. The devset is read from `$PREFIX_JAX_DATA/e2e/devset.csv` (default:
+`shared/data` next to the repository), or pass `--set data.path=PATH`. Ten trials of a few
+minutes each; one seed.
 """
 
 import os
 from pathlib import Path
 
-from experiments.sweeps import Sweep, product, sweep
+from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, product, sweep
 
 DATA_ROOT = Path(
     os.environ.get("PREFIX_JAX_DATA", Path(__file__).resolve().parents[3] / "shared/data")
@@ -22,12 +24,17 @@ DATA_ROOT = Path(
 def get_sweep() -> Sweep:
     return Sweep(
         name="small_cpu",
-        config="configs/e2e_prefix.py:local",
-        grid=product(
-            sweep("prefix.length", [1, 5, 10, 20]),
-            sweep("prefix.reparam", ["none", "mlp"]),
+        config="configs/e2e_{method}.py:local",
+        grid=chain(
+            product(
+                sweep("method", ["prefix"]),
+                sweep("prefix.length", [1, 5, 10, 20]),
+                sweep("prefix.reparam", ["none", "mlp"]),
+            ),
+            sweep("method", ["prompt", "lora"]),
         ),
         seeds=(0,),
+        seed_keys=METHOD_SEED_KEYS,
         base_overrides={
             "data.path": str(DATA_ROOT / "e2e" / "devset.csv"),
             "data.eval_sources": 100,
