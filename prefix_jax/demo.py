@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         config.max_steps = args.steps
     summary = train(config, args.workdir)
     print(json.dumps(summary, indent=2))
-    untuned = evaluate(config, args.workdir, prefix_dir=None, tag="noprefix")
+    untuned = evaluate(config, args.workdir, adapter=None, tag="noprefix")
     tuned = evaluate(config, args.workdir)
     print(f"\nE2E, {tuned['num_sources']} held-out MRs, SmolLM2-135M-Instruct")
     print(format_table({"untuned": untuned["metrics"], "prefix-tuned": tuned["metrics"]}))

@@ -1,12 +1,13 @@
-r"""Decode a split with the trained prefix (or none), score it, write the results.
+r"""Decode a split with a run's trained model (or the untuned base), score it, write results.
 
     python -m prefix_jax.evaluate --workdir runs/e2e_prefix --split validation
-    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --prefix none   # untuned baseline
+    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --adapter none   # untuned baseline
 
-Reads the run's `config.json` for the model, data and decoding settings; the prefix
-defaults to the run's `export/`. Writes `predictions.txt` (one output per distinct
-source, in order), `predictions.jsonl` (with sources and references) and `results.json`
-(metrics, decoding settings, timing) into `<workdir>/eval_<split>[_<tag>]/`.
+Reads the run's `config.json` for the model, method, data and decoding settings. Prefix,
+prompt and LoRA runs decode with the run's `export/` (or `--adapter DIR`, e.g. a PEFT
+prefix); full fine-tuning with the latest checkpoint. Writes `predictions.txt` (one output
+per distinct source, in order), `predictions.jsonl` (with sources and references) and
+`results.json` (metrics, decoding settings, timing) into `<workdir>/eval_<split>[_<tag>]/`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from prefix_jax import experiment, export, metrics
+from prefix_jax import experiment, metrics
 from prefix_jax.data import eval_batches, group_references
 from prefix_jax.decode import beam_search
+from prefix_jax.trained import load_trained
 
 SPLITS = ("validation", "train")
 
@@ -47,18 +49,16 @@ def evaluate(
     workdir: str | Path,
     *,
     split: str = "validation",
-    prefix_dir: str | None = "",
+    adapter: str | None = "",
     tag: str = "",
 ) -> dict:
-    """Decode and score `split`; `prefix_dir=None` decodes with the base model alone."""
+    """Decode and score `split` with the run's trained model; `adapter=None` decodes with
+    the base model alone, a path with that export instead of the run's."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     workdir = Path(workdir)
     model, tokenizer = experiment.load_model(config)
-    prefix = None
-    if prefix_dir is not None:
-        exported = export.load(prefix_dir or workdir / "export", model)
-        prefix = exported.to_prefix_kv(model)
+    trained = load_trained(config, workdir, model, tokenizer, adapter)
     train, validation = experiment.load_splits(config)
     groups = group_references(validation if split == "validation" else train)
     if config.data.max_eval_groups:
@@ -73,12 +73,12 @@ def evaluate(
     batches = eval_batches(groups, tokenizer, d.batch_size, config=experiment.encode_config(config))
     for batch in batches:
         sequences, _ = beam_search(
-            model,
+            trained.model,
             batch["tokens"],
             batch["attention_mask"],
             beam_size=d.beam_size,
             max_new_tokens=d.max_new_tokens,
-            prefix=prefix,
+            prefix=trained.prefix,
             eos_id=tokenizer.eos_token_id,
             pad_id=pad_id,
             length_penalty=d.length_penalty,
@@ -108,7 +108,8 @@ def evaluate(
             f.write(json.dumps({"source": src, "prediction": hyp, "references": refs}) + "\n")
     results = {
         "split": split,
-        "prefix": None if prefix is None else str(prefix_dir or workdir / "export"),
+        "method": config.get("method", "prefix") if adapter is not None else "none",
+        "weights": trained.source,
         "task": config.data.task,
         "num_sources": len(hypotheses),
         "metrics": scores,
@@ -147,7 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default="validation", choices=SPLITS)
-    parser.add_argument("--prefix", default="", help="prefix dir (ours or PEFT), or 'none'")
+    parser.add_argument(
+        "--adapter",
+        "--prefix",
+        default="",
+        help="export directory to decode with instead of the run's (a prefix may be PEFT's), "
+        "or 'none' for the untuned base model",
+    )
     parser.add_argument("--tag", default="", help="suffix of the output directory")
     parser.add_argument("--beam-size", type=int)
     parser.add_argument("--max-new-tokens", type=int)
@@ -164,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         config.decode.max_new_tokens = args.max_new_tokens
     if args.max_groups is not None:
         config.data.max_eval_groups = args.max_groups
-    prefix_dir = None if args.prefix == "none" else args.prefix
-    tag = args.tag or ("noprefix" if prefix_dir is None else "")
-    results = evaluate(config, args.workdir, split=args.split, prefix_dir=prefix_dir, tag=tag)
-    print(format_table({"prefix" if prefix_dir is not None else "no prefix": results["metrics"]}))
+    adapter = None if args.adapter == "none" else args.adapter
+    tag = args.tag or ("noprefix" if adapter is None else "")
+    results = evaluate(config, args.workdir, split=args.split, adapter=adapter, tag=tag)
+    print(format_table({results["method"]: results["metrics"]}))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from conftest import padded_batch
 from flax import nnx
 from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
+from prefix_jax import experiment
+from prefix_jax.data import BatchIterator, encode_examples
 from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.evaluate import evaluate
 from prefix_jax.methods import (
     FinetuneConfig,
     FinetuneLM,
@@ -39,8 +42,9 @@ from prefix_jax.methods import (
     prompt,
 )
 from prefix_jax.models import load
-from prefix_jax.train import train
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+from prefix_jax.train import to_device, train
+from prefix_jax.train_step import OptimConfig, Trainer, lm_loss, make_optimizer
+from prefix_jax.trained import load_trained
 
 LLAMA_ALL = ("q", "k", "v", "o", "gate", "up", "down")
 GPT2_ALL = ("q", "k", "v", "o", "up", "down")
@@ -442,6 +446,22 @@ def test_wrappers_reject_mismatched_parts(models):
 # --- the training CLI path ----------------------------------------------------------------
 
 
+def heldout_loss(model, config, tokenizer) -> float:
+    """Token-weighted held-out loss of `model` over the batches training evaluates on."""
+    _, examples = experiment.load_splits(config)
+    data = encode_examples(examples, tokenizer, experiment.encode_config(config))
+    buckets = tuple(config.data.buckets) if config.data.buckets else None
+    total = count = 0.0
+    for batch in BatchIterator(data, config.batch_size, buckets=buckets, seed=config.seed).batches(
+        0
+    ):
+        batch = to_device(batch)
+        logits, _ = model(batch["tokens"], batch["attention_mask"])
+        loss, n = lm_loss(logits, batch["tokens"], batch["loss_mask"])
+        total, count = total + float(loss) * float(n), count + float(n)
+    return total / count
+
+
 @pytest.mark.parametrize("method", ["prompt", "lora", "full", "top1"])
 def test_train_runs_each_method(tiny, tmp_path, method):  # noqa: F811 - `tiny` fixture
     overrides = {"method": "full" if method == "top1" else method, "max_steps": 2}
@@ -461,10 +481,31 @@ def test_train_runs_each_method(tiny, tmp_path, method):  # noqa: F811 - `tiny` 
     assert summary["params_total"] == c.num_params() + (
         expected if method in ("prompt", "lora") else 0
     )
+    config = make_config(tiny, **overrides)
+    model, tokenizer = experiment.load_model(config)
+    trained = load_trained(config, tmp_path, model, tokenizer)
+    # The loaded model (export, or checkpoint for fine-tuning) is the one training ended with.
+    loaded_loss = heldout_loss(trained.model, config, tokenizer)
+    assert loaded_loss == pytest.approx(summary["eval_loss"], abs=1e-5)
+    assert abs(heldout_loss(model, config, tokenizer) - loaded_loss) > 1e-3  # training mattered
+    if method in ("prompt", "full"):  # the evaluate CLI path decodes with the trained model
+        config.decode.update(beam_size=2, max_new_tokens=4)
+        config.data.max_eval_groups = 3
+        results = evaluate(config, tmp_path)
+        assert results["method"] == method and results["num_sources"] == 3
+        assert results["weights"] == trained.source and "BLEU" in results["metrics"]
+        lines = (tmp_path / "eval_validation" / "predictions.jsonl").read_text().splitlines()
+        assert len(lines) == 3
     if method in ("full", "top1"):
         assert summary["exports"] == [] and "checkpoint" in summary["export_note"]
-        assert not (tmp_path / "export").exists()
+        assert not (tmp_path / "export").exists() and trained.source == "checkpoint"
+        with pytest.raises(ValueError, match="no export to load"):
+            load_trained(config, tmp_path, model, tokenizer, artifact=tmp_path)
         return
+    other = {"prompt": "lora", "lora": "prompt"}[method]
+    wrong = make_config(tiny, **{**overrides, "method": other})
+    with pytest.raises(FileNotFoundError, match=f"not a prefix_jax.{other} export directory"):
+        load_trained(wrong, tmp_path, model)
     assert summary["exports"] == ["export", "export_peft"]
     weights = {"prompt": "prompt.safetensors", "lora": "lora.safetensors"}[method]
     assert (tmp_path / "export" / weights).exists()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.transformer import KVCache, Transformer
@@ -97,6 +97,17 @@ def write_artifact(
     atomic_write(directory / weights_name, lambda p: save_file(tensors, p))
     atomic_write(directory / config_name, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return directory
+
+
+def read_artifact(
+    directory: str | Path, weights_name: str, config_name: str, expected_format: str
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The tensors and metadata `write_artifact` wrote; clear errors for a wrong directory."""
+    directory = Path(directory)
+    for f in (directory / config_name, directory / weights_name):
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: not a {expected_format} export directory")
+    return load_file(directory / weights_name), json.loads((directory / config_name).read_text())
 
 
 def atomic_write(path: Path, write) -> None:

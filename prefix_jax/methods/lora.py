@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM, write_artifact
+from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.transformer import (
@@ -212,6 +212,27 @@ def save(
         "training": {"lora": dataclasses.asdict(lora.config), **(training or {})},
     }
     return write_artifact(directory, "lora.safetensors", tensors, "lora_config.json", meta)
+
+
+def load(directory: str | Path, model: Transformer) -> Lora:
+    """The LoRA factors `save` wrote (dropout off: for evaluation), checked against `model`."""
+    tensors, meta = read_artifact(
+        directory, "lora.safetensors", "lora_config.json", "prefix_jax.lora"
+    )
+    config = LoraConfig(rank=meta["rank"], alpha=meta["alpha"], targets=tuple(meta["targets"]))
+    lora = Lora(model, config, rngs=nnx.Rngs(0))
+    for name in lora.targets:
+        for part in ("a", "b"):
+            param = getattr(lora, f"{name}_{part}")
+            value = tensors.get(f"{name}.{part}")
+            if value is None or value.shape != param.shape:
+                got = "missing" if value is None else f"shape {value.shape}"
+                raise ValueError(
+                    f"{directory}: LoRA factor {name}.{part} is {got}; this model needs "
+                    f"{param.shape} (was it exported for another model?)"
+                )
+            param[...] = jnp.asarray(value)
+    return lora
 
 
 _LLAMA_MODULES = {

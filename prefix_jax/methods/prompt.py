@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM, write_artifact
+from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.transformer import KVCache, Transformer
@@ -195,6 +195,28 @@ def save(
     return write_artifact(
         directory, "prompt.safetensors", {"prompt": table}, "prompt_config.json", meta
     )
+
+
+def load(directory: str | Path, model: Transformer) -> SoftPrompt:
+    """The soft prompt `save` wrote, checked against `model`'s embedding width."""
+    tensors, meta = read_artifact(
+        directory, "prompt.safetensors", "prompt_config.json", "prefix_jax.prompt"
+    )
+    table = tensors["prompt"]
+    if table.ndim != 2 or table.shape[1] != model.config.hidden_size:
+        raise ValueError(
+            f"{directory}: soft prompt of shape {table.shape} does not fit a model with hidden "
+            f"size {model.config.hidden_size}"
+        )
+    config = PromptConfig(length=table.shape[0], **_config_fields(meta))
+    prompt = SoftPrompt(model.config, config, rngs=nnx.Rngs(config.seed))
+    prompt.embedding[...] = jnp.asarray(table)
+    return prompt
+
+
+def _config_fields(meta: dict) -> dict:
+    saved = meta.get("training", {}).get("prompt", {})
+    return {k: saved[k] for k in ("init", "init_scale", "seed") if k in saved}
 
 
 def save_peft(prompt: SoftPrompt, model: Transformer, directory: str | Path) -> Path:

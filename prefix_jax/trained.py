@@ -1,0 +1,87 @@
+"""A finished run's trained model for decoding, whatever its method.
+
+Prefix, prompt and LoRA runs are read from their small export (`<workdir>/export`, or a
+directory given by the user); full and top-k fine-tuning have no smaller artifact than
+the weights, so they are read from the run's latest orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from prefix_jax import experiment, export
+from prefix_jax.checkpoint import Checkpointer
+from prefix_jax.methods import LoraLM, PromptLM, lora, prompt
+from prefix_jax.models import Transformer
+from prefix_jax.models.transformer import PrefixKV
+from prefix_jax.train_step import OptimConfig, TrainState, make_optimizer
+
+
+@dataclasses.dataclass
+class Trained:
+    """What decoding needs: the model (a method wrapper or the base), the prefix of a
+    prefix-tuning run (passed to the decoder), and where the weights came from."""
+
+    model: nnx.Module
+    prefix: PrefixKV | None
+    source: str
+
+
+def load_trained(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    model: Transformer,
+    tokenizer=None,
+    artifact: str | Path | None = "",
+) -> Trained:
+    """The trained model of the run in `workdir`; `artifact=None` gives the untuned base,
+    `""` the run's own export (or checkpoint for fine-tuning), a path another export."""
+    if artifact is None:
+        return Trained(model, None, "base model")
+    method = config.get("method", "prefix")
+    if method == "full":
+        if artifact:
+            raise ValueError("full fine-tuning has no export to load: it is read from checkpoints")
+        return Trained(restore_checkpoint(config, workdir, model, tokenizer), None, "checkpoint")
+    directory = Path(artifact or Path(workdir) / "export")
+    if method == "prefix":
+        return Trained(model, export.load(directory, model).to_prefix_kv(model), str(directory))
+    if method == "prompt":
+        return Trained(PromptLM(model, prompt.load(directory, model)), None, str(directory))
+    if method == "lora":
+        return Trained(LoraLM(model, lora.load(directory, model)), None, str(directory))
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(experiment.METHODS)}")
+
+
+def restore_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str | Path, model: Transformer, tokenizer=None
+) -> nnx.Module:
+    """The method's model with the trainable weights of the latest checkpoint in `workdir`.
+
+    The optimizer state is restored too (orbax restores the saved tree), so this needs the
+    memory training needed for it.
+    """
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} not found: no checkpoint to evaluate")
+    lm, trainable, _ = experiment.build_method(config, model, tokenizer)
+    graphdef, params, frozen = nnx.split(lm, trainable, ...)
+    tx = make_optimizer(OptimConfig(total_steps=1, **config.optim.to_dict()), trainable)
+
+    def init(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    checkpoints = Checkpointer(directory)
+    try:
+        restored = checkpoints.restore_latest(jax.eval_shape(init, params))
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    return nnx.merge(graphdef, restored[0].params, frozen)
