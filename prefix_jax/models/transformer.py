@@ -292,11 +292,12 @@ class Transformer(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(self.dtype)
         inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
 
-        per_layer = {"params": self.layers.stacked(self.dtype)}
+        per_layer = {
+            "params": self.layers.stacked(self.dtype),
+            "layer": jnp.arange(c.num_layers, dtype=jnp.int32),
+        }
         if prefix is not None:
             per_layer["prefix"] = (prefix.keys.astype(self.dtype), prefix.values.astype(self.dtype))
-        if cache is not None:
-            per_layer["cache"] = (cache.keys, cache.values)
         if deltas is not None:
             per_layer["deltas"] = {
                 name: (a.astype(self.dtype), b.astype(self.dtype))
@@ -305,7 +306,10 @@ class Transformer(nnx.Module):
             if deltas.dropout_key is not None and deltas.dropout > 0:
                 per_layer["delta_keys"] = jax.random.split(deltas.dropout_key, c.num_layers)
 
-        def layer(x, xs):
+        def layer(carry, xs):
+            # The cache rides in the carry, not in xs/ys: each step then writes only its new
+            # slots in place instead of copying every layer's whole cache into a new stack.
+            x, kv = carry
             params = xs["params"]
 
             def project(name: str, h: Array) -> Array:
@@ -325,12 +329,16 @@ class Transformer(nnx.Module):
             if c.positions == "rope":
                 q = apply_rope(q, positions, inv_freq)
                 k = apply_rope(k, positions, inv_freq)
-            new_cache = None
-            if cache is not None:
-                ck, cv = xs["cache"]
-                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache.index, 0, 0))
-                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache.index, 0, 0))
-                k, v, new_cache = ck.astype(self.dtype), cv.astype(self.dtype), (ck, cv)
+            if kv is not None:
+                i, (ck, cv) = xs["layer"], kv
+                ck = jax.lax.dynamic_update_slice(
+                    ck, k[None].astype(ck.dtype), (i, 0, cache.index, 0, 0)
+                )
+                cv = jax.lax.dynamic_update_slice(
+                    cv, v[None].astype(cv.dtype), (i, 0, cache.index, 0, 0)
+                )
+                kv = (ck, cv)
+                k, v = ck[i].astype(self.dtype), cv[i].astype(self.dtype)
             if prefix is not None:
                 pk, pv = xs["prefix"]
                 pk = jnp.broadcast_to(pk, (b, *pk.shape[1:]))
@@ -343,14 +351,15 @@ class Transformer(nnx.Module):
                 out = out + params["o_bias"]
             x = x + out
             x = x + _mlp(_norm(x, params, "mlp_norm", c), params, project, c)
-            return x, new_cache
+            return (x, kv), None
 
         if self.remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy(self.remat_policy))
+        carry = (x, None if cache is None else (cache.keys, cache.values))
         if top_layers is None:
-            x, new_kv = jax.lax.scan(layer, x, per_layer)
+            (x, new_kv), _ = jax.lax.scan(layer, carry, per_layer)
         else:
-            x, new_kv = _scan_with_top_layers(layer, x, per_layer, top_layers, self.dtype)
+            x, new_kv = _scan_with_top_layers(layer, carry, per_layer, top_layers, self.dtype)
         x = _norm_apply(
             x,
             self.final_norm_scale[...],
@@ -368,7 +377,7 @@ class Transformer(nnx.Module):
         return x, cache
 
 
-def _scan_with_top_layers(layer, x, per_layer: dict, top: dict[str, Array], dtype):
+def _scan_with_top_layers(layer, carry, per_layer: dict, top: dict[str, Array], dtype):
     """Scan the stored lower layers, then the last k with `top`'s weights swapped in.
 
     Two scans rather than one over concatenated weights: nothing below the top layers
@@ -382,11 +391,9 @@ def _scan_with_top_layers(layer, x, per_layer: dict, top: dict[str, Array], dtyp
         **upper["params"],
         **{name: cast_layer_weight(name, w, dtype) for name, w in top.items()},
     }
-    x, kv_lower = jax.lax.scan(layer, x, lower)
-    x, kv_upper = jax.lax.scan(layer, x, upper)
-    if kv_upper is None:
-        return x, None
-    return x, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), kv_lower, kv_upper)
+    carry, _ = jax.lax.scan(layer, carry, lower)
+    carry, _ = jax.lax.scan(layer, carry, upper)
+    return carry
 
 
 def remat_policy(name: str) -> Callable | None:
