@@ -466,7 +466,11 @@ def test_batches_use_smallest_fitting_bucket(dataset) -> None:
         shapes.add(length)
         assert length == pick_bucket(int(lengths[indices[indices >= 0]].max()), [48, 64, 96, 144])
     assert shapes <= {48, 64, 96, 144} and len(shapes) > 1
-    assert default_buckets(140) == (32, 64, 128, 256) and default_buckets(32) == (32,)
+    assert default_buckets(140) == (16, 32, 48, 64, 80, 96, 112, 128, 160)
+    assert default_buckets(32) == (16, 32)
+    large = default_buckets(512)
+    assert large[-1] >= 512 and all(b % 32 == 0 for b in large[8:])
+    assert all(b / a <= 1.4 for a, b in zip(large[7:], large[8:], strict=False))  # padding bound
     with pytest.raises(ValueError, match="largest bucket"):
         BatchIterator(dataset, batch_size=8, buckets=[32])
 

@@ -1,123 +1,284 @@
-"""Prefix-tuning train step on SmolLM2: ours (jitted) vs PEFT + transformers, side by side.
+"""Train steps on SmolLM2 per method: ours (jitted) vs PEFT + transformers, side by side.
 
-    python -m experiments.bench.train_step [--repeats 5] [--threads N]
+    python -m experiments.bench.train_step [--repeats 5] [--threads N] [--methods ...]
+        [--data PATH/devset.csv --data-batches 12]
 
-Batch 8 x 64 tokens, prefix p=10, AdamW, float32, the same number of CPU threads for both.
-Reports median step time (after warm-up), the ratio, and our achieved FLOP/s as a fraction
-of a 2048^2 float32 matmul timed in the same run: the distance to what this CPU can do.
-FLOPs are counted analytically (XLA's cost analysis counts a scanned layer once): a
-prefix step is the forward pass plus the backward pass to the activations only (no weight
-gradients), i.e. about twice the forward matmul FLOPs.
+Table 1: batch 8 x 64 random tokens, AdamW, float32, the same CPU threads for both sides:
+prefix p=10 (reparam none and mlp), prompt tuning p=10, LoRA r=8 on q and v, full
+fine-tuning. Median step time after warm-up, the ratio, and our achieved FLOP/s as a
+share of a 2048^2 float32 matmul timed in the same run (the distance to what this CPU can
+do). FLOPs are counted analytically (XLA's cost analysis counts a scanned layer once):
+forward matmuls x2 for the parameter-efficient methods (the backward pass computes
+activation gradients only), x3 for full fine-tuning (weight gradients too).
+
+Table 2 (with `--data`, the E2E devset): tokens/s of prefix-tuning (mlp) over the same
+E2E examples, ours in our length-grouped, power-of-two-bucketed batches vs PEFT in
+shuffled batches padded to each batch's longest row (what a plain PyTorch loop does).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+
+import numpy as np
 
 from experiments.bench.timing import median_seconds
 
-BATCH, LENGTH, P = 8, 64, 10
+BATCH, LENGTH, P, LORA_RANK = 8, 64, 10, 8
+METHODS = ("prefix-none", "prefix-mlp", "prompt", "lora", "full")
 
 
-def matmul_gflops(repeats: int) -> float:
+def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> float:
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((2048, 2048), jnp.float32)
+    a = jnp.ones((size, size), dtype)
     f = jax.jit(lambda x: x @ x)
     jax.block_until_ready(f(a))
-    return 2 * 2048**3 / median_seconds(lambda: jax.block_until_ready(f(a)), repeats) / 1e9
+    return 2 * size**3 / median_seconds(lambda: jax.block_until_ready(f(a)), repeats) / 1e9
 
 
-def step_flops(c) -> float:
-    """Forward + activation-backward FLOPs of one prefix-tuning step (2x the forward)."""
-    tokens = BATCH * LENGTH
+def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> float:
+    """Analytic FLOPs of one train step of `method` on [batch, length] tokens."""
+    seq = length + (P if method == "prompt" else 0)
+    keys = seq + (P if method.startswith("prefix") else 0)
+    tokens = batch * seq
     per_layer = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * c.kv_dim)
     per_layer += c.hidden_size * c.intermediate_size * 3
-    matmul = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
-    attention = 4 * tokens * (LENGTH + P) * c.num_heads * c.head_dim * c.num_layers
-    return 2 * (matmul + attention)
+    forward = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
+    forward += 4 * tokens * keys * c.num_heads * c.head_dim * c.num_layers
+    return (3 if method == "full" else 2) * forward
 
 
-def ours(reparam: str, repeats: int) -> tuple[float, float]:
-    import jax
-    import numpy as np
-
-    from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix
-    from prefix_jax.models import load
+def our_trainer(model, method: str, learning_rate: float = 1e-4):
+    """A Trainer for `method` on the loaded base `model`."""
+    from prefix_jax import methods
     from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
 
-    model, _ = load("smollm2", with_tokenizer=False)
-    prefix, _ = create_prefix(model, PrefixConfig(length=P, reparam=reparam))
-    tx = make_optimizer(OptimConfig(learning_rate=1e-4), PrefixParam)
-    trainer = Trainer(PrefixLM(model, prefix), tx, PrefixParam)
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": jax.numpy.asarray(rng.integers(0, 49152, (BATCH, LENGTH)), jax.numpy.int32),
-        "attention_mask": jax.numpy.ones((BATCH, LENGTH), bool),
-        "loss_mask": jax.numpy.ones((BATCH, LENGTH), jax.numpy.int32),
+    if method.startswith("prefix"):
+        config = methods.PrefixConfig(length=P, reparam=method.split("-")[1])
+        prefix, _ = methods.create_prefix(model, config)
+        lm, trainable = methods.PrefixLM(model, prefix), methods.PrefixParam
+    elif method == "prompt":
+        prompt, _ = methods.create_prompt(model, methods.PromptConfig(length=P))
+        lm, trainable = methods.PromptLM(model, prompt), methods.PromptParam
+    elif method == "lora":
+        config = methods.LoraConfig(rank=LORA_RANK, alpha=2.0 * LORA_RANK, targets=("q", "v"))
+        lora, _ = methods.create_lora(model, config)
+        lm, trainable = methods.LoraLM(model, lora), methods.LoraParam
+    else:
+        finetune = methods.FinetuneConfig()
+        lm, _ = methods.create_finetune(model, finetune)
+        trainable = finetune.trainable
+    tx = make_optimizer(OptimConfig(learning_rate=learning_rate), trainable)
+    return Trainer(lm, tx, trainable)
+
+
+def random_batch(batch: int = BATCH, length: int = LENGTH) -> dict:
+    import jax.numpy as jnp
+
+    tokens = np.random.default_rng(0).integers(0, 49152, (batch, length))
+    return {
+        "tokens": jnp.asarray(tokens, jnp.int32),
+        "attention_mask": jnp.ones((batch, length), bool),
+        "loss_mask": jnp.ones((batch, length), jnp.int32),
     }
-    key = jax.random.key(0)
-    flops = step_flops(model.config)
+
+
+def ours(model, method: str, repeats: int) -> float:
+    import jax
+
+    trainer = our_trainer(model, method)
+    batch, key = random_batch(), jax.random.key(0)
     jax.block_until_ready(trainer.step(batch, key))
-    return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats), flops
+    return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats)
 
 
-def peft(projection: bool, repeats: int) -> float:
-    import peft as peft_lib
+def load_hf():
     import torch
     import transformers
 
     from prefix_jax.models import resolve
 
     path = resolve("smollm2")
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    return transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
-    config = peft_lib.PrefixTuningConfig(
-        task_type="CAUSAL_LM",
-        num_virtual_tokens=P,
-        prefix_projection=projection,
-        encoder_hidden_size=512,
-    )
-    model = peft_lib.get_peft_model(model, config).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    tokens = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
 
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
+
+def peft_model(method: str):
+    """The transformers model with PEFT's version of `method` (full: the bare model)."""
+    import peft as peft_lib
+
+    model = load_hf()
+    if method == "full":
+        return model.train()
+    if method.startswith("prefix"):
+        config = peft_lib.PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=P,
+            prefix_projection=method == "prefix-mlp",
+            encoder_hidden_size=512,
+        )
+    elif method == "prompt":
+        config = peft_lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P)
+    else:
+        config = peft_lib.LoraConfig(
+            task_type="CAUSAL_LM",
+            r=LORA_RANK,
+            lora_alpha=2 * LORA_RANK,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "v_proj"],
+        )
+    return peft_lib.get_peft_model(model, config).train()
+
+
+def peft_step_fn(model):
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step(tokens, mask, labels):
+        loss = model(input_ids=tokens, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
 
-    step()
-    return median_seconds(step, repeats)
+    return step
+
+
+def peft(method: str, repeats: int) -> float:
+    import torch
+
+    step = peft_step_fn(peft_model(method))
+    tokens = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(tokens)
+    step(tokens, mask, tokens)
+    return median_seconds(lambda: step(tokens, mask, tokens), repeats)
+
+
+# --- tokens/s on real E2E lengths -------------------------------------------------------
+
+
+POWERS_OF_TWO = (32, 64, 128, 256)  # the default buckets before BENCHMARKS.md change 3
+
+
+def e2e_data(path: str):
+    from prefix_jax.data import EncodeConfig, encode_examples, load_task
+    from prefix_jax.models import load
+
+    model, tokenizer = load("smollm2")
+    examples = load_task("e2e", path, split="train").examples
+    return model, encode_examples(examples, tokenizer, EncodeConfig(separator="\nTarget:\n"))
+
+
+def e2e_batches(data, n_batches: int, buckets=None) -> tuple[list[dict], list[int]]:
+    """Our first `n_batches` batches of E2E (default buckets unless given), and their rows."""
+    from prefix_jax.data import BatchIterator
+
+    iterator = BatchIterator(data, BATCH, buckets=buckets, seed=0)
+    batches = [b for _, b in zip(range(n_batches), iterator.batches(0), strict=False)]
+    rows = [i for plan in iterator.plan(0)[:n_batches] for i in plan if i >= 0]
+    return batches, rows
+
+
+def ours_e2e(model, batches) -> tuple[float, float]:
+    """(tokens/s, padded share) over `batches`; a first pass compiles each bucket."""
+    import jax
+
+    from prefix_jax.train import to_device
+
+    trainer = our_trainer(model, "prefix-mlp")
+    key = jax.random.key(0)
+    device_batches = [to_device(b) for b in batches]
+    for b in device_batches:
+        jax.block_until_ready(trainer.step(b, key))
+    start = time.perf_counter()
+    for b in device_batches:
+        metrics = trainer.step(b, key)
+    jax.block_until_ready(metrics)
+    real = sum(float(b["attention_mask"].sum()) for b in batches)
+    padded = sum(b["tokens"].size for b in batches)
+    return real / (time.perf_counter() - start), 1 - real / padded
+
+
+def peft_e2e(data, rows: list[int]) -> tuple[float, float]:
+    """(tokens/s, padded share) of PEFT prefix-tuning (mlp) on the same rows, shuffled into
+    batches padded to their longest row."""
+    import torch
+
+    step = peft_step_fn(peft_model("prefix-mlp"))
+    order = np.random.default_rng(1).permutation(rows)
+    batches = []
+    for start in range(0, len(order), BATCH):
+        chosen = [int(i) for i in order[start : start + BATCH]]
+        width = max(len(data.sequences[i]) for i in chosen)
+        tokens = torch.zeros((len(chosen), width), dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        labels = torch.full_like(tokens, -100)  # scored: target tokens only, as ours
+        for r, i in enumerate(chosen):
+            sequence = torch.as_tensor(data.sequences[i], dtype=torch.long)
+            tokens[r, : len(sequence)] = sequence
+            mask[r, : len(sequence)] = 1
+            labels[r, data.prompt_lengths[i] : len(sequence)] = sequence[data.prompt_lengths[i] :]
+        batches.append((tokens, mask, labels))
+    step(*batches[0])
+    start = time.perf_counter()
+    for b in batches:
+        step(*b)
+    real = sum(float(m.sum()) for _, m, _ in batches)
+    padded = sum(t.numel() for t, _, _ in batches)
+    return real / (time.perf_counter() - start), 1 - real / padded
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--data", help="E2E devset.csv for the tokens/s table")
+    parser.add_argument("--data-batches", type=int, default=12)
     args = parser.parse_args()
     import torch
 
+    from prefix_jax.models import load
+
     torch.set_num_threads(args.threads)
     peak = matmul_gflops(args.repeats)
+    model, _ = load("smollm2", with_tokenizer=False)
     print(
-        f"SmolLM2-135M prefix p={P}, batch {BATCH} x {LENGTH}, float32, AdamW, "
+        f"SmolLM2-135M train step, batch {BATCH} x {LENGTH}, float32, AdamW, "
         f"{args.threads} threads, median of {args.repeats}; 2048^2 matmul: {peak:.0f} GFLOP/s"
     )
-    print("| reparam | ours s | PEFT s | ours / PEFT | ours GFLOP/s | of matmul rate |")
+    print("| method | ours s | PEFT s | ours / PEFT | ours GFLOP/s | of matmul rate |")
     print("|---|---:|---:|---:|---:|---:|")
-    for reparam in ("none", "mlp"):
-        ours_s, flops = ours(reparam, args.repeats)
-        peft_s = peft(reparam == "mlp", args.repeats)
-        rate = flops / ours_s / 1e9
+    for method in args.methods:
+        ours_s = ours(model, method, args.repeats)
+        peft_s = peft(method, args.repeats)
+        rate = step_flops(model.config, method) / ours_s / 1e9
         print(
-            f"| {reparam} | {ours_s:.2f} | {peft_s:.2f} | {ours_s / peft_s:.2f} | "
+            f"| {method} | {ours_s:.2f} | {peft_s:.2f} | {ours_s / peft_s:.2f} | "
             f"{rate:.0f} | {rate / peak:.0%} |"
         )
+    if args.data:
+        model, data = e2e_data(args.data)
+        batches, rows = e2e_batches(data, args.data_batches)
+        ours_rate, ours_pad = ours_e2e(model, batches)
+        pow2_rate, pow2_pad = ours_e2e(
+            model, e2e_batches(data, args.data_batches, POWERS_OF_TWO)[0]
+        )
+        peft_rate, peft_pad = peft_e2e(data, rows)
+        print(f"\nPrefix-tuning (mlp) on {len(rows)} E2E examples, batch {BATCH}")
+        print("| | tokens/s | padding share | vs PEFT |")
+        print("|---|---:|---:|---:|")
+        for name, rate, pad in [
+            ("ours, length-grouped, default buckets", ours_rate, ours_pad),
+            ("ours, length-grouped, power-of-two buckets", pow2_rate, pow2_pad),
+            ("PEFT, shuffled, padded to batch max", peft_rate, peft_pad),
+        ]:
+            print(f"| {name} | {rate:.0f} | {pad:.0%} | {rate / peft_rate:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -146,11 +146,17 @@ def encode_examples(
 # --------------------------------------------------------------------------- buckets
 
 
-def default_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
-    """Powers of two from `smallest` up to the first one >= `max_length`."""
-    buckets = [smallest]
+def default_buckets(max_length: int, step: int = 16, fine_until: int = 128) -> tuple[int, ...]:
+    """Multiples of `step` up to `fine_until`, then ~25% larger steps (multiples of 32), up
+    to the first bucket >= `max_length`.
+
+    Each bucket is one compiled step; powers of two would compile fewer but pad a batch of
+    short table-to-text examples by ~40% (measured on E2E, BENCHMARKS.md), this by ~10%.
+    """
+    buckets = [step]
     while buckets[-1] < max_length:
-        buckets.append(buckets[-1] * 2)
+        last = buckets[-1]
+        buckets.append(last + step if last < fine_until else -(-(last * 5 // 4) // 32) * 32)
     return tuple(buckets)
 
 
