@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from experiments.bench.timing import median_seconds
+from experiments.bench.train_step import load_hf
 
 PROMPT_LENGTH = 48
 SETTINGS = [("greedy", 1), ("greedy", 16), ("beam5", 1), ("beam5", 16)]
@@ -56,8 +57,8 @@ def transformers_side(model, mode: str, batch: int, new_tokens: int, repeats: in
 
     tokens, mask = prompts(batch)
     kw = {
-        "input_ids": torch.as_tensor(tokens, dtype=torch.long),
-        "attention_mask": torch.as_tensor(mask, dtype=torch.long),
+        "input_ids": torch.as_tensor(tokens, dtype=torch.long, device=model.device),
+        "attention_mask": torch.as_tensor(mask, dtype=torch.long, device=model.device),
         "max_new_tokens": new_tokens,
         "min_new_tokens": new_tokens,
         "do_sample": False,
@@ -65,21 +66,15 @@ def transformers_side(model, mode: str, batch: int, new_tokens: int, repeats: in
         "pad_token_id": 0,
         "eos_token_id": 2,
     }
-    with torch.inference_mode():
+
+    def call():
         model.generate(**kw)
-        return median_seconds(lambda: model.generate(**kw), repeats)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
 
-
-def load_transformers():
-    import torch
-    import transformers
-
-    from prefix_jax.models import resolve
-
-    path = resolve("smollm2")
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    with torch.inference_mode():
+        call()
+        return median_seconds(call, repeats)
 
 
 def main() -> None:
@@ -94,7 +89,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, _ = load("smollm2", with_tokenizer=False)
-    hf = load_transformers()
+    hf = load_hf().eval()
     n = args.new_tokens
     print(
         f"SmolLM2-135M generation, prompts {PROMPT_LENGTH // 2}-{PROMPT_LENGTH} tokens, "

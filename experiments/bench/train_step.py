@@ -54,6 +54,10 @@ def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> floa
 
 def our_trainer(model, method: str, learning_rate: float = 1e-4):
     """A Trainer for `method` on the loaded base `model`."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
     from prefix_jax import methods
     from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
 
@@ -69,6 +73,9 @@ def our_trainer(model, method: str, learning_rate: float = 1e-4):
         lora, _ = methods.create_lora(model, config)
         lm, trainable = methods.LoraLM(model, lora), methods.LoraParam
     else:
+        # The step donates the weights it trains: give it a copy, so `model` stays usable.
+        graphdef, weights = nnx.split(model)
+        model = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
         finetune = methods.FinetuneConfig()
         lm, _ = methods.create_finetune(model, finetune)
         trainable = finetune.trainable
@@ -77,6 +84,7 @@ def our_trainer(model, method: str, learning_rate: float = 1e-4):
 
 
 def random_batch(batch: int = BATCH, length: int = LENGTH) -> dict:
+    """Random tokens, every position attended and scored."""
     import jax.numpy as jnp
 
     tokens = np.random.default_rng(0).integers(0, 49152, (batch, length))
@@ -96,23 +104,24 @@ def ours(model, method: str, repeats: int) -> float:
     return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats)
 
 
-def load_hf():
+def load_hf(device: str = "cpu", dtype: str = "float32"):
     import torch
     import transformers
 
     from prefix_jax.models import resolve
 
     path = resolve("smollm2")
-    return transformers.AutoModelForCausalLM.from_pretrained(
+    model = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
+    return model.to(device=device, dtype=getattr(torch, dtype))
 
 
-def peft_model(method: str):
+def peft_model(method: str, device: str = "cpu", dtype: str = "float32"):
     """The transformers model with PEFT's version of `method` (full: the bare model)."""
     import peft as peft_lib
 
-    model = load_hf()
+    model = load_hf(device, dtype)
     if method == "full":
         return model.train()
     if method.startswith("prefix"):

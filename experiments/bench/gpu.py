@@ -1,0 +1,144 @@
+"""The accelerator variant of the benchmarks, in one short run (a few minutes on one GPU).
+
+    python -m experiments.bench.gpu [--quick]
+
+bfloat16 weights and activations (the prefix and optimizer state in float32), larger
+batches, on JAX's default backend:
+1. train step, batch 32 x 128: ours per method, and PEFT on CUDA when torch has it;
+3. prefix overhead at sequence 512, batch 16: p in {0, 10, 200};
+4. generation, greedy and beam 5, batch 16 and 64: ours vs transformers (CUDA);
+5. MFU: our step's analytic FLOP/s against the card's nominal dense bf16 rate and an
+   8192^2 bf16 matmul timed here.
+`--quick` shrinks every size so the script can be checked on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from experiments.bench import generation, prefix_overhead, train_step
+from experiments.bench.timing import median_seconds
+
+# Dense bf16 tensor FLOP/s from the vendors' data sheets (no sparsity).
+NOMINAL_BF16_TFLOPS = {
+    "H100": 989.0,  # H100 SXM; the PCIe card is 756
+    "H200": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5p": 459.0,
+}
+
+
+def nominal_tflops(device_kind: str) -> float | None:
+    for name, tflops in NOMINAL_BF16_TFLOPS.items():
+        if name.lower() in device_kind.lower():
+            return tflops
+    return None
+
+
+def torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def ours_step(model, method: str, batch: int, length: int, repeats: int) -> float:
+    import jax
+
+    trainer = train_step.our_trainer(model, method)
+    data, key = train_step.random_batch(batch, length), jax.random.key(0)
+    jax.block_until_ready(trainer.step(data, key))
+    return median_seconds(lambda: jax.block_until_ready(trainer.step(data, key)), repeats)
+
+
+def peft_step(method: str, batch: int, length: int, repeats: int) -> float:
+    import torch
+
+    step = train_step.peft_step_fn(train_step.peft_model(method, "cuda", "bfloat16"))
+    tokens = torch.randint(0, 49152, (batch, length), device="cuda")
+    mask = torch.ones_like(tokens)
+
+    def call():
+        step(tokens, mask, tokens)
+        torch.cuda.synchronize()
+
+    call()
+    return median_seconds(call, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU check")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    import jax
+    import jax.numpy as jnp
+
+    from prefix_jax.models import load
+
+    quick = args.quick
+    batch, length = (2, 16) if quick else (32, 128)
+    size = 512 if quick else 8192
+    device = jax.devices()[0]
+    cuda = torch_cuda() and not quick
+    bf16 = jnp.bfloat16
+    model, _ = load("smollm2", with_tokenizer=False, param_dtype=bf16, dtype=bf16)
+    matmul = train_step.matmul_gflops(args.repeats, size=size, dtype="bfloat16")
+    nominal = nominal_tflops(device.device_kind)
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(
+        f"bf16 matmul {size}^2: {matmul / 1e3:.1f} TFLOP/s; nominal: "
+        f"{'unknown' if nominal is None else f'{nominal:.0f} TFLOP/s'}"
+    )
+
+    print(f"\n1+5. train step, batch {batch} x {length}, bf16, median of {args.repeats}")
+    print("| method | ours ms | PEFT ms | ours / PEFT | TFLOP/s | of matmul | MFU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for method in ("prefix-mlp", "lora", "full"):
+        ours_s = ours_step(model, method, batch, length, args.repeats)
+        peft_s = peft_step(method, batch, length, args.repeats) if cuda else None
+        rate = train_step.step_flops(model.config, method, batch, length) / ours_s / 1e12
+        mfu = "" if nominal is None else f"{rate / nominal:.0%}"
+        peft_cells = f"{peft_s * 1e3:.1f} | {ours_s / peft_s:.2f}" if peft_s else "- | -"
+        print(
+            f"| {method} | {ours_s * 1e3:.1f} | {peft_cells} | {rate:.1f} | "
+            f"{rate * 1e3 / matmul:.0%} | {mfu} |"
+        )
+
+    seq, rows = (32, 2) if quick else (512, 16)
+    print(f"\n3. prefix overhead, sequence {seq}, batch {rows}")
+    print("| p | forward ms | overhead | decode ms | overhead |")
+    print("|---:|---:|---:|---:|---:|")
+    base = None
+    for p in (0, 10, 200):
+        fwd, dec = prefix_overhead.timings(model, rows, seq, p, args.repeats)
+        base = base or (fwd, dec)
+        print(
+            f"| {p} | {fwd * 1e3:.1f} | {fwd / base[0] - 1:+.1%} | {dec * 1e3:.1f} | "
+            f"{dec / base[1] - 1:+.1%} |"
+        )
+
+    new = 8 if quick else 64
+    hf = train_step.load_hf("cuda", "bfloat16").eval() if cuda else None
+    print(f"\n4. generation, {new} new tokens, tokens/s")
+    print("| decode | batch | ours | transformers | ours / transformers |")
+    print("|---|---:|---:|---:|---:|")
+    for mode in ("greedy", "beam5"):
+        for n in (2,) if quick else (16, 64):
+            _, ours_s = generation.ours(model, mode, n, new, args.repeats)
+            ours_rate = n * new / ours_s
+            if hf is None:
+                print(f"| {mode} | {n} | {ours_rate:.0f} | - | - |")
+                continue
+            hf_rate = n * new / generation.transformers_side(hf, mode, n, new, args.repeats)
+            print(
+                f"| {mode} | {n} | {ours_rate:.0f} | {hf_rate:.0f} | {ours_rate / hf_rate:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
