@@ -1,0 +1,63 @@
+"""The benchmark scripts run (tiny sizes) and their memory probe sees allocations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments.bench import train_step
+from experiments.bench.memory import PeakSampler, release_free_heap, rss_mb
+from prefix_jax.models import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_peak_sampler_sees_a_transient_allocation():
+    release_free_heap()
+    before = rss_mb()
+    with PeakSampler() as sampler:
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        del block
+    assert sampler.peak - before > 150
+    release_free_heap()
+    assert rss_mb() - before < 100  # freed and returned: only the peak saw it
+
+
+def test_step_flops_count_methods():
+    c = ModelConfig(
+        family="llama",
+        vocab_size=100,
+        hidden_size=8,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=4,
+        intermediate_size=16,
+        max_position_embeddings=32,
+    )
+    prefix = train_step.step_flops(c, "prefix-mlp", batch=1, length=4)
+    full = train_step.step_flops(c, "full", batch=1, length=4)
+    # tokens * (layers * (q, o: 8x8; k, v: 8x4; gate, up, down: 8x16) + unembed 8x100)
+    matmuls = 2 * 4 * (2 * 8 * (2 * 8 + 2 * 4 + 3 * 16) + 8 * 100)
+    attention = 4 * 4 * 8 * 2  # per key: tokens * heads*head_dim * layers, scores and values
+    assert prefix == 2 * (matmuls + attention * (4 + train_step.P))  # keys: prefix + tokens
+    assert full == 3 * (matmuls + attention * 4)  # weight gradients: a third matmul pass
+
+
+def test_accelerator_script_runs_quick_on_cpu():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.bench.gpu", "--quick", "--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for method in ("prefix-mlp", "lora", "full"):
+        assert any(line.startswith(f"| {method} |") for line in lines), out.stdout
+    assert sum(line.startswith("| greedy |") or line.startswith("| beam5 |") for line in lines) == 2
+    assert any(line.startswith("| 200 |") for line in lines)
