@@ -113,10 +113,9 @@ def main() -> None:
     print(f"\n3. prefix overhead, sequence {seq}, batch {rows}")
     print("| p | forward ms | overhead | decode ms | overhead |")
     print("|---:|---:|---:|---:|---:|")
-    base = None
-    for p in (0, 10, 200):
-        fwd, dec = prefix_overhead.timings(model, rows, seq, p, args.repeats)
-        base = base or (fwd, dec)
+    results = prefix_overhead.timings(model, rows, seq, (0, 10, 200), args.repeats)
+    base = results[0]
+    for p, (fwd, dec) in results.items():
         print(
             f"| {p} | {fwd * 1e3:.1f} | {fwd / base[0] - 1:+.1%} | {dec * 1e3:.1f} | "
             f"{dec / base[1] - 1:+.1%} |"

@@ -83,7 +83,7 @@ def run_ours(method: str, remat: str) -> dict:
 
     base = rss_mb()
     model, _ = load("smollm2", with_tokenizer=False, remat_policy=remat or None)
-    trainer = train_step.our_trainer(model, method)
+    trainer = train_step.our_trainer(model, method, keep_model=False)
     batch, key = train_step.random_batch(), jax.random.key(0)
     compiled = trainer._step.lower(trainer.state, trainer.frozen, batch, key).compile()
     stats = compiled.memory_analysis()

@@ -1,20 +1,23 @@
 """What a prefix costs at inference: forward and decode time vs prefix length p.
 
-    python -m experiments.bench.prefix_overhead [--repeats 3] [--batch 4] [--dtype float32]
+    python -m experiments.bench.prefix_overhead [--repeats 5] [--batch 4] [--dtype float32]
 
 SmolLM2, batch `--batch`, sequences of 64 and 512 tokens, p in {0, 1, 10, 100, 200}
 (p = 0: no prefix at all). Forward: one jitted call on the whole sequence. Decode: greedy,
 prefill of the sequence plus 16 new tokens. Each time is the median of `--repeats` calls
-after a compiling call; the overhead is relative to p = 0 at the same length.
+after a compiling call, the settings taking turns; the overhead is relative to p = 0 at
+the same length.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from collections.abc import Sequence
 
 import numpy as np
 
-from experiments.bench.timing import median_seconds
+from experiments.bench.timing import call_seconds
 
 LENGTHS = (64, 512)
 PREFIX_LENGTHS = (0, 1, 10, 100, 200)
@@ -36,8 +39,8 @@ def random_prefix(model, p: int):
     return PrefixKV(keys=keys, values=keys * 0.5)
 
 
-def timings(model, batch: int, length: int, p: int, repeats: int) -> tuple[float, float]:
-    """(forward seconds, decode seconds) for one setting."""
+def setting_calls(model, batch: int, length: int, p: int):
+    """(forward call, decode call) for one setting, each compiled by a first call."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -58,12 +61,26 @@ def timings(model, batch: int, length: int, p: int, repeats: int) -> tuple[float
         )
 
     run_forward(), run_decode()
-    return median_seconds(run_forward, repeats), median_seconds(run_decode, repeats)
+    return run_forward, run_decode
+
+
+def timings(
+    model, batch: int, length: int, prefix_lengths: Sequence[int], repeats: int
+) -> dict[int, tuple[float, float]]:
+    """{p: (forward s, decode s)}: medians over rounds that each time every p once, so a
+    slow spell of a shared machine hits all settings alike."""
+    calls = {p: setting_calls(model, batch, length, p) for p in prefix_lengths}
+    times = {p: ([], []) for p in prefix_lengths}
+    for _ in range(repeats):
+        for p, (run_forward, run_decode) in calls.items():
+            times[p][0].extend(call_seconds(run_forward, 1))
+            times[p][1].extend(call_seconds(run_decode, 1))
+    return {p: (statistics.median(f), statistics.median(d)) for p, (f, d) in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
@@ -80,10 +97,9 @@ def main() -> None:
     print("| seq | p | forward ms | overhead | decode ms | overhead |")
     print("|---:|---:|---:|---:|---:|---:|")
     for length in LENGTHS:
-        base = None
-        for p in PREFIX_LENGTHS:
-            fwd, dec = timings(model, args.batch, length, p, args.repeats)
-            base = base or (fwd, dec)
+        results = timings(model, args.batch, length, PREFIX_LENGTHS, args.repeats)
+        base = results[0]
+        for p, (fwd, dec) in results.items():
             print(
                 f"| {length} | {p} | {fwd * 1e3:.0f} | {fwd / base[0] - 1:+.1%} | "
                 f"{dec * 1e3:.0f} | {dec / base[1] - 1:+.1%} |"

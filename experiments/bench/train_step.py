@@ -24,20 +24,21 @@ import time
 
 import numpy as np
 
-from experiments.bench.timing import median_seconds
+from experiments.bench.timing import best_seconds, median_seconds
 
 BATCH, LENGTH, P, LORA_RANK = 8, 64, 10, 8
 METHODS = ("prefix-none", "prefix-mlp", "prompt", "lora", "full")
 
 
 def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> float:
+    """The machine's matmul ceiling: the fastest of 4 x `repeats` square matmuls."""
     import jax
     import jax.numpy as jnp
 
     a = jnp.ones((size, size), dtype)
     f = jax.jit(lambda x: x @ x)
     jax.block_until_ready(f(a))
-    return 2 * size**3 / median_seconds(lambda: jax.block_until_ready(f(a)), repeats) / 1e9
+    return 2 * size**3 / best_seconds(lambda: jax.block_until_ready(f(a)), 4 * repeats) / 1e9
 
 
 def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> float:
@@ -52,8 +53,9 @@ def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> floa
     return (3 if method == "full" else 2) * forward
 
 
-def our_trainer(model, method: str, learning_rate: float = 1e-4):
-    """A Trainer for `method` on the loaded base `model`."""
+def our_trainer(model, method: str, learning_rate: float = 1e-4, keep_model: bool = True):
+    """A Trainer for `method` on the loaded base `model`; full fine-tuning trains a copy of
+    the weights unless `keep_model=False` (its step donates the weights it trains)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -73,9 +75,9 @@ def our_trainer(model, method: str, learning_rate: float = 1e-4):
         lora, _ = methods.create_lora(model, config)
         lm, trainable = methods.LoraLM(model, lora), methods.LoraParam
     else:
-        # The step donates the weights it trains: give it a copy, so `model` stays usable.
-        graphdef, weights = nnx.split(model)
-        model = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
+        if keep_model:
+            graphdef, weights = nnx.split(model)
+            model = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
         finetune = methods.FinetuneConfig()
         lm, _ = methods.create_finetune(model, finetune)
         trainable = finetune.trainable
