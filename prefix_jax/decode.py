@@ -23,7 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.models.transformer import KVCache, PrefixKV, Transformer
+from prefix_jax.models.transformer import (
+    KVCache,
+    PrefixKV,
+    Transformer,
+    check_prefix,
+    prefix_lengths,
+)
 
 Array = jax.Array
 
@@ -133,8 +139,8 @@ def greedy(
 def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new_tokens):
     model = nnx.merge(graphdef, state)
     b, t = tokens.shape
-    cache = model.init_cache(b, t + max_new_tokens)
-    hidden, cache = model.hidden_states(tokens, attention_mask, prefix=prefix, cache=cache)
+    cache = _cache_holding_prefix(model, prefix, b, t + max_new_tokens)
+    hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
     logits = model.unembed(hidden[:, -1:])[:, 0]
     first = jnp.argmax(_next_log_probs(logits, 0, options), axis=-1).astype(jnp.int32)
     out = jnp.full((b, max_new_tokens), options.pad_id, jnp.int32).at[:, 0].set(first)
@@ -146,9 +152,7 @@ def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new
 
     def body(carry):
         i, out, cache, done, last = carry
-        hidden, cache = model.hidden_states(
-            last[:, None], jnp.ones((b, 1), bool), prefix=prefix, cache=cache
-        )
+        hidden, cache = model.hidden_states(last[:, None], jnp.ones((b, 1), bool), cache=cache)
         logits = model.unembed(hidden)[:, 0]
         nxt = jnp.argmax(_next_log_probs(logits, i, options), axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, options.pad_id, nxt)
@@ -273,16 +277,32 @@ def _keep_best(beams: _Beams, scores: Array, seq: Array) -> tuple[Array, Array]:
     )
 
 
-def _beam_prefix(prefix: PrefixKV | None, k: int) -> PrefixKV | None:
-    """Per-row prefix parts follow their row into its k beams; batch-1 parts broadcast as is."""
+def _cache_holding_prefix(model, prefix: PrefixKV | None, batch: int, max_len: int) -> KVCache:
+    """A cache of p + `max_len` slots whose first p already hold the prefix.
+
+    Decoding then attends to the prefix as to any cached key, instead of concatenating it
+    with the whole cache in every layer at every step (a copy of the cache per step).
+    Positions are unaffected: they follow `next_position`, not the slot.
+    """
     if prefix is None:
-        return None
+        return model.init_cache(batch, max_len)
+    check_prefix(prefix, model.config, batch)
+    p = prefix.length
+    cache = model.init_cache(batch, p + max_len)
 
-    def repeat(x: Array, axis: int) -> Array:
-        return x if x.shape[axis] == 1 else jnp.repeat(x, k, axis=axis)
+    def place(slots: Array, part: Array) -> Array:
+        part = jnp.broadcast_to(part, (*slots.shape[:2], *part.shape[2:]))
+        return slots.at[:, :, :p].set(part.astype(slots.dtype))
 
-    mask = None if prefix.mask is None else repeat(prefix.mask, 0)
-    return prefix.replace(keys=repeat(prefix.keys, 1), values=repeat(prefix.values, 1), mask=mask)
+    valid = jnp.ones((1, p), bool) if prefix.mask is None else prefix.mask.astype(bool)
+    start = prefix_lengths(prefix) if prefix.positions_after_prefix else 0
+    return cache.replace(
+        keys=place(cache.keys, prefix.keys),
+        values=place(cache.values, prefix.values),
+        valid=cache.valid.at[:, :p].set(jnp.broadcast_to(valid, (batch, p))),
+        index=jnp.asarray(p, cache.index.dtype),
+        next_position=cache.next_position + start,
+    )
 
 
 def _reorder_cache(cache: KVCache, rows: Array) -> KVCache:
@@ -303,8 +323,8 @@ def _beam_search(
     b, t = tokens.shape
     k, n = beam_size, max_new_tokens
 
-    cache = model.init_cache(b, t + n)
-    hidden, cache = model.hidden_states(tokens, attention_mask, prefix=prefix, cache=cache)
+    cache = _cache_holding_prefix(model, prefix, b, t + n)
+    hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
     first = _next_log_probs(model.unembed(hidden[:, -1:])[:, 0], 0, options)
     empty = jnp.full((b, k, n), options.pad_id, jnp.int32)
     beams = _Beams(
@@ -317,9 +337,8 @@ def _beam_search(
         last=jnp.zeros((b, k), jnp.int32),
     )
     beams = _beam_step(beams, jnp.broadcast_to(first[:, None], (b, k, first.shape[-1])), 0, options)
-    # The prompt was prefilled once per row; each of its k beams starts from a copy.
+    # The prefix and prompt were prefilled once per row; each of its k beams starts from a copy.
     cache = _reorder_cache(cache, jnp.repeat(jnp.arange(b), k))
-    prefix = _beam_prefix(prefix, k)
     row_start = (jnp.arange(b, dtype=jnp.int32) * k)[:, None]
 
     def cond(carry):
@@ -329,7 +348,7 @@ def _beam_search(
     def body(carry):
         i, cache, beams = carry
         hidden, cache = model.hidden_states(
-            beams.last.reshape(b * k, 1), jnp.ones((b * k, 1), bool), prefix=prefix, cache=cache
+            beams.last.reshape(b * k, 1), jnp.ones((b * k, 1), bool), cache=cache
         )
         logits = model.unembed(hidden)[:, 0].reshape(b, k, -1)
         beams = _beam_step(beams, _next_log_probs(logits, i, options), i, options)

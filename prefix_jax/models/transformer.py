@@ -263,9 +263,9 @@ class Transformer(nnx.Module):
         attention_mask = attention_mask.astype(bool)
         offset = jnp.zeros((b if prefix is None else 1,), jnp.int32)
         if prefix is not None:
-            _check_prefix(prefix, c, b)
+            check_prefix(prefix, c, b)
             if prefix.positions_after_prefix:
-                offset = _prefix_lengths(prefix)
+                offset = prefix_lengths(prefix)
 
         if cache is None:
             positions = positions_from_mask(attention_mask, offset)
@@ -409,14 +409,14 @@ def remat_policy(name: str) -> Callable | None:
     return policies[name]
 
 
-def _prefix_lengths(prefix: PrefixKV) -> Array:
+def prefix_lengths(prefix: PrefixKV) -> Array:
     """Number of attendable prefix slots per row ([batch or 1])."""
     if prefix.mask is None:
         return jnp.full((prefix.keys.shape[1],), prefix.length, jnp.int32)
     return prefix.mask.astype(jnp.int32).sum(-1)
 
 
-def _check_prefix(prefix: PrefixKV, c: ModelConfig, batch: int) -> None:
+def check_prefix(prefix: PrefixKV, c: ModelConfig, batch: int) -> None:
     expected = (c.num_layers, c.num_kv_heads, c.head_dim)
     got = (prefix.keys.shape[0], *prefix.keys.shape[3:])
     if prefix.keys.ndim != 5 or got != expected or prefix.values.shape != prefix.keys.shape:
