@@ -8,6 +8,7 @@ buffers and no optimizer state; the train state is donated to the step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -114,11 +115,7 @@ class Trainer:
         self.mesh = mesh
         self._loss_fn = loss_fn or _default_loss
 
-        def init(params):
-            return TrainState(
-                step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
-            )
-
+        init = functools.partial(initial_state, tx)
         if mesh is None:
             self.state = init(params)
             self._step = jax.jit(self._train_step, donate_argnums=(0,))
@@ -172,6 +169,11 @@ class Trainer:
 
     def eval_loss(self, batch: dict) -> tuple[Array, Array]:
         return self._eval(self.state.params, self.frozen, batch)
+
+
+def initial_state(tx: optax.GradientTransformation, params: nnx.State) -> TrainState:
+    """Step 0: the trainable parameters and their fresh optimizer state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def _default_loss(model, batch, dropout_key):

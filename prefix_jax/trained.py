@@ -8,10 +8,10 @@ the weights, so they are read from the run's latest orbax checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -20,7 +20,7 @@ from prefix_jax.checkpoint import Checkpointer
 from prefix_jax.methods import LoraLM, PromptLM, lora, prompt
 from prefix_jax.models import Transformer
 from prefix_jax.models.transformer import PrefixKV
-from prefix_jax.train_step import OptimConfig, TrainState, make_optimizer
+from prefix_jax.train_step import OptimConfig, initial_state, make_optimizer
 
 
 @dataclasses.dataclass
@@ -74,12 +74,11 @@ def restore_checkpoint(
     graphdef, params, frozen = nnx.split(lm, trainable, ...)
     tx = make_optimizer(OptimConfig(total_steps=1, **config.optim.to_dict()), trainable)
 
-    def init(params):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
     checkpoints = Checkpointer(directory)
     try:
-        restored = checkpoints.restore_latest(jax.eval_shape(init, params))
+        restored = checkpoints.restore_latest(
+            jax.eval_shape(functools.partial(initial_state, tx), params)
+        )
     finally:
         checkpoints.close()
     if restored is None:
