@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from experiments.bench import train_step
 from experiments.bench.memory import PeakSampler, release_free_heap, rss_mb
@@ -61,3 +63,19 @@ def test_accelerator_script_runs_quick_on_cpu():
         assert any(line.startswith(f"| {method} |") for line in lines), out.stdout
     assert sum(line.startswith("| greedy |") or line.startswith("| beam5 |") for line in lines) == 2
     assert any(line.startswith("| 200 |") for line in lines)
+    parity = next(line for line in lines if line.startswith("0. parity"))
+    assert float(parity.split("=")[-1]) < 5e-2, parity  # bf16 vs float32 logits
+
+
+def test_random_checkpoint_has_smollm2_shapes(smollm2):
+    import transformers
+
+    from experiments.bench.random_checkpoint import SMOLLM2_135M
+    from prefix_jax.models.config import config_from_hf
+
+    hf_config = transformers.LlamaConfig(**SMOLLM2_135M).to_dict()
+    random_config = config_from_hf(hf_config, name="random")
+    real, _ = smollm2
+    assert real.config.norm_eps == pytest.approx(random_config.norm_eps)  # GGUF: float32
+    same_eps = dataclasses.replace(real.config, name="random", norm_eps=random_config.norm_eps)
+    assert random_config == same_eps

@@ -4,12 +4,15 @@
 
 bfloat16 weights and activations (the prefix and optimizer state in float32), larger
 batches, on JAX's default backend:
+0. parity: our bf16 logits vs transformers' float32 logits on the same weights;
 1. train step, batch 32 x 128: ours per method, and PEFT on CUDA when torch has it;
 3. prefix overhead at sequence 512, batch 16: p in {0, 10, 200};
 4. generation, greedy and beam 5, batch 16 and 64: ours vs transformers (CUDA);
 5. MFU: our step's analytic FLOP/s against the card's nominal dense bf16 rate and an
    8192^2 bf16 matmul timed here.
-`--quick` shrinks every size so the script can be checked on a CPU.
+`--quick` shrinks every size so the script can be checked on a CPU. `--model` takes any
+checkpoint both sides can read: on a machine without the GGUF, a random-weight one from
+`python -m experiments.bench.random_checkpoint DIR` (timings depend on shapes only).
 """
 
 from __future__ import annotations
@@ -55,10 +58,10 @@ def ours_step(model, method: str, batch: int, length: int, repeats: int) -> floa
     return median_seconds(lambda: jax.block_until_ready(trainer.step(data, key)), repeats)
 
 
-def peft_step(method: str, batch: int, length: int, repeats: int) -> float:
+def peft_step(method: str, batch: int, length: int, repeats: int, model: str) -> float:
     import torch
 
-    step = train_step.peft_step_fn(train_step.peft_model(method, "cuda", "bfloat16"))
+    step = train_step.peft_step_fn(train_step.peft_model(method, "cuda", "bfloat16", model))
     tokens = torch.randint(0, 49152, (batch, length), device="cuda")
     mask = torch.ones_like(tokens)
 
@@ -70,10 +73,25 @@ def peft_step(method: str, batch: int, length: int, repeats: int) -> float:
     return median_seconds(call, repeats)
 
 
+def bf16_logit_error(model, model_path: str, torch_device: str) -> float:
+    """Relative L2 error of our bf16 forward against transformers in float32."""
+    import numpy as np
+    import torch
+
+    tokens = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 32))
+    ours = np.asarray(model(tokens)[0])
+    hf = train_step.load_hf(torch_device, "float32", model_path).eval()
+    with torch.inference_mode():
+        ref = hf(torch.as_tensor(tokens, device=torch_device)).logits.float().cpu().numpy()
+    del hf
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU check")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="smollm2", help="name, GGUF file or HF directory")
     args = parser.parse_args()
     import jax
     import jax.numpy as jnp
@@ -86,7 +104,7 @@ def main() -> None:
     device = jax.devices()[0]
     cuda = torch_cuda() and not quick
     bf16 = jnp.bfloat16
-    model, _ = load("smollm2", with_tokenizer=False, param_dtype=bf16, dtype=bf16)
+    model, _ = load(args.model, with_tokenizer=False, param_dtype=bf16, dtype=bf16)
     matmul = train_step.matmul_gflops(args.repeats, size=size, dtype="bfloat16")
     nominal = nominal_tflops(device.device_kind)
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
@@ -94,6 +112,9 @@ def main() -> None:
         f"bf16 matmul {size}^2: {matmul / 1e3:.1f} TFLOP/s; nominal: "
         f"{'unknown' if nominal is None else f'{nominal:.0f} TFLOP/s'}"
     )
+    if torch_cuda() or quick:
+        error = bf16_logit_error(model, args.model, "cuda" if torch_cuda() else "cpu")
+        print(f"\n0. parity: |ours bf16 - transformers f32| / |ref| over logits = {error:.2e}")
 
     print(f"\n1+5. train step, batch {batch} x {length}, bf16, median of {args.repeats}")
     print("| method | ours ms | PEFT ms | ours / PEFT | TFLOP/s | of matmul | MFU |")
@@ -122,7 +143,7 @@ def main() -> None:
         )
 
     new = 8 if quick else 64
-    hf = train_step.load_hf("cuda", "bfloat16").eval() if cuda else None
+    hf = train_step.load_hf("cuda", "bfloat16", args.model).eval() if cuda else None
     print(f"\n4. generation, {new} new tokens, tokens/s")
     print("| decode | batch | ours | transformers | ours / transformers |")
     print("|---|---:|---:|---:|---:|")

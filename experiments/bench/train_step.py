@@ -33,9 +33,8 @@ METHODS = ("prefix-none", "prefix-mlp", "prompt", "lora", "full")
 def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> float:
     """The machine's matmul ceiling: the fastest of 4 x `repeats` square matmuls."""
     import jax
-    import jax.numpy as jnp
 
-    a = jnp.ones((size, size), dtype)
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)  # not constant data
     f = jax.jit(lambda x: x @ x)
     jax.block_until_ready(f(a))
     return 2 * size**3 / best_seconds(lambda: jax.block_until_ready(f(a)), 4 * repeats) / 1e9
@@ -106,24 +105,28 @@ def ours(model, method: str, repeats: int) -> float:
     return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats)
 
 
-def load_hf(device: str = "cpu", dtype: str = "float32"):
+def load_hf(device: str = "cpu", dtype: str = "float32", model: str = "smollm2"):
+    """transformers' model from the same files as ours (`model`: a name, GGUF or HF dir)."""
     import torch
     import transformers
 
     from prefix_jax.models import resolve
 
-    path = resolve("smollm2")
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
+    path = resolve(model)
+    where = (
+        {"pretrained_model_name_or_path": path}
+        if path.is_dir()
+        else {"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
     )
-    return model.to(device=device, dtype=getattr(torch, dtype))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+    return hf.to(device=device, dtype=getattr(torch, dtype))
 
 
-def peft_model(method: str, device: str = "cpu", dtype: str = "float32"):
+def peft_model(method: str, device: str = "cpu", dtype: str = "float32", model: str = "smollm2"):
     """The transformers model with PEFT's version of `method` (full: the bare model)."""
     import peft as peft_lib
 
-    model = load_hf(device, dtype)
+    model = load_hf(device, dtype, model)
     if method == "full":
         return model.train()
     if method.startswith("prefix"):
