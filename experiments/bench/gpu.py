@@ -121,7 +121,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for method in ("prefix-mlp", "lora", "full"):
         ours_s = ours_step(model, method, batch, length, args.repeats)
-        peft_s = peft_step(method, batch, length, args.repeats) if cuda else None
+        peft_s = peft_step(method, batch, length, args.repeats, args.model) if cuda else None
         rate = train_step.step_flops(model.config, method, batch, length) / ours_s / 1e12
         mfu = "" if nominal is None else f"{rate / nominal:.0%}"
         peft_cells = f"{peft_s * 1e3:.1f} | {ours_s / peft_s:.2f}" if peft_s else "- | -"
