@@ -83,14 +83,16 @@ def evaluate_loss(trainer: Trainer, iterator: BatchIterator) -> float:
 
 def to_device(batch: dict[str, np.ndarray], mesh=None) -> dict[str, jax.Array]:
     """This process's rows -> the (global, sharded when a mesh is given) device batch."""
-    batch = {
+    device_batch = {
         "tokens": batch["tokens"].astype(np.int32),
         "attention_mask": batch["attention_mask"].astype(bool),
         "loss_mask": batch["loss_mask"].astype(np.int32),
     }
+    if "score_positions" in batch:
+        device_batch["score_positions"] = batch["score_positions"].astype(np.int32)
     if mesh is None:
-        return {k: jnp.asarray(v) for k, v in batch.items()}
-    return sharding.global_batch(batch, mesh)
+        return {k: jnp.asarray(v) for k, v in device_batch.items()}
+    return sharding.global_batch(device_batch, mesh)
 
 
 class _NullWriter:

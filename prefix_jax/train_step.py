@@ -176,6 +176,32 @@ def initial_state(tx: optax.GradientTransformation, params: nnx.State) -> TrainS
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def lm_loss_at(
+    unembed: Callable[[Array], Array], hidden: Array, batch: dict
+) -> tuple[Array, Array]:
+    """`lm_loss` from logits at `batch["score_positions"]` only.
+
+    score_positions [B, W]: positions t whose logits predict a scored token t+1, -1 for
+    padding. Only W (host-chosen, bucketed) of the T positions per row are unembedded: the
+    unembedding and softmax over the vocabulary are the largest single cost of a small
+    model's step, and a data-to-text sequence is about half unscored source.
+    """
+    positions = batch["score_positions"]
+    at = jnp.maximum(positions, 0)
+    targets_at = jnp.minimum(at + 1, batch["tokens"].shape[1] - 1)
+    logits = unembed(jnp.take_along_axis(hidden, at[..., None], axis=1))
+    targets = jnp.take_along_axis(batch["tokens"], targets_at, axis=1)
+    scored = jnp.take_along_axis(batch["loss_mask"], targets_at, axis=1).astype(bool)
+    weights = (scored & (positions >= 0)).astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    count = weights.sum()
+    return (nll * weights).sum() / jnp.maximum(count, 1.0), count
+
+
 def _default_loss(model, batch, dropout_key):
-    logits, _ = model(batch["tokens"], batch["attention_mask"], dropout_key=dropout_key)
-    return lm_loss(logits, batch["tokens"], batch["loss_mask"])
+    hidden, _ = model.hidden_states(
+        batch["tokens"], batch["attention_mask"], dropout_key=dropout_key
+    )
+    if "score_positions" in batch:
+        return lm_loss_at(model.unembed, hidden, batch)
+    return lm_loss(model.unembed(hidden), batch["tokens"], batch["loss_mask"])

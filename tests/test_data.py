@@ -475,6 +475,22 @@ def test_batches_use_smallest_fitting_bucket(dataset) -> None:
         BatchIterator(dataset, batch_size=8, buckets=[32])
 
 
+def test_score_positions_are_the_positions_that_predict_targets(dataset) -> None:
+    iterator = BatchIterator(dataset, batch_size=8, buckets=[16, 32, 48, 64, 96, 144], seed=3)
+    widths = set()
+    for batch in collect(iterator, 0):
+        positions, loss_mask = batch["score_positions"], batch["loss_mask"]
+        length, width = batch["tokens"].shape[1], positions.shape[1]
+        widths.add(width)
+        counts = loss_mask[:, 1:].sum(axis=1)
+        assert width == min(pick_bucket(int(counts.max()), iterator.buckets), length)
+        for row in range(len(positions)):
+            expected = np.flatnonzero(loss_mask[row, 1:])  # logits at t score token t + 1
+            assert positions[row, : len(expected)].tolist() == expected.tolist()
+            assert (positions[row, len(expected) :] == -1).all()
+    assert len(widths) > 1
+
+
 def test_length_pools_reduce_padding(dataset) -> None:
     def padding(pool_batches: int) -> int:
         iterator = BatchIterator(dataset, 8, buckets=range(1, 200), pool_batches=pool_batches)

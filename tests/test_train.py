@@ -462,3 +462,40 @@ def test_config_errors_are_clear(tiny, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         train(make_config(tiny, **overrides), tmp_path)
     assert checkpoint_steps(tmp_path) == []
+
+
+def test_loss_at_score_positions_equals_loss_over_all_logits():
+    """Unembedding only the scored positions gives the full loss, its count and gradient."""
+    rng = np.random.default_rng(0)
+    b, t, d, vocab, width = 4, 16, 8, 50, 12
+    tokens = jnp.asarray(rng.integers(0, vocab, (b, t)), jnp.int32)
+    starts, ends = [3, 1, 6, 0], [9, 12, 10, 0]  # the last row is padding: nothing scored
+    loss_mask = np.zeros((b, t), np.int32)
+    positions = np.full((b, width), -1, np.int32)
+    for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        loss_mask[row, start:end] = 1
+        scored = np.arange(max(start, 1) - 1, end - 1)
+        positions[row, : len(scored)] = scored
+    batch = {
+        "tokens": tokens,
+        "loss_mask": jnp.asarray(loss_mask),
+        "score_positions": jnp.asarray(positions),
+    }
+    w = jnp.asarray(rng.normal(size=(d, vocab)), jnp.float32)
+    hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+
+    def unembed(h):
+        return h @ w
+
+    def full(h):
+        return train_step.lm_loss(unembed(h), tokens, batch["loss_mask"])
+
+    def at_positions(h):
+        return train_step.lm_loss_at(unembed, h, batch)
+
+    (full_loss, full_count), full_grad = jax.value_and_grad(full, has_aux=True)(hidden)
+    (loss, count), grad = jax.value_and_grad(at_positions, has_aux=True)(hidden)
+    assert float(count) == float(full_count) == loss_mask[:, 1:].sum()
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, full_grad, rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(grad[3]).max()) == 0.0  # the padding row gets no gradient

@@ -5,7 +5,8 @@
 bfloat16 weights and activations (the prefix and optimizer state in float32), larger
 batches, on JAX's default backend:
 0. parity: our bf16 logits vs transformers' float32 logits on the same weights;
-1. train step, batch 32 x 128: ours per method, and PEFT on CUDA when torch has it;
+1. train step, batch 32 x 128 (`--train-shapes` for others): ours per method, and PEFT on
+   CUDA when torch has it;
 3. prefix overhead at sequence 512, batch 16: p in {0, 10, 200};
 4. generation, greedy and beam 5, batch 16 and 64: ours vs transformers (CUDA);
 5. MFU: our step's analytic FLOP/s against the card's nominal dense bf16 rate and an
@@ -39,6 +40,9 @@ def nominal_tflops(device_kind: str) -> float | None:
         if name.lower() in device_kind.lower():
             return tflops
     return None
+
+
+PARTS = ("train", "overhead", "generation")
 
 
 def torch_cuda() -> bool:
@@ -92,6 +96,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU check")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2", help="name, GGUF file or HF directory")
+    parser.add_argument(
+        "--train-shapes", nargs="+", default=["32x128"], help="train step shapes, BATCHxLENGTH"
+    )
+    parser.add_argument(
+        "--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which tables to run"
+    )
     args = parser.parse_args()
     import jax
     import jax.numpy as jnp
@@ -99,7 +109,7 @@ def main() -> None:
     from prefix_jax.models import load
 
     quick = args.quick
-    batch, length = (2, 16) if quick else (32, 128)
+    shapes = [(2, 16)] if quick else [tuple(map(int, s.split("x"))) for s in args.train_shapes]
     size = 512 if quick else 8192
     device = jax.devices()[0]
     cuda = torch_cuda() and not quick
@@ -116,6 +126,16 @@ def main() -> None:
         error = bf16_logit_error(model, args.model, "cuda" if torch_cuda() else "cpu")
         print(f"\n0. parity: |ours bf16 - transformers f32| / |ref| over logits = {error:.2e}")
 
+    if "train" in args.parts:
+        for batch, length in shapes:
+            train_table(model, args, batch, length, matmul, nominal, cuda)
+    if "overhead" in args.parts:
+        overhead_table(model, args.repeats, quick)
+    if "generation" in args.parts:
+        generation_table(model, args, quick, cuda)
+
+
+def train_table(model, args, batch: int, length: int, matmul: float, nominal, cuda: bool):
     print(f"\n1+5. train step, batch {batch} x {length}, bf16, median of {args.repeats}")
     print("| method | ours ms | PEFT ms | ours / PEFT | TFLOP/s | of matmul | MFU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -130,11 +150,13 @@ def main() -> None:
             f"{rate * 1e3 / matmul:.0%} | {mfu} |"
         )
 
+
+def overhead_table(model, repeats: int, quick: bool) -> None:
     seq, rows = (32, 2) if quick else (512, 16)
     print(f"\n3. prefix overhead, sequence {seq}, batch {rows}")
     print("| p | forward ms | overhead | decode ms | overhead |")
     print("|---:|---:|---:|---:|---:|")
-    results = prefix_overhead.timings(model, rows, seq, (0, 10, 200), args.repeats)
+    results = prefix_overhead.timings(model, rows, seq, (0, 10, 200), repeats)
     base = results[0]
     for p, (fwd, dec) in results.items():
         print(
@@ -142,6 +164,8 @@ def main() -> None:
             f"{dec / base[1] - 1:+.1%} |"
         )
 
+
+def generation_table(model, args, quick: bool, cuda: bool) -> None:
     new = 8 if quick else 64
     hf = train_step.load_hf("cuda", "bfloat16", args.model).eval() if cuda else None
     print(f"\n4. generation, {new} new tokens, tokens/s")

@@ -5,10 +5,13 @@ concatenated, so the evaluation prompt `[bos] source separator` is token-for-tok
 of every training sequence (joint tokenization could merge across the boundary) and the loss
 mask is exact. `loss_mask[t] = 1` where `tokens[t]` is a target token or the final eos: the
 training loss is `loss_mask[:, 1:]`-weighted cross-entropy of `logits[:, :-1]` against
-`tokens[:, 1:]`.
+`tokens[:, 1:]`. Training batches also carry `score_positions` [batch, width]: each row's
+positions t with `loss_mask[t + 1] = 1` (-1 pads), so the step can unembed only those.
 
-Shapes: each batch is padded to the smallest bucket length that fits its longest row, so a
-jitted step compiles once per bucket, not once per batch; the batch size is fixed.
+Shapes: each batch is padded to the smallest bucket length that fits its longest row, and
+its `score_positions` to the smallest bucket that fits its most targets in a row, so a
+jitted step compiles once per (length, width) pair, not once per batch; the batch size is
+fixed.
 """
 
 from __future__ import annotations
@@ -259,7 +262,8 @@ class BatchIterator:
         """This host's share of the batches of `epoch` from `start_step` on.
 
         Yields `tokens`, `loss_mask`, `attention_mask`, all int32 `[batch_size /
-        process_count, bucket]`.
+        process_count, bucket]`, and `score_positions` `[batch_size / process_count,
+        width]`; both sizes are buckets chosen from the global batch, so hosts agree.
         """
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} not in [0, {self.steps_per_epoch}]")
@@ -268,21 +272,32 @@ class BatchIterator:
         for indices in self.plan(epoch)[start_step:]:
             real = indices[indices >= 0]
             length = pick_bucket(int(self._lengths[real].max()), self.buckets)
-            yield self._assemble(indices[first : first + rows], length)
+            targets = self._lengths[real] - self.dataset.prompt_lengths[real]
+            width = min(pick_bucket(max(int(targets.max()), 1), self.buckets), length)
+            yield self._assemble(indices[first : first + rows], length, width)
 
-    def _assemble(self, indices: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    def _assemble(self, indices: np.ndarray, length: int, width: int) -> dict[str, np.ndarray]:
         data = self.dataset
         tokens = np.full((len(indices), length), data.pad_id, dtype=np.int32)
         loss_mask = np.zeros((len(indices), length), dtype=np.int32)
         attention_mask = np.zeros((len(indices), length), dtype=np.int32)
+        score_positions = np.full((len(indices), width), -1, dtype=np.int32)
         for row, index in enumerate(indices):
             if index < 0:
                 continue
             sequence = data.sequences[index]
+            start = data.prompt_lengths[index]
             tokens[row, : len(sequence)] = sequence
             attention_mask[row, : len(sequence)] = 1
-            loss_mask[row, data.prompt_lengths[index] : len(sequence)] = 1
-        return {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask}
+            loss_mask[row, start : len(sequence)] = 1
+            scored = np.arange(max(start, 1) - 1, len(sequence) - 1)  # logits at t predict t+1
+            score_positions[row, : len(scored)] = scored
+        return {
+            "tokens": tokens,
+            "loss_mask": loss_mask,
+            "attention_mask": attention_mask,
+            "score_positions": score_positions,
+        }
 
 
 # --------------------------------------------------------------------------- evaluation batches

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from prefix_jax.methods.common import WrappedLM
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.transformer import PrefixKV, Transformer
 
@@ -150,7 +151,7 @@ def prefix_to_table(prefix: PrefixKV) -> Array:
     return kv.reshape(kv.shape[0], -1)
 
 
-class PrefixLM(nnx.Module):
+class PrefixLM(WrappedLM):
     """A frozen base model plus a trainable prefix; callable like the base model."""
 
     def __init__(self, base: Transformer, prefix: Prefix):
@@ -168,10 +169,8 @@ class PrefixLM(nnx.Module):
         self.base = base
         self.prefix = prefix
 
-    def __call__(
-        self, tokens: Array, attention_mask: Array | None = None, *, dropout_key=None, **kw
-    ):
-        return self.base(tokens, attention_mask, prefix=self.prefix(dropout_key), **kw)
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        return {"prefix": self.prefix(dropout_key)}
 
 
 def activations_table(model: Transformer, tokens: Array, length: int) -> Array:
