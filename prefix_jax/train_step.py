@@ -86,9 +86,12 @@ def make_optimizer(
 
 def lm_loss(logits: Array, tokens: Array, loss_mask: Array) -> tuple[Array, Array]:
     """Mean next-token cross-entropy over positions whose target has loss_mask=1."""
-    targets = tokens[:, 1:]
-    weights = loss_mask[:, 1:].astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+    return _mean_nll(logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32))
+
+
+def _mean_nll(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
+    """Weighted mean cross-entropy of `logits` against `targets`, and the weight total."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     count = weights.sum()
     return (nll * weights).sum() / jnp.maximum(count, 1.0), count
 
@@ -192,10 +195,7 @@ def lm_loss_at(
     logits = unembed(jnp.take_along_axis(hidden, at[..., None], axis=1))
     targets = jnp.take_along_axis(batch["tokens"], targets_at, axis=1)
     scored = jnp.take_along_axis(batch["loss_mask"], targets_at, axis=1).astype(bool)
-    weights = (scored & (positions >= 0)).astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    count = weights.sum()
-    return (nll * weights).sum() / jnp.maximum(count, 1.0), count
+    return _mean_nll(logits, targets, (scored & (positions >= 0)).astype(jnp.float32))
 
 
 def _default_loss(model, batch, dropout_key):

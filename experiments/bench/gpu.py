@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 
 from experiments.bench import generation, prefix_overhead, train_step
-from experiments.bench.timing import median_seconds
 
 # Dense bf16 tensor FLOP/s from the vendors' data sheets (no sparsity).
 NOMINAL_BF16_TFLOPS = {
@@ -51,30 +50,6 @@ def torch_cuda() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
-
-
-def ours_step(model, method: str, batch: int, length: int, repeats: int) -> float:
-    import jax
-
-    trainer = train_step.our_trainer(model, method)
-    data, key = train_step.random_batch(batch, length), jax.random.key(0)
-    jax.block_until_ready(trainer.step(data, key))
-    return median_seconds(lambda: jax.block_until_ready(trainer.step(data, key)), repeats)
-
-
-def peft_step(method: str, batch: int, length: int, repeats: int, model: str) -> float:
-    import torch
-
-    step = train_step.peft_step_fn(train_step.peft_model(method, "cuda", "bfloat16", model))
-    tokens = torch.randint(0, 49152, (batch, length), device="cuda")
-    mask = torch.ones_like(tokens)
-
-    def call():
-        step(tokens, mask, tokens)
-        torch.cuda.synchronize()
-
-    call()
-    return median_seconds(call, repeats)
 
 
 def bf16_logit_error(model, model_path: str, torch_device: str) -> float:
@@ -140,8 +115,12 @@ def train_table(model, args, batch: int, length: int, matmul: float, nominal, cu
     print("| method | ours ms | PEFT ms | ours / PEFT | TFLOP/s | of matmul | MFU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for method in ("prefix-mlp", "lora", "full"):
-        ours_s = ours_step(model, method, batch, length, args.repeats)
-        peft_s = peft_step(method, batch, length, args.repeats, args.model) if cuda else None
+        ours_s = train_step.ours(model, method, args.repeats, batch, length)
+        peft_s = (
+            train_step.peft(method, args.repeats, batch, length, "cuda", "bfloat16", args.model)
+            if cuda
+            else None
+        )
         rate = train_step.step_flops(model.config, method, batch, length) / ours_s / 1e12
         mfu = "" if nominal is None else f"{rate / nominal:.0%}"
         peft_cells = f"{peft_s * 1e3:.1f} | {ours_s / peft_s:.2f}" if peft_s else "- | -"

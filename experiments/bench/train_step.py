@@ -97,11 +97,12 @@ def random_batch(batch: int = BATCH, length: int = LENGTH) -> dict:
     }
 
 
-def ours(model, method: str, repeats: int) -> float:
+def ours(model, method: str, repeats: int, batch: int = BATCH, length: int = LENGTH) -> float:
+    """Median seconds of our jitted step on a random [batch, length] batch, after warm-up."""
     import jax
 
     trainer = our_trainer(model, method)
-    batch, key = random_batch(), jax.random.key(0)
+    batch, key = random_batch(batch, length), jax.random.key(0)
     jax.block_until_ready(trainer.step(batch, key))
     return median_seconds(lambda: jax.block_until_ready(trainer.step(batch, key)), repeats)
 
@@ -164,14 +165,30 @@ def peft_step_fn(model):
     return step
 
 
-def peft(method: str, repeats: int) -> float:
+def peft(
+    method: str,
+    repeats: int,
+    batch: int = BATCH,
+    length: int = LENGTH,
+    device: str = "cpu",
+    dtype: str = "float32",
+    model: str = "smollm2",
+) -> float:
+    """Median seconds of PEFT's step on a random [batch, length] batch, after warm-up."""
     import torch
 
-    step = peft_step_fn(peft_model(method))
-    tokens = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
+    step = peft_step_fn(peft_model(method, device, dtype, model))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 49152, (batch, length), generator=generator).to(device)
     mask = torch.ones_like(tokens)
-    step(tokens, mask, tokens)
-    return median_seconds(lambda: step(tokens, mask, tokens), repeats)
+
+    def call():
+        step(tokens, mask, tokens)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    call()
+    return median_seconds(call, repeats)
 
 
 # --- tokens/s on real E2E lengths -------------------------------------------------------
