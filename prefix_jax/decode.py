@@ -152,8 +152,7 @@ def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new
 
     def body(carry):
         i, out, cache, done, last = carry
-        hidden, cache = model.hidden_states(last[:, None], jnp.ones((b, 1), bool), cache=cache)
-        logits = model.unembed(hidden)[:, 0]
+        logits, cache = decode_step(model, last, cache)
         nxt = jnp.argmax(_next_log_probs(logits, i, options), axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, options.pad_id, nxt)
         out = out.at[:, i].set(nxt)
@@ -277,6 +276,14 @@ def _keep_best(beams: _Beams, scores: Array, seq: Array) -> tuple[Array, Array]:
     )
 
 
+def decode_step(model, last: Array, cache: KVCache) -> tuple[Array, KVCache]:
+    """One token per row through the cached model: next-token logits [B, V] and the cache."""
+    hidden, cache = model.hidden_states(
+        last[:, None], jnp.ones((last.shape[0], 1), bool), cache=cache
+    )
+    return model.unembed(hidden)[:, 0], cache
+
+
 def _cache_holding_prefix(model, prefix: PrefixKV | None, batch: int, max_len: int) -> KVCache:
     """A cache of p + `max_len` slots whose first p already hold the prefix.
 
@@ -347,10 +354,8 @@ def _beam_search(
 
     def body(carry):
         i, cache, beams = carry
-        hidden, cache = model.hidden_states(
-            beams.last.reshape(b * k, 1), jnp.ones((b * k, 1), bool), cache=cache
-        )
-        logits = model.unembed(hidden)[:, 0].reshape(b, k, -1)
+        logits, cache = decode_step(model, beams.last.reshape(b * k), cache)
+        logits = logits.reshape(b, k, -1)
         beams = _beam_step(beams, _next_log_probs(logits, i, options), i, options)
         return i + 1, _reorder_cache(cache, (row_start + beams.parent).reshape(-1)), beams
 

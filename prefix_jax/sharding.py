@@ -4,10 +4,17 @@ Every parameter records logical axis names (`embed`, `heads`, `kv_heads`, `mlp`,
 `layers`, ...) as `logical_axes` metadata. Rules in the config map each logical name to a
 mesh axis (or a tuple of them, or None = replicated). A dimension whose size the mesh axes
 do not divide is replicated instead (e.g. SmolLM2's 3 KV heads on a tensor axis of 2).
+
+Activations carry logical axes too (`batch`, `length`, `embed`, `heads`, `mlp`, `vocab`,
+`cache_length`): the model constrains them through an `ActivationSharding`, so the mesh, not
+the compiler's guess, decides where every large array lives (MaxText / levanter style).
+Under FSDP a batch-sharded activation meets an embed-sharded weight, and the constraint
+makes XLA gather that one layer's weight rather than replicate the activations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -106,6 +113,34 @@ def logical_to_spec(
         used.update(axes)
         spec.append(axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSharding:
+    """Where activations live: a mesh and the logical-axis rules (hashable, so it can be a
+    static attribute of a model and part of a jitted function's cache key)."""
+
+    mesh: Mesh
+    rules: tuple[tuple[str, object], ...] = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in self.rules)
+        object.__setattr__(self, "rules", rules)
+        check_rules(rules, self.mesh)
+
+    def spec(self, shape: Sequence[int], axes: Sequence[str | None]) -> NamedSharding:
+        return NamedSharding(self.mesh, logical_to_spec(axes, shape, self.rules, self.mesh))
+
+    def constrain(self, x: jax.Array, *axes: str | None) -> jax.Array:
+        """`x` constrained to the sharding its logical `axes` map to."""
+        if len(axes) != x.ndim:
+            raise ValueError(f"{len(axes)} logical axes {axes} for an array of shape {x.shape}")
+        return jax.lax.with_sharding_constraint(x, self.spec(x.shape, axes))
+
+
+def constrain(x: jax.Array, where: ActivationSharding | None, *axes: str | None) -> jax.Array:
+    """`x` unchanged without a mesh; else constrained to its logical axes' sharding."""
+    return x if where is None else where.constrain(x, *axes)
 
 
 def state_shardings(state: nnx.State, rules, mesh: Mesh) -> nnx.State:

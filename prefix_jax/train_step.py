@@ -102,6 +102,11 @@ class Trainer:
     With a `mesh`, the frozen weights, the train state and batches get explicit shardings
     from the logical-axis `rules`; the state is created sharded (by a jitted init with
     `out_shardings`) and donated to every step.
+
+    A model made of shapes only (`nnx.eval_shape`, `loading.abstract_model`) gives an
+    abstract trainer: `state` and `frozen` are `jax.ShapeDtypeStruct`s with their
+    shardings, nothing is allocated, and `lower_step` compiles ahead of time (e.g. for a
+    TPU topology, see `prefix_jax.aot`).
     """
 
     def __init__(
@@ -119,16 +124,21 @@ class Trainer:
         self._loss_fn = loss_fn or _default_loss
 
         init = functools.partial(initial_state, tx)
+        abstract = is_abstract(params) or is_abstract(self.frozen)
         if mesh is None:
-            self.state = init(params)
+            self.state = jax.eval_shape(init, params) if abstract else init(params)
             self._step = jax.jit(self._train_step, donate_argnums=(0,))
             self._eval = jax.jit(self._eval_step)
             return
         self.state_sharding = sharding.state_shardings(jax.eval_shape(init, params), rules, mesh)
         frozen_sharding = sharding.state_shardings(self.frozen, rules, mesh)
-        self.frozen = jax.device_put(self.frozen, frozen_sharding)
-        params = jax.device_put(params, self.state_sharding.params)
-        self.state = jax.jit(init, out_shardings=self.state_sharding)(params)
+        if abstract:
+            self.frozen = with_shardings(jax.eval_shape(lambda: self.frozen), frozen_sharding)
+            self.state = with_shardings(jax.eval_shape(init, params), self.state_sharding)
+        else:
+            self.frozen = jax.device_put(self.frozen, frozen_sharding)
+            params = jax.device_put(params, self.state_sharding.params)
+            self.state = jax.jit(init, out_shardings=self.state_sharding)(params)
         replicated = NamedSharding(mesh, PartitionSpec())
         batch = sharding.batch_sharding(mesh)
         self._step = jax.jit(
@@ -172,6 +182,26 @@ class Trainer:
 
     def eval_loss(self, batch: dict) -> tuple[Array, Array]:
         return self._eval(self.state.params, self.frozen, batch)
+
+    def lower_step(self, batch: dict) -> jax.stages.Lowered:
+        """The train step lowered for `batch` (arrays or `jax.ShapeDtypeStruct`s), unrun."""
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        return self._step.lower(self.state, self.frozen, batch, key)
+
+
+def is_abstract(tree) -> bool:
+    """Whether a pytree holds shapes only (`jax.ShapeDtypeStruct` leaves)."""
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
+def with_shardings(shapes, shardings):
+    """`jax.ShapeDtypeStruct`s of `shapes` carrying their sharding from `shardings` (a tree
+    of the same structure, or a prefix of it as `state_shardings` returns)."""
+    shardings = jax.tree.broadcast(shardings, shapes)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
 
 
 def initial_state(tx: optax.GradientTransformation, params: nnx.State) -> TrainState:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# libtpu (the TPU compiler of the AOT tests) takes a machine-wide lock by default; these
+# processes only compile, so the tests and their worker processes may load it side by side.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Eight simulated CPU devices for the mesh tests; unsharded code runs on device 0 as usual.
 jax.config.update("jax_num_cpu_devices", 8)

@@ -43,14 +43,9 @@ def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> flo
 
 def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> float:
     """Analytic FLOPs of one train step of `method` on [batch, length] tokens."""
-    seq = length + (P if method == "prompt" else 0)
-    keys = seq + (P if method.startswith("prefix") else 0)
-    tokens = batch * seq
-    per_layer = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * c.kv_dim)
-    per_layer += c.hidden_size * c.intermediate_size * 3
-    forward = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
-    forward += 4 * tokens * keys * c.num_heads * c.head_dim * c.num_layers
-    return (3 if method == "full" else 2) * forward
+    from prefix_jax.aot import train_flops
+
+    return train_flops(c, method.split("-")[0], batch, length, virtual_tokens=P)
 
 
 def our_trainer(model, method: str, learning_rate: float = 1e-4, keep_model: bool = True):

@@ -114,16 +114,16 @@ def build(
 ) -> Transformer:
     """Create a Transformer whose parameters are exactly `tensors` (our names, stacked).
 
-    With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.sharding`).
+    With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.sharding`),
+    and the model constrains its activations by the same rules.
     """
-    model = nnx.eval_shape(
-        lambda: Transformer(
-            config,
-            rngs=nnx.Rngs(0),
-            param_dtype=param_dtype,
-            dtype=dtype,
-            remat_policy=remat_policy,
-        )
+    model = abstract_model(
+        config,
+        param_dtype=param_dtype,
+        dtype=dtype,
+        remat_policy=remat_policy,
+        mesh=mesh,
+        rules=rules,
     )
     expected = dict(_param_paths(model))
     missing = sorted(set(expected) - set(tensors))
@@ -142,6 +142,29 @@ def build(
     for name, var in expected.items():
         var.set_value(_place(tensors.pop(name), param_dtype, var, mesh, rules))
     return model
+
+
+def abstract_model(
+    config: ModelConfig,
+    *,
+    param_dtype=jnp.float32,
+    dtype=jnp.float32,
+    remat_policy: str | None = None,
+    mesh: Mesh | None = None,
+    rules=sharding.DEFAULT_RULES,
+) -> Transformer:
+    """A Transformer whose parameters are shapes only (`jax.ShapeDtypeStruct`): no memory."""
+    where = None if mesh is None else sharding.ActivationSharding(mesh, tuple(rules))
+    return nnx.eval_shape(
+        lambda: Transformer(
+            config,
+            rngs=nnx.Rngs(0),
+            param_dtype=param_dtype,
+            dtype=dtype,
+            remat_policy=remat_policy,
+            activation_sharding=where,
+        )
+    )
 
 
 def _place(array: np.ndarray, param_dtype, var: nnx.Param, mesh, rules) -> jax.Array:

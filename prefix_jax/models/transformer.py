@@ -12,6 +12,11 @@ Two more hooks serve the baseline methods without method-specific code here: `de
 adds per-layer low-rank updates to named projections inside the scan (LoRA), and
 `top_layers` swaps in other weights for the last k layers, run as a second scan so that
 autodiff never enters the layers below (top-k fine-tuning).
+
+With an `ActivationSharding` (a mesh and logical-axis rules; set when the model is loaded
+with a mesh), every large activation is constrained to its logical axes: batch over the
+data-parallel axes, heads / MLP / vocab over `tensor`. Under FSDP each scan iteration then
+gathers only its own layer's weights, and activations stay split by row.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from prefix_jax.models.config import ModelConfig, RopeScaling
+from prefix_jax.sharding import ActivationSharding, constrain
 
 Array = jax.Array
 
@@ -80,6 +86,13 @@ class LowRankDeltas(struct.PyTreeNode):
     dropout: float = struct.field(pytree_node=False, default=0.0)
     dropout_key: Array | None = None
 
+
+# Logical axes of activations (see `prefix_jax.sharding`).
+HIDDEN_AXES = ("batch", "length", "embed")
+HEAD_AXES = ("batch", "length", "heads", "head_dim")
+KV_AXES = ("batch", "length", "kv_heads", "head_dim")
+MLP_AXES = ("batch", "length", "mlp")
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 
 # Each projection of a layer: einsum of its input with the stacked weight (one layer's slice).
 PROJECTIONS = {
@@ -175,10 +188,12 @@ class Transformer(nnx.Module):
         param_dtype=jnp.float32,
         dtype=jnp.float32,
         remat_policy: str | None = None,
+        activation_sharding: ActivationSharding | None = None,
     ):
         self.config = config
         self.dtype = dtype
         self.remat_policy = remat_policy
+        self.activation_sharding = activation_sharding
         c, pd, d = config, param_dtype, config.hidden_size
         self.embed = _param(rngs, (c.vocab_size, d), ("vocab", "embed"), pd)
         if c.positions == "learned":
@@ -194,9 +209,10 @@ class Transformer(nnx.Module):
         c = self.config
         shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
         dtype = dtype or self.dtype
+        where = self.activation_sharding
         return KVCache(
-            keys=jnp.zeros(shape, dtype),
-            values=jnp.zeros(shape, dtype),
+            keys=constrain(jnp.zeros(shape, dtype), where, *CACHE_AXES),
+            values=constrain(jnp.zeros(shape, dtype), where, *CACHE_AXES),
             valid=jnp.zeros((batch, max_len), bool),
             index=jnp.zeros((), jnp.int32),
             next_position=jnp.zeros((batch,), jnp.int32),
@@ -230,9 +246,10 @@ class Transformer(nnx.Module):
 
     def unembed(self, hidden: Array) -> Array:
         w = self.embed[...].T if self.config.tie_embeddings else self.lm_head[...]
-        return jnp.einsum(
+        logits = jnp.einsum(
             "btd,dv->btv", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32
         )
+        return constrain(logits, self.activation_sharding, "batch", "length", "vocab")
 
     def hidden_states(
         self,
@@ -250,7 +267,7 @@ class Transformer(nnx.Module):
         `deltas` adds low-rank updates to named projections of every layer; `top_layers`
         ({weight name: [k, ...]}) replaces those weights of the last k layers.
         """
-        c = self.config
+        c, where = self.config, self.activation_sharding
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         b, t = tokens.shape
@@ -290,6 +307,7 @@ class Transformer(nnx.Module):
         )
         if c.positions == "learned":
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(self.dtype)
+        x = constrain(x, where, *HIDDEN_AXES)
         inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
 
         per_layer = {
@@ -310,6 +328,7 @@ class Transformer(nnx.Module):
             # The cache rides in the carry, not in xs/ys: each step then writes only its new
             # slots in place instead of copying every layer's whole cache into a new stack.
             x, kv = carry
+            x = constrain(x, where, *HIDDEN_AXES)
             params = xs["params"]
 
             def project(name: str, h: Array) -> Array:
@@ -329,6 +348,9 @@ class Transformer(nnx.Module):
             if c.positions == "rope":
                 q = apply_rope(q, positions, inv_freq)
                 k = apply_rope(k, positions, inv_freq)
+            q = constrain(q, where, *HEAD_AXES)
+            k = constrain(k, where, *KV_AXES)
+            v = constrain(v, where, *KV_AXES)
             if kv is not None:
                 i, (ck, cv) = xs["layer"], kv
                 ck = jax.lax.dynamic_update_slice(
@@ -337,21 +359,21 @@ class Transformer(nnx.Module):
                 cv = jax.lax.dynamic_update_slice(
                     cv, v[None].astype(cv.dtype), (i, 0, cache.index, 0, 0)
                 )
-                kv = (ck, cv)
+                kv = (constrain(ck, where, *CACHE_AXES), constrain(cv, where, *CACHE_AXES))
                 k, v = ck[i].astype(self.dtype), cv[i].astype(self.dtype)
             if prefix is not None:
                 pk, pv = xs["prefix"]
                 pk = jnp.broadcast_to(pk, (b, *pk.shape[1:]))
                 pv = jnp.broadcast_to(pv, (b, *pv.shape[1:]))
-                k = jnp.concatenate([pk, k], axis=1)
-                v = jnp.concatenate([pv, v], axis=1)
-            attn = attend(q, k, v, mask)
+                k = constrain(jnp.concatenate([pk, k], axis=1), where, *KV_AXES)
+                v = constrain(jnp.concatenate([pv, v], axis=1), where, *KV_AXES)
+            attn = constrain(attend(q, k, v, mask), where, *HEAD_AXES)
             out = project("o", attn)
             if c.out_bias:
                 out = out + params["o_bias"]
-            x = x + out
-            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, project, c)
-            return (x, kv), None
+            x = constrain(x + out, where, *HIDDEN_AXES)
+            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, project, c, where)
+            return (constrain(x, where, *HIDDEN_AXES), kv), None
 
         if self.remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy(self.remat_policy))
@@ -451,7 +473,9 @@ def _qkv(h: Array, params: dict, project: Callable, c: ModelConfig) -> tuple[Arr
     return q, k, v
 
 
-def _mlp(h: Array, params: dict, project: Callable, c: ModelConfig) -> Array:
+def _mlp(
+    h: Array, params: dict, project: Callable, c: ModelConfig, where: ActivationSharding | None
+) -> Array:
     act = ACTIVATIONS[c.activation]
     up = project("up", h)
     if c.mlp_bias:
@@ -460,7 +484,7 @@ def _mlp(h: Array, params: dict, project: Callable, c: ModelConfig) -> Array:
         up = act(project("gate", h)) * up
     else:
         up = act(up)
-    out = project("down", up)
+    out = project("down", constrain(up, where, *MLP_AXES))
     return out + params["down_bias"] if c.mlp_bias else out
 
 

@@ -1,0 +1,449 @@
+"""Ahead-of-time fit checks: compile the real train and decode steps for a device topology.
+
+Nothing is allocated and no weights are read: the model is built from its config as shapes
+(`loading.abstract_model`), the step is lowered with abstract, sharded arguments, and XLA
+compiles it for the target devices:
+- a TPU slice, through libtpu's compiler on any machine (`pip install -e .[tpu]`;
+  `jax.experimental.topologies` gives abstract chips, as MaxText's `train_compile.py`);
+- N CPU devices of this process (`cpu-N`; the process must be started with
+  `jax_num_cpu_devices >= N`).
+
+`compiled.memory_analysis()` is the compiler's own per-device account of arguments,
+outputs and temporaries; next to it `train_floor` / `decode_floor` give an analytic lower
+bound of what any implementation of the same step must hold per chip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prefix_jax import decode, sharding
+from prefix_jax.experiment import build_method
+from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.transformer import CACHE_AXES, KVCache, Transformer
+from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, with_shardings
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A device slice to compile for. `hbm_bytes` is per chip (None: not a TPU)."""
+
+    name: str
+    platform: str  # "tpu" | "cpu"
+    chips: int
+    topology_name: str = ""
+    chip_config: str = "default"
+    hbm_bytes: int | None = None
+
+
+def _tpu(name: str, topology_name: str, chips: int, hbm_gib: float, megacore: bool) -> Topology:
+    return Topology(
+        name=name,
+        platform="tpu",
+        chips=chips,
+        topology_name=topology_name,
+        chip_config="megacore" if megacore else "default",
+        hbm_bytes=int(hbm_gib * GiB),
+    )
+
+
+# Google's slice names: v5e-N and v6e-N have N chips; v4-N and v5p-N count TensorCores,
+# two per chip (Cloud TPU system architecture docs; MaxText's accelerator_to_spec_map).
+# HBM per chip: v5e 16 GiB, of which the runtime lets XLA use 15.75; v4 32; v5p 95; v6e 32.
+TOPOLOGIES: dict[str, Topology] = {
+    t.name: t
+    for t in (
+        _tpu("v5e-4", "v5e:2x2", 4, 15.75, False),
+        _tpu("v5e-8", "v5e:2x4", 8, 15.75, False),
+        _tpu("v5e-16", "v5e:4x4", 16, 15.75, False),
+        _tpu("v5e-64", "v5e:8x8", 64, 15.75, False),
+        _tpu("v5e-256", "v5e:16x16", 256, 15.75, False),
+        _tpu("v4-8", "v4:2x2x1", 4, 32, True),
+        _tpu("v5p-8", "v5:2x2x1", 4, 95, True),
+        _tpu("v5p-128", "v5:4x4x4", 64, 95, True),
+        _tpu("v5p-256", "v5:4x4x8", 128, 95, True),
+        _tpu("v5p-512", "v5:4x8x8", 256, 95, True),
+        _tpu("v6e-256", "v6e:16x16", 256, 32, False),
+    )
+}
+
+
+def topology(name: str) -> Topology:
+    """A known TPU slice (`v5e-256`, ...) or `cpu-N` (N devices of this process)."""
+    if name in TOPOLOGIES:
+        return TOPOLOGIES[name]
+    if name.startswith("cpu-") and name[4:].isdigit() and int(name[4:]) > 0:
+        return Topology(name=name, platform="cpu", chips=int(name[4:]))
+    raise ValueError(
+        f"unknown topology {name!r}; known: {', '.join(TOPOLOGIES)}, or cpu-N for N CPU devices"
+    )
+
+
+def devices(topo: Topology) -> list:
+    """The (abstract, for TPU) devices of `topo`; TPU needs libtpu installed."""
+    if topo.platform == "cpu":
+        available = jax.devices("cpu")
+        if len(available) < topo.chips:
+            raise ValueError(
+                f"{topo.name} needs {topo.chips} CPU devices but this process has "
+                f"{len(available)}: set jax.config.update('jax_num_cpu_devices', {topo.chips}) "
+                "before JAX starts"
+            )
+        return available[: topo.chips]
+    try:
+        from jax.experimental import topologies
+    except ImportError as e:  # pragma: no cover - part of jax
+        raise RuntimeError("jax.experimental.topologies is unavailable") from e
+    try:
+        desc = topologies.get_topology_desc(
+            topology_name=topo.topology_name,
+            platform="tpu",
+            chip_config_name=topo.chip_config,
+            chips_per_host_bounds=(2, 2, 1),
+            num_slices=1,
+        )
+    except Exception as e:  # libtpu missing or too old: say how to get it
+        raise RuntimeError(
+            f"cannot build TPU topology {topo.topology_name!r} ({e}); the TPU compiler comes "
+            "with libtpu: pip install -e '.[tpu]'"
+        ) from e
+    found = list(desc.devices)
+    if len(found) != topo.chips:
+        raise RuntimeError(f"{topo.topology_name} gave {len(found)} devices, not {topo.chips}")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Per-device bytes from `compiled.memory_analysis()`, and compiled FLOPs per device."""
+
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    code: int
+    flops: float
+
+    @property
+    def total(self) -> int:
+        """What the step needs resident at its peak: inputs, new outputs, scratch, code."""
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+    @classmethod
+    def of(cls, compiled: jax.stages.Compiled) -> Memory:
+        m = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return cls(
+            arguments=m.argument_size_in_bytes,
+            outputs=m.output_size_in_bytes,
+            aliased=m.alias_size_in_bytes,
+            temporaries=m.temp_size_in_bytes,
+            code=m.generated_code_size_in_bytes,
+            flops=float((cost or {}).get("flops", float("nan"))),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """A compiled step's per-device memory, or the compiler's refusal to fit it.
+
+    The TPU compiler refuses a program whose temporaries exceed the chip's HBM; then
+    `memory` is None and `refused_temporaries` is the size it named (a lower bound of the
+    total). `trainable_state_bytes`: params, gradients and optimizer state per device.
+    """
+
+    memory: Memory | None
+    refused_temporaries: int = 0
+    trainable_state_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.memory.total if self.memory else self.refused_temporaries
+
+    @property
+    def temporaries(self) -> int:
+        return self.memory.temporaries if self.memory else self.refused_temporaries
+
+
+_REFUSAL = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds")
+
+
+def compile_fit(lowered: jax.stages.Lowered, trainable_state_bytes: int = 0) -> Fit:
+    """Compile `lowered` and read its memory; a TPU out-of-memory refusal gives its size."""
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        found = _REFUSAL.search(str(e))
+        if not found:
+            raise
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[found.group(2)]
+        return Fit(None, int(float(found.group(1)) * scale), trainable_state_bytes)
+    return Fit(Memory.of(compiled), 0, trainable_state_bytes)
+
+
+def method_settings(
+    method: str = "prefix",
+    prefix_length: int = 10,
+    reparam: str = "mlp",
+    top_layers: int = 0,
+) -> ml_collections.ConfigDict:
+    """The config fields `build_method` reads, with the project's defaults per method."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.prefix = {
+        "length": prefix_length,
+        "reparam": reparam,
+        "hidden": 512,
+        "init": "random",
+    }
+    c.prompt = {"length": prefix_length, "init": "random"}
+    c.lora = {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ("q", "v")}
+    c.finetune = {"top_layers": top_layers}
+    return c
+
+
+def abstract_method_model(
+    config: ModelConfig,
+    settings: ml_collections.ConfigDict,
+    *,
+    mesh: Mesh | None,
+    rules=sharding.DEFAULT_RULES,
+    param_dtype=jnp.bfloat16,
+    dtype=jnp.bfloat16,
+    remat_policy: str | None = None,
+    constrain_activations: bool = True,
+):
+    """(method model made of shapes, its trainable filter): what `train` would build.
+
+    `constrain_activations=False` leaves activation layouts to the compiler (as the project
+    did before activations carried logical axes): for before/after comparisons.
+    """
+    where = None
+    if mesh is not None and constrain_activations:
+        where = sharding.ActivationSharding(mesh, tuple(rules))
+    found = {}
+
+    def make():
+        base = Transformer(
+            config,
+            rngs=nnx.Rngs(0),
+            param_dtype=param_dtype,
+            dtype=dtype,
+            remat_policy=remat_policy,
+            activation_sharding=where,
+        )
+        lm, trainable, _ = build_method(settings, base, None)
+        found["trainable"] = trainable
+        return lm
+
+    lm = nnx.eval_shape(make)
+    return lm, found["trainable"]
+
+
+def abstract_batch(batch: int, length: int, mesh: Mesh | None) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training batch's shapes (every position scored: the largest logits), sharded."""
+    where = sharding.batch_sharding(mesh) if mesh is not None else None
+    dtypes = {
+        "tokens": jnp.int32,
+        "attention_mask": jnp.bool_,
+        "loss_mask": jnp.int32,
+        "score_positions": jnp.int32,
+    }
+    return {k: jax.ShapeDtypeStruct((batch, length), d, sharding=where) for k, d in dtypes.items()}
+
+
+def compile_train_step(
+    config: ModelConfig,
+    mesh: Mesh,
+    batch: int,
+    length: int,
+    settings: ml_collections.ConfigDict,
+    *,
+    rules=sharding.DEFAULT_RULES,
+    param_dtype=jnp.bfloat16,
+    dtype=jnp.bfloat16,
+    remat_policy: str | None = None,
+    constrain_activations: bool = True,
+) -> Fit:
+    """The project's own train step (`Trainer`) compiled for `mesh`'s devices."""
+    lm, trainable = abstract_method_model(
+        config,
+        settings,
+        mesh=mesh,
+        rules=rules,
+        param_dtype=param_dtype,
+        dtype=dtype,
+        remat_policy=remat_policy,
+        constrain_activations=constrain_activations,
+    )
+    tx = make_optimizer(OptimConfig(), trainable)
+    trainer = Trainer(lm, tx, trainable, mesh=mesh, rules=rules)
+    state_bytes = shard_bytes(trainer.state) + shard_bytes(trainer.state.params)
+    return compile_fit(trainer.lower_step(abstract_batch(batch, length, mesh)), state_bytes)
+
+
+def compile_decode_step(
+    config: ModelConfig,
+    mesh: Mesh,
+    batch: int,
+    cache_length: int,
+    *,
+    prefix_length: int = 10,
+    rules=sharding.DEFAULT_RULES,
+    param_dtype=jnp.bfloat16,
+    dtype=jnp.bfloat16,
+) -> Fit:
+    """One step of `decode.greedy` (the prefix already in the cache, as greedy puts it)."""
+    from prefix_jax.models.loading import abstract_model
+
+    model = abstract_model(config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules)
+    graphdef, state = nnx.split(model)
+    where = model.activation_sharding
+    state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
+    cache = jax.eval_shape(lambda: model.init_cache(batch, prefix_length + cache_length))
+    cache_sharding = KVCache(
+        keys=where.spec(cache.keys.shape, CACHE_AXES),
+        values=where.spec(cache.values.shape, CACHE_AXES),
+        valid=where.spec(cache.valid.shape, ("batch", "cache_length")),
+        index=NamedSharding(mesh, PartitionSpec()),
+        next_position=where.spec(cache.next_position.shape, ("batch",)),
+    )
+    cache = with_shardings(cache, cache_sharding)
+    last = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=where.spec((batch,), ("batch",)))
+
+    def step(state, cache, last):
+        logits, cache = decode.decode_step(nnx.merge(graphdef, state), last, cache)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+    jitted = jax.jit(step, out_shardings=(last.sharding, cache_sharding), donate_argnums=(1,))
+    return compile_fit(jitted.lower(state, cache, last))
+
+
+# --- analytic floors ----------------------------------------------------------------------
+
+
+def _axis(mesh_shape: dict[str, int], *names: str) -> int:
+    return math.prod(mesh_shape.get(n, 1) for n in names)
+
+
+def largest_weight(c: ModelConfig) -> int:
+    """Elements of the largest single weight matrix (one layer's MLP or attention, or the
+    vocabulary projection)."""
+    d = c.hidden_size
+    return max(
+        d * c.intermediate_size,
+        d * c.num_heads * c.head_dim,
+        c.vocab_size * d,
+    )
+
+
+def train_floor(
+    c: ModelConfig,
+    mesh_shape: dict[str, int],
+    batch: int,
+    length: int,
+    *,
+    trainable_state_bytes: int,
+    prefix_length: int = 0,
+    dtype_bytes: int = 2,
+) -> dict[str, float]:
+    """Bytes per chip that any FSDP/TP train step with full remat and dense attention must
+    hold at its peak (a lower bound: each term is live at the same moment of the backward
+    pass of the last layer, or is resident throughout):
+
+    - the frozen weights' shard, and the trainable state's shard (params, gradients and
+      optimizer state, as `compile_train_step` reports it);
+    - the largest weight matrix, gathered (FSDP must assemble a weight to multiply by it);
+    - remat-saved layer inputs of this chip's rows, all layers;
+    - one layer's f32 attention scores over p + T keys, recomputed in its backward pass;
+    - f32 logits of this chip's rows (every position scored).
+    """
+    rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
+    tensor = _axis(mesh_shape, "tensor")
+    model_shards = _axis(mesh_shape, "fsdp", "tensor")
+    d, heads, v = c.hidden_size, c.num_heads, c.vocab_size
+    return {
+        "weights shard": c.num_params() * dtype_bytes / model_shards,
+        "trainable state": trainable_state_bytes,
+        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
+        "saved layer inputs": c.num_layers * rows * length * d * dtype_bytes,
+        "attention scores": rows * heads / tensor * length * (prefix_length + length) * 4,
+        "logits": rows * length * v / tensor * 4,
+    }
+
+
+def decode_floor(
+    c: ModelConfig,
+    mesh_shape: dict[str, int],
+    batch: int,
+    cache_length: int,
+    *,
+    prefix_length: int = 0,
+    dtype_bytes: int = 2,
+) -> dict[str, float]:
+    """Bytes per chip any sharded decode step must hold: the weight shard, the cache's shard
+    (split over batch and kv heads), the largest weight gathered, one step's f32 logits."""
+    rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
+    tensor = _axis(mesh_shape, "tensor")
+    kv_shards = tensor if c.num_kv_heads % tensor == 0 else 1
+    slots = prefix_length + cache_length
+    return {
+        "weights shard": c.num_params() * dtype_bytes / _axis(mesh_shape, "fsdp", "tensor"),
+        "cache shard": 2 * c.num_layers * rows * slots * c.kv_dim / kv_shards * dtype_bytes,
+        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
+        "logits": rows * c.vocab_size / tensor * 4,
+    }
+
+
+def train_flops(
+    c: ModelConfig,
+    method: str,
+    batch: int,
+    length: int,
+    *,
+    virtual_tokens: int = 0,
+    remat: bool = False,
+) -> float:
+    """Analytic FLOPs of one train step (all devices together); matmuls and attention.
+
+    Forward: 2 FLOPs per weight per token, plus attention's 4 * T * keys * heads * head_dim
+    per layer. The backward pass costs one forward for the activation gradients (frozen
+    methods) or two (full fine-tuning also builds weight gradients); full remat recomputes
+    the forward once more. XLA's own `cost_analysis()` counts a scanned layer once, so it
+    cannot stand in for this.
+    """
+    seq = length + (virtual_tokens if method == "prompt" else 0)
+    keys = seq + (virtual_tokens if method == "prefix" else 0)
+    tokens = batch * seq
+    per_layer = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * c.kv_dim)
+    per_layer += c.hidden_size * c.intermediate_size * (3 if c.gated_mlp else 2)
+    forward = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
+    forward += 4 * tokens * keys * c.num_heads * c.head_dim * c.num_layers
+    return (3 if method == "full" else 2) * forward + (forward if remat else 0)
+
+
+def decode_flops(c: ModelConfig, batch: int, keys: int) -> float:
+    """Analytic FLOPs of one decode step: 2 per weight per row, attention over `keys`."""
+    return 2 * batch * c.num_params() + 4 * batch * keys * c.num_heads * c.head_dim * c.num_layers
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s."""
+    return int(
+        sum(
+            math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+            for x in jax.tree.leaves(tree)
+            if x.shape and x.sharding is not None
+        )
+    )
