@@ -118,3 +118,54 @@ def test_smollm2_config_from_gguf(smollm2):
     )
     assert (c.vocab_size, c.rope_theta, c.tie_embeddings) == (49152, 100000.0, True)
     assert tokenizer.eos_token_id == 2
+
+
+def _is_memory_map(a: np.ndarray) -> bool:
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base
+    return False
+
+
+def test_safetensors_are_mapped_and_read_slice_by_slice(tiny_checkpoints, tmp_path):
+    """A bf16 checkpoint: the name map yields views of the mapped file (no host copy), and
+    the loaded float32 weights are exactly the checkpoint's, in our layout."""
+    import safetensors.torch
+    import torch
+
+    from prefix_jax.models.loading import StackedLayers, _read_hf_dir, map_safetensors
+
+    bf16 = tmp_path / "bf16"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["llama"])
+    hf.to(torch.bfloat16).save_pretrained(bf16)
+    mapped = map_safetensors(bf16 / "model.safetensors")
+    reference = safetensors.torch.load_file(bf16 / "model.safetensors")
+    assert mapped.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert _is_memory_map(mapped[name])
+        np.testing.assert_array_equal(np.asarray(mapped[name], np.float32), tensor.float().numpy())
+
+    _, tensors = _read_hf_dir(bf16)
+    q = tensors["layers.q"]
+    assert isinstance(q, StackedLayers) and all(_is_memory_map(p) for p in q.parts)
+    model, _ = load(str(bf16), with_tokenizer=False)
+    layer1_q = reference["model.layers.1.self_attn.q_proj.weight"].float().numpy()
+    heads = model.config.num_heads
+    expected = layer1_q.T.reshape(model.config.hidden_size, heads, -1)
+    np.testing.assert_array_equal(np.asarray(model.layers.q[...][1]), expected)
+    o = reference["model.layers.0.self_attn.o_proj.weight"].float().numpy()
+    np.testing.assert_array_equal(
+        np.asarray(model.layers.o[...][0]), o.T.reshape(heads, -1, model.config.hidden_size)
+    )
+    # A slice of layers reads just those layers.
+    assert q[1:3, :4].shape == (2, 4, *q.shape[2:])
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+    from prefix_jax.models.loading import map_safetensors
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x05")
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
+        map_safetensors(bad)

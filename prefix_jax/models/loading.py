@@ -3,6 +3,12 @@
 Each family has a name map from checkpoint tensor names to our stacked parameters; the
 model is built abstractly (`nnx.eval_shape`) and filled from the checkpoint, so a model
 is never initialized randomly first and every expected tensor must be present.
+
+Safetensors files are memory-mapped and every name-map transform is a view, so nothing is
+read until a device asks for its slice: each parameter is placed slice by slice
+(`jax.make_array_from_callback`), each slice read from the mapped file and converted to
+the parameter dtype on its own. A process thus reads only the slices its devices hold, and
+the host never holds a full (float32 or stacked) copy of the model.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -170,15 +178,16 @@ def abstract_model(
 def _place(array: np.ndarray, param_dtype, var: nnx.Param, mesh, rules) -> jax.Array:
     """Put a host array on devices, sharded by its logical axes when a mesh is given.
 
-    Each device receives only its slice (no full copy on one device first), and in a
-    multi-process run each process fills only its addressable shards.
+    Each device receives only its slice (no full copy on one device first), read and
+    converted on its own, and in a multi-process run each process fills only its
+    addressable shards.
     """
-    array = np.asarray(array, dtype=jnp.dtype(param_dtype))
+    dtype = jnp.dtype(param_dtype)
     if mesh is None:
-        return jnp.asarray(array)
+        return jnp.asarray(np.asarray(array[(slice(None),) * array.ndim], dtype=dtype))
     spec = sharding.logical_to_spec(var.get_metadata("logical_axes"), array.shape, rules, mesh)
     return jax.make_array_from_callback(
-        array.shape, NamedSharding(mesh, spec), lambda index: array[index]
+        array.shape, NamedSharding(mesh, spec), lambda index: np.asarray(array[index], dtype)
     )
 
 
@@ -203,21 +212,82 @@ def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     single = path / "model.safetensors"
     index = path / "model.safetensors.index.json"
     if single.exists():
-        return load_file(single)
+        return map_safetensors(single)
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         tensors: dict[str, np.ndarray] = {}
         for shard in shards:
             if not (path / shard).exists():
                 raise CheckpointError(f"shard {shard} listed in {index.name} is missing in {path}")
-            tensors.update(load_file(path / shard))
+            tensors.update(map_safetensors(path / shard))
         return tensors
     raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
+
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def map_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file as a read-only memory map (read when indexed).
+
+    The format is an 8-byte little-endian header length, a JSON header (dtype, shape and
+    byte range of each tensor), then the raw little-endian data.
+    """
+    with open(file, "rb") as f:
+        try:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        except (struct.error, ValueError) as e:
+            raise CheckpointError(f"{file} is not a safetensors file: {e}") from e
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end - begin != dtype.itemsize * int(np.prod(shape)):
+            raise CheckpointError(f"{file}: tensor {name!r} has a byte range that fits no {shape}")
+        if begin == end:
+            tensors[name] = np.zeros(shape, dtype)
+            continue
+        tensors[name] = np.memmap(file, dtype, mode="r", offset=8 + length + begin, shape=shape)
+    return tensors
+
+
+class StackedLayers:
+    """Per-layer arrays (views of mapped files, usually) seen as one [layers, ...] array.
+
+    Indexing reads only the requested layers' slices; nothing is stacked in advance.
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.shape = (len(parts), *parts[0].shape)
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        layers, rest = index[0], index[1:]
+        if not isinstance(layers, slice):
+            raise TypeError(f"StackedLayers takes a slice of layers, got {layers!r}")
+        return np.stack([self.parts[i][rest] for i in range(*layers.indices(len(self.parts)))])
 
 
 class _Stacker:
@@ -231,7 +301,7 @@ class _Stacker:
     def put(self, name: str, layer: int, value: np.ndarray) -> None:
         self.layers.setdefault(name, [None] * self.num_layers)[layer] = value
 
-    def result(self) -> dict[str, np.ndarray]:
+    def result(self) -> dict[str, np.ndarray | StackedLayers]:
         out = dict(self.top)
         for name, per_layer in self.layers.items():
             absent = [i for i, v in enumerate(per_layer) if v is None]
@@ -240,23 +310,24 @@ class _Stacker:
             shapes = {v.shape for v in per_layer}
             if len(shapes) > 1:
                 raise CheckpointError(f"tensor {name!r} has different shapes across layers")
-            out[f"layers.{name}"] = np.stack(per_layer)
+            out[f"layers.{name}"] = StackedLayers(per_layer)
         return out
 
 
 def _get(raw: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The tensor as stored (a memory map stays one): converted only when placed."""
     if name not in raw:
         raise CheckpointError(f"checkpoint lacks tensor {name!r}")
-    return np.asarray(raw[name], dtype=np.float32)
+    return raw[name]
 
 
 def _heads_in(w_out_in: np.ndarray, heads: int, name: str, d: int) -> np.ndarray:
-    """[heads*hd, d] (PyTorch Linear layout) -> [d, heads, hd]."""
+    """[heads*hd, d] (PyTorch Linear layout) -> [d, heads, hd], as a view."""
     if w_out_in.ndim != 2 or w_out_in.shape[1] != d or w_out_in.shape[0] % heads:
         raise CheckpointError(
             f"tensor {name!r} has shape {w_out_in.shape}; expected [{heads} * head_dim, {d}]"
         )
-    return w_out_in.T.reshape(d, heads, -1)
+    return w_out_in.reshape(heads, -1, d).transpose(2, 0, 1)
 
 
 def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
@@ -282,8 +353,8 @@ def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.nd
                 s.put(
                     f"{ours}_bias", i, _get(raw, p + f"self_attn.{theirs}.bias").reshape(heads, -1)
                 )
-        o = _get(raw, p + "self_attn.o_proj.weight")
-        s.put("o", i, o.T.reshape(c.num_heads, -1, d))
+        o = _get(raw, p + "self_attn.o_proj.weight")  # [d, heads * hd] -> [heads, hd, d]
+        s.put("o", i, o.reshape(d, c.num_heads, -1).transpose(1, 2, 0))
         if c.out_bias:
             s.put("o_bias", i, _get(raw, p + "self_attn.o_proj.bias"))
         s.put("gate", i, _get(raw, p + "mlp.gate_proj.weight").T)
