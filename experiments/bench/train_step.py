@@ -121,9 +121,13 @@ def load_hf(device: str = "cpu", dtype: str = "float32", model: str = "smollm2")
 
 def peft_model(method: str, device: str = "cpu", dtype: str = "float32", model: str = "smollm2"):
     """The transformers model with PEFT's version of `method` (full: the bare model)."""
+    return peft_wrap(load_hf(device, dtype, model), method)
+
+
+def peft_wrap(model, method: str):
+    """PEFT's version of `method` around a transformers model (full: the bare model)."""
     import peft as peft_lib
 
-    model = load_hf(device, dtype, model)
     if method == "full":
         return model.train()
     if method.startswith("prefix"):
@@ -170,9 +174,14 @@ def peft(
     model: str = "smollm2",
 ) -> float:
     """Median seconds of PEFT's step on a random [batch, length] batch, after warm-up."""
+    return peft_seconds(peft_model(method, device, dtype, model), repeats, batch, length, device)
+
+
+def peft_seconds(model, repeats: int, batch: int, length: int, device: str = "cpu") -> float:
+    """Median seconds of a PEFT model's AdamW step on random tokens, after warm-up."""
     import torch
 
-    step = peft_step_fn(peft_model(method, device, dtype, model))
+    step = peft_step_fn(model)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 49152, (batch, length), generator=generator).to(device)
     mask = torch.ones_like(tokens)
