@@ -25,6 +25,10 @@ import os
 import time
 from pathlib import Path
 
+import ml_collections
+
+from configs.base import get_base_config
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,6 +59,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.batch and not args.decode_batch:
         parser.error("give --batch (train step) and/or --decode-batch (decode step)")
     return args
+
+
+def method_config(
+    method: str, prefix_length: int = 10, reparam: str = "mlp", top_layers: int = 0
+) -> ml_collections.ConfigDict:
+    """The experiment config `train` would use (configs/base.py) for `method`.
+
+    Prefix and prompt get `prefix_length` virtual tokens; the prefix starts random (an
+    activation init needs weights, and does not change the step).
+    """
+    c = get_base_config()
+    c.method = method
+    c.prefix.update({"length": prefix_length, "reparam": reparam, "init": "random"})
+    c.prompt.length = prefix_length
+    c.finetune.top_layers = top_layers
+    return c
 
 
 def gib(x: float) -> str:
@@ -92,9 +112,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     rows = []
     if args.batch:
-        settings = aot.method_settings(
-            args.method, args.prefix_length, args.reparam, args.top_layers
-        )
+        settings = method_config(args.method, args.prefix_length, args.reparam, args.top_layers)
         start = time.perf_counter()
         fit = aot.compile_train_step(
             config, mesh, args.batch, args.seq, settings,

@@ -9,8 +9,9 @@ compiles it for the target devices:
   `jax_num_cpu_devices >= N`).
 
 `compiled.memory_analysis()` is the compiler's own per-device account of arguments,
-outputs and temporaries; next to it `train_floor` / `decode_floor` give an analytic lower
-bound of what any implementation of the same step must hold per chip.
+outputs and temporaries; next to it `train_floor` / `decode_floor` estimate what a
+straightforward sharded implementation of the same step must hold per chip, so that a
+total far above its floor points at waste.
 """
 
 from __future__ import annotations
@@ -192,27 +193,6 @@ def compile_fit(lowered: jax.stages.Lowered, trainable_state_bytes: int = 0) -> 
     return Fit(Memory.of(compiled), 0, trainable_state_bytes)
 
 
-def method_settings(
-    method: str = "prefix",
-    prefix_length: int = 10,
-    reparam: str = "mlp",
-    top_layers: int = 0,
-) -> ml_collections.ConfigDict:
-    """The config fields `build_method` reads, with the project's defaults per method."""
-    c = ml_collections.ConfigDict()
-    c.method = method
-    c.prefix = {
-        "length": prefix_length,
-        "reparam": reparam,
-        "hidden": 512,
-        "init": "random",
-    }
-    c.prompt = {"length": prefix_length, "init": "random"}
-    c.lora = {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ("q", "v")}
-    c.finetune = {"top_layers": top_layers}
-    return c
-
-
 def abstract_method_model(
     config: ModelConfig,
     settings: ml_collections.ConfigDict,
@@ -224,7 +204,8 @@ def abstract_method_model(
     remat_policy: str | None = None,
     constrain_activations: bool = True,
 ):
-    """(method model made of shapes, its trainable filter): what `train` would build.
+    """(method model made of shapes, its trainable filter): what `train` would build from
+    `settings` (an experiment config: `method` and that method's block, e.g. `prefix`).
 
     `constrain_activations=False` leaves activation layouts to the compiler (as the project
     did before activations carried logical axes): for before/after comparisons.
@@ -358,9 +339,11 @@ def train_floor(
     prefix_length: int = 0,
     dtype_bytes: int = 2,
 ) -> dict[str, float]:
-    """Bytes per chip that any FSDP/TP train step with full remat and dense attention must
-    hold at its peak (a lower bound: each term is live at the same moment of the backward
-    pass of the last layer, or is resident throughout):
+    """Bytes per chip a plain FSDP/TP train step with full remat and dense attention holds
+    at its peak: terms resident throughout, or live together in the backward pass of the
+    last layer. An estimate, not a proof: XLA can go a little below it (measured 0.8-0.99x
+    on small steps) by fusing the loss over the vocabulary or by computing the vocabulary
+    projection without gathering it whole.
 
     - the frozen weights' shard, and the trainable state's shard (params, gradients and
       optimizer state, as `compile_train_step` reports it);

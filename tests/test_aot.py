@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments.aot import method_config
 from prefix_jax import aot, sharding
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.shapes import PUBLIC_CONFIGS, model_config
@@ -50,7 +51,7 @@ def train_temporaries(fsdp: int, method: str, remat: str | None) -> int:
         cpu_mesh(fsdp),
         BATCH,
         LENGTH,
-        aot.method_settings("full" if top_layers else method, 8, top_layers=top_layers),
+        method_config("full" if top_layers else method, 8, top_layers=top_layers),
         param_dtype=jnp.float32,
         dtype=jnp.float32,
         remat_policy=remat,
@@ -85,7 +86,7 @@ def test_fsdp_gathers_one_layer_at_a_time_and_never_activations():
 
     mesh = cpu_mesh(8)
     lm, trainable = aot.abstract_method_model(
-        TINY, aot.method_settings("prefix", 8), mesh=mesh, param_dtype=jnp.float32,
+        TINY, method_config("prefix", 8), mesh=mesh, param_dtype=jnp.float32,
         dtype=jnp.float32,
     )  # fmt: skip
     trainer = Trainer(lm, make_optimizer(OptimConfig(), trainable), trainable, mesh=mesh)
@@ -152,7 +153,7 @@ def test_train_step_compiles_for_a_tpu_v5e_topology():
     topo = aot.topology("v5e-4")
     mesh = sharding.make_mesh([("data", 1), ("fsdp", 4), ("tensor", 1)], aot.devices(topo))
     assert mesh.devices.flat[0].platform == "tpu"
-    fit = aot.compile_train_step(TINY, mesh, 16, 128, aot.method_settings("prefix", 8))
+    fit = aot.compile_train_step(TINY, mesh, 16, 128, method_config("prefix", 8))
     weights_shard = TINY.num_params() * 2 / 4  # bf16, FSDP 4
     assert weights_shard <= fit.memory.arguments < topo.hbm_bytes
     # XLA counts the layer scan's body once: its FLOPs are below the analytic step's share.
@@ -165,7 +166,7 @@ def test_a_step_too_large_for_the_chip_is_reported_not_raised():
     mesh = sharding.make_mesh(
         [("data", 1), ("fsdp", 4), ("tensor", 1)], aot.devices(aot.topology("v5e-4"))
     )
-    fit = aot.compile_train_step(TINY, mesh, 4096, 2048, aot.method_settings("prefix", 8))
+    fit = aot.compile_train_step(TINY, mesh, 4096, 2048, method_config("prefix", 8))
     assert fit.memory is None
     assert fit.total > aot.topology("v5e-4").hbm_bytes
 
