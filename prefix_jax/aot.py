@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prefix_jax import decode, sharding
 from prefix_jax.experiment import build_method
 from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.loading import abstract_model
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, Transformer
 from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, with_shardings
 
@@ -210,25 +211,22 @@ def abstract_method_model(
     `constrain_activations=False` leaves activation layouts to the compiler (as the project
     did before activations carried logical axes): for before/after comparisons.
     """
-    where = None
-    if mesh is not None and constrain_activations:
-        where = sharding.ActivationSharding(mesh, tuple(rules))
     found = {}
 
-    def make():
-        base = Transformer(
-            config,
-            rngs=nnx.Rngs(0),
-            param_dtype=param_dtype,
-            dtype=dtype,
-            remat_policy=remat_policy,
-            activation_sharding=where,
-        )
-        lm, trainable, _ = build_method(settings, base, None)
-        found["trainable"] = trainable
+    def wrap(base: Transformer) -> nnx.Module:
+        lm, found["trainable"], _ = build_method(settings, base, None)
         return lm
 
-    lm = nnx.eval_shape(make)
+    lm = abstract_model(
+        config,
+        param_dtype=param_dtype,
+        dtype=dtype,
+        remat_policy=remat_policy,
+        mesh=mesh,
+        rules=rules,
+        constrain_activations=constrain_activations,
+        wrap=wrap,
+    )
     return lm, found["trainable"]
 
 
@@ -286,8 +284,6 @@ def compile_decode_step(
     dtype=jnp.bfloat16,
 ) -> Fit:
     """One step of `decode.greedy` (the prefix already in the cache, as greedy puts it)."""
-    from prefix_jax.models.loading import abstract_model
-
     model = abstract_model(config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules)
     graphdef, state = nnx.split(model)
     where = model.activation_sharding

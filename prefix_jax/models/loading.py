@@ -17,7 +17,7 @@ import importlib.util
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -160,11 +160,21 @@ def abstract_model(
     remat_policy: str | None = None,
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
-) -> Transformer:
-    """A Transformer whose parameters are shapes only (`jax.ShapeDtypeStruct`): no memory."""
-    where = None if mesh is None else sharding.ActivationSharding(mesh, tuple(rules))
-    return nnx.eval_shape(
-        lambda: Transformer(
+    constrain_activations: bool = True,
+    wrap: Callable[[Transformer], nnx.Module] | None = None,
+) -> nnx.Module:
+    """A Transformer whose parameters are shapes only (`jax.ShapeDtypeStruct`): no memory.
+
+    With a mesh its activations are constrained by `rules` (unless `constrain_activations`
+    is False); `wrap(model)`, built under the same abstract evaluation, returns e.g. a
+    method's model around it.
+    """
+    where = None
+    if mesh is not None and constrain_activations:
+        where = sharding.ActivationSharding(mesh, tuple(rules))
+
+    def make() -> nnx.Module:
+        model = Transformer(
             config,
             rngs=nnx.Rngs(0),
             param_dtype=param_dtype,
@@ -172,7 +182,9 @@ def abstract_model(
             remat_policy=remat_policy,
             activation_sharding=where,
         )
-    )
+        return model if wrap is None else wrap(model)
+
+    return nnx.eval_shape(make)
 
 
 def _place(array: np.ndarray, param_dtype, var: nnx.Param, mesh, rules) -> jax.Array:
