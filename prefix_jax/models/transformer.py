@@ -327,8 +327,7 @@ class Transformer(nnx.Module):
         def layer(carry, xs):
             # The cache rides in the carry, not in xs/ys: each step then writes only its new
             # slots in place instead of copying every layer's whole cache into a new stack.
-            x, kv = carry
-            x = constrain(x, where, *HIDDEN_AXES)
+            x, kv = carry  # constrained before the scan and at the end of every layer
             params = xs["params"]
 
             def project(name: str, h: Array) -> Array:
