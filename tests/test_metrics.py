@@ -216,6 +216,11 @@ def test_coco_tokenize_ptb_rules():
     assert coco_tokenize('He said "hi" to the Punters\' Mr. Smith, 1,000 times... ok?!') == [
         "he", "said", "hi", "to", "the", "punters", "mr.", "smith", "1,000", "times", "ok", "?!",
     ]  # fmt: skip
+    # From the E2E devset: PTB splits a period or hyphen off the start of a word but keeps a
+    # word's period before a comma, semicolon or colon.
+    assert coco_tokenize("food .price, family -friendly, in the city center., near") == [
+        "food", "price", "family", "friendly", "in", "the", "city", "center.", "near",
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- METEOR --

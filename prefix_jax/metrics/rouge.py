@@ -69,6 +69,10 @@ _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr vs etc inc ltd co corp mt ave rd est".split()
 )
 _LETTER_DOTS = re.compile(r"^(?:[a-z]\.)+$", re.IGNORECASE)
+# PTB keeps a word's period when a comma, semicolon or colon follows it ("center.," ->
+# "center." ","); we hide such periods from the splitting below and restore them after.
+_PERIOD_BEFORE_PUNCT = re.compile(r"(?<=[A-Za-z])\.(?=[,;:])")
+_KEPT_PERIOD = "\x00"
 
 
 def _split_chunk(chunk: str) -> list[str]:
@@ -79,6 +83,9 @@ def _split_chunk(chunk: str) -> list[str]:
     tail: list[str] = []
     while chunk[:1] in ("'", "`"):  # opening single quote
         head.append("`")
+        chunk = chunk[1:]
+    while chunk[:1] in (".", "-") and chunk[1:2].isalpha():  # ".price", "-friendly"
+        head.append(chunk[0])
         chunk = chunk[1:]
     while True:
         if chunk[-1:] in ("'", "`", "-"):  # closing quote, dangling hyphen ("20-" of "20-$30")
@@ -112,13 +119,14 @@ def coco_tokenize(text: str) -> list[str]:
     for old, new in _CHAR_MAP.items():
         text = text.replace(old, new)
     text = _LETTER_ELLIPSIS.sub(r"\1. ...", text)
+    text = _PERIOD_BEFORE_PUNCT.sub(_KEPT_PERIOD, text)
     text = _ALWAYS_SPLIT.sub(r" \1 ", text)
     text = _COMMA_COLON.sub(lambda m: f" {m.group(1) or m.group(2)} ", text)
     text = _AMPERSAND.sub(" & ", text)
     tokens: list[str] = []
     for chunk in text.split():
         tokens.extend(_split_chunk(chunk))
-    tokens = [t.lower() for t in tokens]
+    tokens = [t.replace(_KEPT_PERIOD, ".").lower() for t in tokens]
     return [t for t in tokens if t not in _COCO_DROPPED]
 
 
