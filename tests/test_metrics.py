@@ -4,6 +4,7 @@ which also ships the Stanford PTB tokenizer and METEOR 1.5 jars) when those are 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -105,9 +106,10 @@ def test_nist_two_references():
     # unigram = 9 words: a log2(9/2), b = c = log2(3), "a b" log2(2/2)=0, "b c" log2(3/2),
     # "a b c" log2(2/1) = 1.
     # Seg 1 "a b c" matches a, b, c, "a b", "b c", "a b c"; seg 2 "b a" matches only b.
-    # Hyp n-gram totals: 5, 3, 1, 0, 0 (the last two divide by max(0, 1) = 1).
-    # Score = (log2 4.5 + 3 log2 3)/5 + log2(1.5)/3 + 1/1; hyp 5 words vs avg ref 9/2 -> no
-    # length penalty.
+    # Hyp n-gram totals, counted len - n + 1 per segment like the E2E scorer: 5, 3, 1, -1, -3
+    # (orders 4 and 5 have no match, so their sign does not matter here).
+    # Score = (log2 4.5 + 3 log2 3)/5 + log2(1.5)/3 + 1/1; hyp 5 words vs reference length
+    # 3 + 1.5 (mean per segment) -> no length penalty.
     hyps = ["a b c", "b a"]
     refs = [["a b c", "a b d"], ["b c", "c"]]
     expected = (LOG2(4.5) + 3 * LOG2(3)) / 5 + LOG2(1.5) / 3 + 1.0
@@ -115,19 +117,75 @@ def test_nist_two_references():
     assert expected == pytest.approx(2.57995, abs=1e-5)
 
 
-def test_nist_length_penalty_uses_max_reference_count():
+def test_nist_length_penalty_uses_mean_reference_length_per_segment():
     # Refs: "a b c d", "a b c d e f" | "c d e" -> 13 words; a2 b2 c3 d3 e2 f1, "a b" 2.
     # Seg 1 "a b": a, b (log2(13/2) each), "a b" (log2(2/2) = 0); seg 2 "c": log2(13/3).
     # Totals: 3 unigrams, 1 bigram. Score = (2 log2 6.5 + log2(13/3)) / 3.
-    # Length: like the E2E scripts (which pad segment 2 with an empty reference), the average
-    # reference length is 13 words / 2 reference sets = 6.5, so ratio = 3 / 6.5.
+    # Length, as the E2E scorer's pymteval.py: the mean reference length of each segment,
+    # summed: (4 + 6) / 2 + 3 = 8, so ratio = 3 / 8. (mteval-v13a as the E2E Perl route runs
+    # it pads segment 2 with an empty reference and uses 13 / 2 = 6.5: penalty 0.080, not 0.017.)
     hyps = ["a b", "c"]
     refs = [["a b c d", "a b c d e f"], ["c d e"]]
     beta = LN(2) / LN(1.5) ** 2
-    penalty = math.exp(-beta * LN(3 / 6.5) ** 2)
+    penalty = math.exp(-beta * LN(3 / 8) ** 2)
     expected = (2 * LOG2(6.5) + LOG2(13 / 3)) / 3 * penalty
     assert nist(hyps, refs) == pytest.approx(expected, rel=1e-12)
-    assert expected == pytest.approx(0.20142, abs=1e-4)
+    assert expected == pytest.approx(0.043387, abs=1e-6)
+
+
+# ------------------------------------------------------------ the official E2E scorer --
+#
+# Reference numbers from the E2E challenge scorer, github.com/tuetschek/e2e-metrics, run once:
+# BLEU and NIST from its metrics/pymteval.py, ROUGE-L and CIDEr from the COCO caption code it
+# calls (pycocoevalcap 1.2 from PyPI, the same scorers and Java PTB tokenizer that e2e-metrics
+# vendors), exactly as its measure_scores.py -p does (BLEU on 0-1, ROUGE_L on 0-1), with
+# /tmp/e2e-metrics a copy of that repository (only metrics/pymteval.py is used):
+#
+#   pip install --no-deps --target /tmp/offpkgs pycocoevalcap==1.2 future
+#   PYTHONPATH=/tmp/e2e-metrics:/tmp/offpkgs \
+#       python tests/data/make_e2e_official_fixture.py score tests/data/e2e_official_fixture.json
+#
+# Before NIST followed pymteval.py, ours gave 6.452945 here for the scorer's 5.618768.
+
+E2E_FIXTURE = Path(__file__).parent / "data" / "e2e_official_fixture.json"
+E2E_OFFICIAL = {
+    "BLEU": 0.3878616865066064,
+    "NIST": 5.6187677377522816,
+    "ROUGE_L": 0.531819756325387,
+    "CIDEr": 1.201029315071196,
+}
+
+
+def test_e2e_metrics_equal_official_scorer():
+    # 300 E2E devset segments with 1-6 references each (tests/data/make_e2e_official_fixture.py
+    # says how they were cut and degraded).
+    segments = json.loads(E2E_FIXTURE.read_text(encoding="utf-8"))["segments"]
+    assert len(segments) == 300
+    hyps = [seg["hyp"] for seg in segments]
+    refs = [seg["refs"] for seg in segments]
+    assert bleu(hyps, refs) == pytest.approx(100 * E2E_OFFICIAL["BLEU"], rel=1e-9)
+    assert nist(hyps, refs) == pytest.approx(E2E_OFFICIAL["NIST"], rel=1e-9)
+    assert rouge_l(hyps, refs) == pytest.approx(100 * E2E_OFFICIAL["ROUGE_L"], rel=1e-9)
+    assert cider(hyps, refs) == pytest.approx(E2E_OFFICIAL["CIDEr"], rel=1e-9)
+
+
+def test_nist_equals_official_scorer_on_short_outputs():
+    # Outputs shorter than 5 tokens (the scorer counts a 1-token output as having -3 five-grams),
+    # an empty output (one empty token to the scorer) and non-ASCII capitals (lowercased by
+    # Python's str.lower there). Reference: pymteval.py's NISTScore, with case.json holding
+    # [hyps, refs] below and the same paths as above:
+    #   PYTHONPATH=/tmp/e2e-metrics:/tmp/offpkgs python -c "import json; \
+    #     from metrics.pymteval import NISTScore; s = NISTScore(); \
+    #     [s.append(h, r) for h, r in zip(*json.load(open('case.json')))]; print(s.score())"
+    # Ours gave 3.500696 before.
+    hyps = ["Zizzi", "", "The Eagle is cheap.", "ÉCLAIR café is near the river"]
+    refs = [
+        ["Zizzi is a pub.", "Zizzi serves food."],
+        ["The Punter is cheap."],
+        ["The Eagle is a cheap pub in the city centre.", "Cheap: The Eagle.", "The Eagle, cheap."],
+        ["Éclair Café is by the river.", "ÉCLAIR CAFÉ, near the river"],
+    ]
+    assert nist(hyps, refs) == pytest.approx(1.2340378392870204, rel=1e-9)
 
 
 # --------------------------------------------------------------------------------- ROUGE-L --
@@ -309,8 +367,10 @@ def test_nist_matches_nltk_single_reference():
     # With one reference per segment NLTK's corpus_nist reduces to mteval's formula.
     nist_score = pytest.importorskip("nltk.translate.nist_score")
     hyps, refs = _e2e_like_corpus(40, n_refs=1, seed=1)
-    hyps[0] = "Zizzi"  # make the corpus short of its references so the penalty is active
-    hyps[1] = "cheap"
+    # Make the corpus short of its references so the penalty is active (with outputs of at
+    # least 5 tokens: for shorter ones the E2E scorer's n-gram totals differ from NLTK's).
+    hyps[0] = "Zizzi is a pub ."
+    hyps[1] = "it is cheap food ."
     expected = nist_score.corpus_nist(
         [[mteval_tokenize(r) for r in rs] for rs in refs], [mteval_tokenize(h) for h in hyps]
     )

@@ -1,11 +1,18 @@
-"""Corpus BLEU and NIST as computed by NIST's ``mteval-v13a.pl`` (the E2E challenge's scorer).
+"""Corpus BLEU and NIST as the E2E challenge's scorer (e2e-metrics) computes them.
 
 BLEU: Papineni et al., 2002, "BLEU: a Method for Automatic Evaluation of Machine Translation".
 NIST: Doddington, 2002, "Automatic Evaluation of Machine Translation Quality Using N-gram
 Co-Occurrence Statistics".
 
-The E2E scripts call ``mteval-v13a.pl`` without ``-c``, so text is lowercased (ASCII letters
-only, like the script's ``tr/A-Z/a-z/``) before its tokenization; this is the default here too.
+e2e-metrics computes both with NIST's ``mteval-v13a.pl`` or with its Python port
+``metrics/pymteval.py``. BLEU here is mteval-v13a's, which the port equals whenever every
+output has at least 4 tokens and every n-gram order has a match somewhere in the corpus (on
+such corpora it is tested equal to the port). NIST follows the port, which papers report and
+which differs from the Perl script on corpora with a variable number of references (see
+``nist``).
+
+Text is lowercased (mteval-v13a without ``-c``; for BLEU ASCII letters only, like the script's
+``tr/A-Z/a-z/``) around its tokenization; this is the default here too.
 Everything below is accumulated over the whole corpus before the final formula, as mteval's
 system-level score does.
 """
@@ -169,27 +176,44 @@ def _nist_length_penalty(ratio: float) -> float:
     return math.exp(-beta * math.log(ratio) ** 2)
 
 
+def _pymteval_tokens(text: str, lowercase: bool) -> list[str]:
+    """Tokens as the E2E scorer's NIST sees them: mteval tokenization, then Python's full
+    Unicode ``str.lower`` per token (not mteval's ASCII-only one); an empty text is one empty
+    token, as its ``split(' ')`` leaves it."""
+    tokens = mteval_tokenize(text, lowercase=False)
+    if lowercase:
+        tokens = [t.lower() for t in tokens]
+    return tokens or [""]
+
+
 def nist(
     hypotheses: Sequence[str],
     references: Sequence[Sequence[str]],
     max_n: int = 5,
     lowercase: bool = True,
 ) -> float:
-    """Corpus NIST score (native scale, ~0-15), reproducing mteval-v13a as run by E2E scripts.
+    """Corpus NIST score (native scale, ~0-15), equal to the E2E challenge scorer's.
 
     Information weight of n-gram w1..wn = log2(count(w1..wn-1) / count(w1..wn)), counts taken
     over every reference of the corpus (for unigrams, the numerator is the total reference word
     count). Score = sum over n of (info of clipped matches / number of hypothesis n-grams),
     times exp(-beta log^2(min(1, L_hyp / L_ref))).
 
-    L_ref is mteval's "average reference length": total reference words divided by the number
-    of reference sets. The E2E scripts pad segments with fewer references with empty ones up to
-    the largest count, so that divisor is the *maximum* number of references of any segment;
-    we do the same (for a constant number of references it is the plain average).
+    We follow the E2E scorer's Python NIST (``metrics/pymteval.py`` of e2e-metrics), which is
+    what papers report; it departs from mteval-v13a in two places, both reproduced here:
+
+    * L_ref is the sum over segments of the *mean* length of that segment's references. (The
+      Perl route of e2e-metrics instead pads every segment's references with empty ones up to
+      the largest count and divides all reference words by that count, so with a variable
+      number of references L_ref comes out far too small and the length penalty vanishes; that
+      is what this function used to do, and why it reported 7.84 where the scorer gave 7.24.)
+    * The number of hypothesis n-grams of a segment is counted as len - n + 1 even when that
+      is negative (a 2-token output "has" -2 five-grams), so short outputs raise the score.
+      An order whose corpus count is 0 (where the scorer would divide by zero) adds nothing.
     """
     check_inputs(hypotheses, references)
-    hyp_tokens = [mteval_tokenize(h, lowercase) for h in hypotheses]
-    ref_tokens = [[mteval_tokenize(r, lowercase) for r in refs] for refs in references]
+    hyp_tokens = [_pymteval_tokens(h, lowercase) for h in hypotheses]
+    ref_tokens = [[_pymteval_tokens(r, lowercase) for r in refs] for refs in references]
 
     # Information weights from all references of the corpus.
     corpus_counts: Counter[tuple[str, ...]] = Counter()
@@ -205,6 +229,7 @@ def nist(
 
     matched_info = [0.0] * (max_n + 1)
     totals = [0] * (max_n + 1)
+    ref_length = 0.0
     for hyp, refs in zip(hyp_tokens, ref_tokens, strict=True):
         ceiling = _max_ref_counts(refs, max_n)
         for gram, count in ngram_counts(hyp, max_n).items():
@@ -212,10 +237,9 @@ def nist(
             if clipped:
                 matched_info[len(gram)] += info(gram) * clipped
         for n in range(1, max_n + 1):
-            totals[n] += max(len(hyp) - n + 1, 0)
+            totals[n] += len(hyp) - n + 1  # may be negative, see the docstring
+        ref_length += sum(len(ref) for ref in refs) / len(refs)
 
-    score = sum(matched_info[n] / max(totals[n], 1) for n in range(1, max_n + 1))
-    n_ref_sets = max(len(refs) for refs in ref_tokens)
-    avg_ref_length = total_ref_words / n_ref_sets
-    ratio = totals[1] / avg_ref_length if avg_ref_length > 0 else 1.0
+    score = sum(matched_info[n] / totals[n] for n in range(1, max_n + 1) if totals[n] != 0)
+    ratio = totals[1] / ref_length if ref_length > 0 else 1.0
     return score * _nist_length_penalty(ratio)
