@@ -3,6 +3,8 @@
     python -m experiments.aot --model llama-3-8b --topology v5e-256 \\
         --mesh '(("data",1),("fsdp",-1),("tensor",1))' --batch 256 --seq 2048 --remat full
 
+`--attention` picks the kernel (default `auto`: splash on a TPU topology, flash on CPU
+devices; `xla` is the dense reference that keeps [batch, heads, T, p + T] scores).
 `--model` is a public architecture (`llama-3-8b`, `llama-3-70b`, `smollm2-135m`) or an HF
 `config.json` (or its directory); no weights are read. `--topology` is a TPU slice
 (`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
@@ -43,6 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-layers", type=int, default=0, help="full: train only the last k")
     parser.add_argument("--remat", default="full", help="full|dots|dots_no_batch|nothing|none")
     parser.add_argument("--dtype", default="bfloat16", help="weights and compute dtype")
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "xla", "flash", "splash", "cudnn"),
+        help="attention kernel (auto: splash on TPU, flash elsewhere)",
+    )
     parser.add_argument("--decode-batch", type=int, default=0)
     parser.add_argument("--cache-length", type=int, default=2048)
     parser.add_argument("--json", type=Path, help="append each result as a JSON line")
@@ -91,6 +99,7 @@ def main(argv=None) -> None:
         jax.config.update("jax_platforms", "cpu")
     from prefix_jax import aot, sharding
     from prefix_jax.experiment import dtype
+    from prefix_jax.models.attention import resolve as resolve_attention
     from prefix_jax.models.shapes import model_config
 
     config = model_config(args.model)
@@ -101,9 +110,11 @@ def main(argv=None) -> None:
     dt = dtype(args.dtype)
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
+    attention = resolve_attention(args.attention, mesh.devices.flat[0].platform)
     print(
         f"{config.name}: {config.num_params() / 1e9:.2f}B params; {topo.name} "
-        f"({topo.chips} chips, HBM {gib(hbm) + ' GiB' if hbm else 'n/a'}); mesh {mesh_shape}"
+        f"({topo.chips} chips, HBM {gib(hbm) + ' GiB' if hbm else 'n/a'}); mesh {mesh_shape}; "
+        f"attention {attention}"
     )
     print(
         "| step | method | batch x len | remat | args GiB | temps GiB | total GiB | "
@@ -117,7 +128,7 @@ def main(argv=None) -> None:
         fit = aot.compile_train_step(
             config, mesh, args.batch, args.seq, settings,
             param_dtype=dt, dtype=dt, remat_policy=remat,
-            constrain_activations=not args.no_constraints,
+            constrain_activations=not args.no_constraints, attention=args.attention,
         )  # fmt: skip
         floor = aot.train_floor(
             config,
@@ -127,6 +138,7 @@ def main(argv=None) -> None:
             trainable_state_bytes=fit.trainable_state_bytes,
             prefix_length=args.prefix_length if args.method == "prefix" else 0,
             dtype_bytes=dtype_bytes,
+            dense_attention=attention == "xla",
         )
         flops = aot.train_flops(
             config, args.method, args.batch, args.seq,
@@ -141,6 +153,7 @@ def main(argv=None) -> None:
         fit = aot.compile_decode_step(
             config, mesh, args.decode_batch, args.cache_length,
             prefix_length=args.prefix_length, param_dtype=dt, dtype=dt,
+            attention=args.attention,
         )  # fmt: skip
         floor = aot.decode_floor(
             config,
@@ -165,6 +178,7 @@ def main(argv=None) -> None:
                 "mesh": mesh_shape,
                 "constrained": not args.no_constraints,
                 "dtype": args.dtype,
+                "attention": attention,
                 "hbm_bytes": hbm,
                 **row.record(topo.chips),
             }

@@ -204,6 +204,7 @@ def abstract_method_model(
     dtype=jnp.bfloat16,
     remat_policy: str | None = None,
     constrain_activations: bool = True,
+    attention: str = "auto",
 ):
     """(method model made of shapes, its trainable filter): what `train` would build from
     `settings` (an experiment config: `method` and that method's block, e.g. `prefix`).
@@ -226,6 +227,7 @@ def abstract_method_model(
         rules=rules,
         constrain_activations=constrain_activations,
         wrap=wrap,
+        attention=attention,
     )
     return lm, found["trainable"]
 
@@ -254,6 +256,7 @@ def compile_train_step(
     dtype=jnp.bfloat16,
     remat_policy: str | None = None,
     constrain_activations: bool = True,
+    attention: str = "auto",
 ) -> Fit:
     """The project's own train step (`Trainer`) compiled for `mesh`'s devices."""
     lm, trainable = abstract_method_model(
@@ -265,6 +268,7 @@ def compile_train_step(
         dtype=dtype,
         remat_policy=remat_policy,
         constrain_activations=constrain_activations,
+        attention=attention,
     )
     tx = make_optimizer(OptimConfig(), trainable)
     trainer = Trainer(lm, tx, trainable, mesh=mesh, rules=rules)
@@ -282,9 +286,12 @@ def compile_decode_step(
     rules=sharding.DEFAULT_RULES,
     param_dtype=jnp.bfloat16,
     dtype=jnp.bfloat16,
+    attention: str = "auto",
 ) -> Fit:
     """One step of `decode.greedy` (the prefix already in the cache, as greedy puts it)."""
-    model = abstract_model(config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules)
+    model = abstract_model(
+        config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
+    )
     graphdef, state = nnx.split(model)
     where = model.activation_sharding
     state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
@@ -334,8 +341,9 @@ def train_floor(
     trainable_state_bytes: int,
     prefix_length: int = 0,
     dtype_bytes: int = 2,
+    dense_attention: bool = True,
 ) -> dict[str, float]:
-    """Bytes per chip a plain FSDP/TP train step with full remat and dense attention holds
+    """Bytes per chip a plain FSDP/TP train step with full remat holds
     at its peak: terms resident throughout, or live together in the backward pass of the
     last layer. An estimate, not a proof: XLA can go a little below it (measured 0.8-0.99x
     on small steps) by fusing the loss over the vocabulary or by computing the vocabulary
@@ -345,19 +353,21 @@ def train_floor(
       optimizer state, as `compile_train_step` reports it);
     - the largest weight matrix, gathered (FSDP must assemble a weight to multiply by it);
     - remat-saved layer inputs of this chip's rows, all layers;
-    - one layer's f32 attention scores over p + T keys, recomputed in its backward pass;
+    - with `dense_attention`, one layer's f32 attention scores over p + T keys, recomputed in
+      its backward pass (fused kernels hold one tile instead: a negligible term);
     - f32 logits of this chip's rows (every position scored).
     """
     rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
     tensor = _axis(mesh_shape, "tensor")
     model_shards = _axis(mesh_shape, "fsdp", "tensor")
     d, heads, v = c.hidden_size, c.num_heads, c.vocab_size
+    scores = rows * heads / tensor * length * (prefix_length + length) * 4
     return {
         "weights shard": c.num_params() * dtype_bytes / model_shards,
         "trainable state": trainable_state_bytes,
         "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
         "saved layer inputs": c.num_layers * rows * length * d * dtype_bytes,
-        "attention scores": rows * heads / tensor * length * (prefix_length + length) * 4,
+        "attention scores": scores if dense_attention else 0.0,
         "logits": rows * length * v / tensor * 4,
     }
 

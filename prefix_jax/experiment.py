@@ -62,6 +62,7 @@ def load_model(config: ml_collections.ConfigDict, mesh: Mesh | None = None):
         param_dtype=dtype(config.param_dtype),
         dtype=dtype(config.dtype),
         remat_policy=config.remat or None,
+        attention=config.get("attention", "auto"),
         mesh=mesh,
         rules=sharding_rules(config) if mesh is not None else sharding.DEFAULT_RULES,
     )

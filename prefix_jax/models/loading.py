@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from prefix_jax import sharding
+from prefix_jax.models.attention import resolve as resolve_attention
 from prefix_jax.models.config import (
     ModelConfig,
     RopeScaling,
@@ -75,11 +76,13 @@ def load(
     with_tokenizer: bool = True,
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
+    attention: str = "auto",
 ):
     """Load a model and its tokenizer from an HF directory, a GGUF file or a known name.
 
     Returns `(model, tokenizer)`; the tokenizer is None when `with_tokenizer=False`. With a
-    `mesh`, weights are placed sharded by the logical-axis `rules`.
+    `mesh`, weights are placed sharded by the logical-axis `rules`. `attention` names the
+    kernel (`prefix_jax.models.attention.IMPLEMENTATIONS`).
     """
     path = resolve(path_or_name)
     if path.is_dir():
@@ -96,6 +99,7 @@ def load(
         remat_policy=remat_policy,
         mesh=mesh,
         rules=rules,
+        attention=attention,
     )
     tokenizer = load_tokenizer(path) if with_tokenizer else None
     return model, tokenizer
@@ -119,6 +123,7 @@ def build(
     remat_policy: str | None = None,
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
+    attention: str = "auto",
 ) -> Transformer:
     """Create a Transformer whose parameters are exactly `tensors` (our names, stacked).
 
@@ -132,6 +137,7 @@ def build(
         remat_policy=remat_policy,
         mesh=mesh,
         rules=rules,
+        attention=attention,
     )
     expected = dict(_param_paths(model))
     missing = sorted(set(expected) - set(tensors))
@@ -162,16 +168,20 @@ def abstract_model(
     rules=sharding.DEFAULT_RULES,
     constrain_activations: bool = True,
     wrap: Callable[[Transformer], nnx.Module] | None = None,
+    attention: str = "auto",
 ) -> nnx.Module:
     """A Transformer whose parameters are shapes only (`jax.ShapeDtypeStruct`): no memory.
 
     With a mesh its activations are constrained by `rules` (unless `constrain_activations`
-    is False); `wrap(model)`, built under the same abstract evaluation, returns e.g. a
-    method's model around it.
+    is False), and `attention="auto"` picks the kernel of the mesh's platform (which, when
+    compiling ahead of time for a TPU topology, is not this host's); `wrap(model)`, built
+    under the same abstract evaluation, returns e.g. a method's model around it.
     """
     where = None
     if mesh is not None and constrain_activations:
         where = sharding.ActivationSharding(mesh, tuple(rules))
+    if mesh is not None:
+        attention = resolve_attention(attention, mesh.devices.flat[0].platform)
 
     def make() -> nnx.Module:
         model = Transformer(
@@ -181,6 +191,7 @@ def abstract_model(
             dtype=dtype,
             remat_policy=remat_policy,
             activation_sharding=where,
+            attention=attention,
         )
         return model if wrap is None else wrap(model)
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from prefix_jax.models.attention import AttentionMask, attention, resolve
 from prefix_jax.models.config import ModelConfig, RopeScaling
 from prefix_jax.sharding import ActivationSharding, constrain
 
@@ -164,19 +165,6 @@ def positions_from_mask(attention_mask: Array, start: Array | int = 0) -> Array:
     return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) + jnp.reshape(start, (-1, 1))
 
 
-def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Grouped-query softmax attention. q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,T,S] bool."""
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(hd)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
-
-
 class Transformer(nnx.Module):
     """Decoder-only LM. Call with tokens [B, T] and an attention mask (1 = real token)."""
 
@@ -189,10 +177,13 @@ class Transformer(nnx.Module):
         dtype=jnp.float32,
         remat_policy: str | None = None,
         activation_sharding: ActivationSharding | None = None,
+        attention: str = "auto",
     ):
+        resolve(attention)  # fail early on an unknown kernel name
         self.config = config
         self.dtype = dtype
         self.remat_policy = remat_policy
+        self.attention = attention
         self.activation_sharding = activation_sharding
         c, pd, d = config, param_dtype, config.hidden_size
         self.embed = _param(rngs, (c.vocab_size, d), ("vocab", "embed"), pd)
@@ -287,18 +278,30 @@ class Transformer(nnx.Module):
         if cache is None:
             positions = positions_from_mask(attention_mask, offset)
             key_valid = attention_mask
-            query_slots = jnp.arange(t)
-            key_slots = jnp.arange(t)
+            query_slots = jnp.arange(t, dtype=jnp.int32)
+            key_slots = query_slots
         else:
             positions = positions_from_mask(attention_mask, cache.next_position + offset)
             key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
-            query_slots = cache.index + jnp.arange(t)
-            key_slots = jnp.arange(cache.max_len)
-        mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
+            query_slots = cache.index + jnp.arange(t, dtype=jnp.int32)
+            key_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+        mask = AttentionMask(
+            query_slots=query_slots,
+            key_slots=key_slots,
+            key_valid=key_valid,
+            query_valid=attention_mask,
+            self_aligned=cache is None,
+        )
         if prefix is not None:
-            p_mask = prefix.mask if prefix.mask is not None else jnp.ones((1, prefix.length), bool)
-            p_mask = jnp.broadcast_to(p_mask.astype(bool)[:, None, :], (b, t, prefix.length))
-            mask = jnp.concatenate([p_mask, mask], axis=-1)
+            p = prefix.length
+            p_mask = prefix.mask if prefix.mask is not None else jnp.ones((1, p), bool)
+            mask = mask.replace(
+                key_slots=jnp.concatenate([jnp.full((p,), -1, jnp.int32), key_slots]),
+                key_valid=jnp.concatenate(
+                    [jnp.broadcast_to(p_mask.astype(bool), (b, p)), key_valid], axis=1
+                ),
+                prefix_length=p,
+            )
 
         x = (
             input_embeds.astype(self.dtype)
@@ -366,7 +369,8 @@ class Transformer(nnx.Module):
                 pv = jnp.broadcast_to(pv, (b, *pv.shape[1:]))
                 k = constrain(jnp.concatenate([pk, k], axis=1), where, *KV_AXES)
                 v = constrain(jnp.concatenate([pv, v], axis=1), where, *KV_AXES)
-            attn = constrain(attend(q, k, v, mask), where, *HEAD_AXES)
+            attn = attention(q, k, v, mask, self.attention, where)
+            attn = constrain(attn, where, *HEAD_AXES)
             out = project("o", attn)
             if c.out_bias:
                 out = out + params["o_bias"]

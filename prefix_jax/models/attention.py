@@ -1,0 +1,413 @@
+"""Grouped-query attention over prefix + token keys: one function, several kernels.
+
+Which key a query may see is described by `AttentionMask`, a few vectors rather than a
+[batch, T, S] array: query i sees key j when the key is valid for its row and
+`key_slots[j] <= query_slots[i]`. Prefix keys carry slot -1, so every query sees every
+(unmasked) prefix key and the causal part of the tokens is offset by p. That is the trap of
+stock causal masks, which are aligned top-left (`tril(ones(T, S))`) and would hide the last
+p tokens' keys from the first p queries.
+
+Kernels (`implementation`):
+- `xla`: the dense reference; keeps float32 scores and probabilities [B, H, T, S] for the
+  backward pass.
+- `flash`: FlashAttention's online softmax written in XLA ops (Dao et al., 2022): scans over
+  key blocks, never holds more than one [B, H, block, block] tile, and a custom VJP that
+  recomputes the tiles from the saved log-sum-exp. Runs on every platform.
+- `splash`: TPU Pallas splash attention with `CausalMask(offset=p)`; padding and per-row
+  prefix masks become segment ids. Needs keys laid out as [prefix, the queries' own tokens];
+  cached steps (keys from a cache) use `flash`.
+- `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` with the explicit mask
+  (cuDNN turns it into a [B, 1, T, S] bias: no per-head scores, but not O(T) either).
+- `auto`: `splash` on TPU, `flash` elsewhere (see `resolve`).
+
+Outputs at padding queries (`query_valid` False) are zero under every kernel: they have no
+valid key, so each kernel would otherwise fill them differently.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from prefix_jax.sharding import ActivationSharding
+
+Array = jax.Array
+
+IMPLEMENTATIONS = ("auto", "xla", "flash", "splash", "cudnn")
+# The fill of masked scores: finite, so that a row with no visible key stays finite.
+MASKED = float(jnp.finfo(jnp.float32).min)
+FLASH_BLOCK = 512
+SPLASH_BLOCK = 512
+
+
+class AttentionMask(struct.PyTreeNode):
+    """Which keys each query may see: `key_valid[b, j] and key_slots[j] <= query_slots[i]`.
+
+    The first `prefix_length` keys are the prefix (slot -1). `self_aligned` says that the
+    keys after the prefix are the queries' own tokens (no cache), i.e. the mask is causal
+    with offset p, which the splash kernel needs to know statically.
+    """
+
+    query_slots: Array  # [T] int32
+    key_slots: Array  # [S] int32
+    key_valid: Array  # [B, S] bool
+    query_valid: Array  # [B, T] bool
+    prefix_length: int = struct.field(pytree_node=False, default=0)
+    self_aligned: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> Array:
+        """The [B, T, S] boolean mask."""
+        causal = self.key_slots[None, :] <= self.query_slots[:, None]
+        return causal[None] & self.key_valid[:, None, :]
+
+
+def resolve(implementation: str, platform: str | None = None) -> str:
+    """The kernel `auto` stands for on `platform` (default: the default backend's).
+
+    TPU: splash, the Pallas kernel MaxText uses. Elsewhere flash (XLA ops), which bounds
+    memory on every backend; `cudnn` is opt-in on GPUs.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; "
+            f"known: {', '.join(IMPLEMENTATIONS)}"
+        )
+    if implementation != "auto":
+        return implementation
+    platform = platform or jax.default_backend()
+    return "splash" if platform == "tpu" else "flash"
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: AttentionMask,
+    implementation: str = "xla",
+    where: ActivationSharding | None = None,
+) -> Array:
+    """Softmax attention. q [B, T, H, hd], k/v [B, S, KV, hd] (H a multiple of KV).
+
+    `where` (the model's activation sharding) is needed by kernels that run per device
+    (splash, under `shard_map`).
+    """
+    b, t, h, hd = q.shape
+    if k.shape[0] != b or k.shape[2] == 0 or h % k.shape[2] or k.shape != v.shape:
+        raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
+    kind = resolve(implementation)
+    if kind == "splash" and not mask.self_aligned:
+        kind = "flash"
+    if kind == "xla":
+        out = _dense(q, k, v, mask.dense())
+    elif kind == "flash":
+        out = flash(q, k, v, mask)
+    elif kind == "splash":
+        out = splash(q, k, v, mask, where)
+    else:
+        out = cudnn(q, k, v, mask)
+    return jnp.where(mask.query_valid[:, :, None, None], out, 0).astype(q.dtype)
+
+
+def _dense(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+def cudnn(q: Array, k: Array, v: Array, mask: AttentionMask, implementation="cudnn") -> Array:
+    """`jax.nn.dot_product_attention` with our mask; `implementation="xla"` runs the same
+    call through XLA (how the CPU tests check the arguments we hand cuDNN)."""
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask.dense()[:, None], implementation=implementation
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# flash: online softmax over key blocks in XLA ops, with a recomputing custom VJP.
+
+
+def _blocks(n: int, most: int) -> tuple[int, int]:
+    """(block size, count) covering n with blocks of at most `most`, padding by < 8 rows
+    per block rather than up to a whole block."""
+    count = -(-n // most)
+    size = -(-n // count)
+    if count > 1:
+        size = -(-size // 8) * 8
+    return size, count
+
+
+def _pad(x: Array, axis: int, to: int, value=0) -> Array:
+    if x.shape[axis] == to:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, to - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def flash(q: Array, k: Array, v: Array, mask: AttentionMask, block: int | None = None) -> Array:
+    """Blockwise attention with O(T) saved state; equal to `_dense` at valid queries.
+
+    Tiles are at most `block` (default `FLASH_BLOCK`) queries by as many keys.
+    """
+    block = block or FLASH_BLOCK
+    b, t, h, hd = q.shape
+    s, kvh = k.shape[1], k.shape[2]
+    bq, nq = _blocks(t, block)
+    bk, nk = _blocks(s, block)
+    # [B, KV, G, T, hd] and [B, KV, S, hd], padded to whole blocks; padded keys are invalid
+    # and padded query slots see nothing extra (their rows are cut off below).
+    qg = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)
+    qg = _pad(qg * jnp.asarray(1 / math.sqrt(hd), q.dtype), 3, bq * nq)
+    kg = _pad(k.transpose(0, 2, 1, 3), 2, bk * nk)
+    vg = _pad(v.transpose(0, 2, 1, 3), 2, bk * nk)
+    query_slots = _pad(mask.query_slots.astype(jnp.int32), 0, bq * nq, -2)
+    key_slots = _pad(mask.key_slots.astype(jnp.int32), 0, bk * nk, jnp.iinfo(jnp.int32).max)
+    key_valid = _pad(mask.key_valid.astype(bool), 1, bk * nk, False)
+    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, bq, bk)
+    return out[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def _split(x: Array, axis: int, size: int) -> Array:
+    """[..., n*size, ...] -> [n, ..., size, ...]: blocks along `axis`, moved to the front."""
+    shape = (*x.shape[:axis], x.shape[axis] // size, size, *x.shape[axis + 1 :])
+    return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _merge(x: Array, axis: int) -> Array:
+    """Inverse of `_split`."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2 :])
+
+
+def _tile_scores(qi, kj, qs, ks, kv_ok):
+    """Masked float32 scores of one tile and whether each entry is visible.
+
+    qi [B, KV, G, bq, hd], kj [B, KV, bk, hd], qs [bq], ks [bk], kv_ok [B, bk].
+    """
+    scores = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
+    visible = (ks[None, :] <= qs[:, None])[None] & kv_ok[:, None, :]  # [B, bq, bk]
+    visible = visible[:, None, None]
+    return jnp.where(visible, scores, MASKED), visible
+
+
+def _any_visible(qs, ks) -> Array:
+    """Whether any key of a tile is causally visible to any query (slots are sorted)."""
+    return jnp.min(ks) <= jnp.max(qs)
+
+
+def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk):
+    """Output [B, KV, G, T, hd] and log-sum-exp [B, KV, G, T] (float32)."""
+    q_blocks = (_split(q, 3, bq), _split(query_slots, 0, bq))
+    k_blocks = (_split(k, 2, bk), _split(v, 2, bk), _split(key_slots, 0, bk))
+    k_blocks += (_split(key_valid, 1, bk),)
+
+    def per_query_block(args):
+        qi, qs = args
+
+        def step(carry, xs):
+            kj, vj, ks, kv_ok = xs
+
+            def update(carry):
+                m, total, acc = carry
+                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok)
+                m_new = jnp.maximum(m, scores.max(-1))
+                p = jnp.exp(scores - m_new[..., None])
+                rescale = jnp.exp(m - m_new)
+                total = total * rescale + p.sum(-1)
+                pv = jnp.einsum(
+                    "bkgqs,bksd->bkgqd",
+                    p.astype(vj.dtype),
+                    vj,
+                    preferred_element_type=jnp.float32,
+                )
+                return m_new, total, acc * rescale[..., None] + pv
+
+            return jax.lax.cond(_any_visible(qs, ks), update, lambda c: c, carry), None
+
+        stats = qi.shape[:-1]
+        init = (
+            jnp.full(stats, MASKED, jnp.float32),
+            jnp.zeros(stats, jnp.float32),
+            jnp.zeros(qi.shape, jnp.float32),
+        )
+        (m, total, acc), _ = jax.lax.scan(step, init, k_blocks)
+        total = jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+        return (acc / total[..., None]).astype(v.dtype), m + jnp.log(total)
+
+    out, lse = jax.lax.map(per_query_block, q_blocks)
+    return _merge(out, 3), _merge(lse, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _flash(q, k, v, query_slots, key_slots, key_valid, bq, bk):
+    return _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk)[0]
+
+
+def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, bq, bk):
+    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk)
+    return out, (q, k, v, query_slots, key_slots, key_valid, out, lse)
+
+
+def _flash_bwd(bq, bk, residuals, d_out):
+    """FlashAttention-2's backward: per key block, loop over query blocks recomputing the
+    probabilities from the saved log-sum-exp; dq accumulates across key blocks."""
+    q, k, v, query_slots, key_slots, key_valid, out, lse = residuals
+    delta = jnp.einsum("bkgqd,bkgqd->bkgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    q_blocks = tuple(_split(x, 3, bq) for x in (q, d_out, lse, delta))
+    q_blocks += (_split(query_slots, 0, bq),)
+    k_blocks = (_split(k, 2, bk), _split(v, 2, bk), _split(key_slots, 0, bk))
+    k_blocks += (_split(key_valid, 1, bk),)
+
+    def per_key_block(dq, xs):
+        kj, vj, ks, kv_ok = xs
+
+        def step(carry, ys):
+            qi, doi, lse_i, delta_i, qs = ys
+
+            def grads(carry):
+                dk, dv = carry
+                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok)
+                p = jnp.exp(scores - lse_i[..., None])
+                dv = dv + jnp.einsum(
+                    "bkgqs,bkgqd->bksd",
+                    p.astype(doi.dtype),
+                    doi,
+                    preferred_element_type=jnp.float32,
+                )
+                dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+                ds = jnp.where(visible, p * (dp - delta_i[..., None]), 0).astype(qi.dtype)
+                dk = dk + jnp.einsum(
+                    "bkgqs,bkgqd->bksd", ds, qi, preferred_element_type=jnp.float32
+                )
+                dqi = jnp.einsum("bkgqs,bksd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
+                return (dk, dv), dqi
+
+            def skip(carry):
+                return carry, jnp.zeros(qi.shape, jnp.float32)
+
+            return jax.lax.cond(_any_visible(qs, ks), grads, skip, carry)
+
+        zeros = jnp.zeros(kj.shape, jnp.float32)
+        (dk, dv), dq_parts = jax.lax.scan(step, (zeros, zeros), q_blocks)
+        return dq + dq_parts, (dk, dv)
+
+    dq0 = jnp.zeros((q.shape[3] // bq, *q.shape[:3], bq, q.shape[4]), jnp.float32)
+    dq, (dk, dv) = jax.lax.scan(per_key_block, dq0, k_blocks)
+    return (
+        _merge(dq, 3).astype(q.dtype),
+        _merge(dk, 2).astype(k.dtype),
+        _merge(dv, 2).astype(v.dtype),
+        None,
+        None,
+        None,
+    )
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ---------------------------------------------------------------------------------------
+# splash: TPU Pallas kernel, per device under shard_map.
+
+
+def splash(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: AttentionMask,
+    where: ActivationSharding | None = None,
+    interpret: bool = False,
+) -> Array:
+    """Splash attention over [prefix, tokens] keys (`mask.self_aligned`).
+
+    Padding becomes segment ids: real queries (1) see valid prefix and token keys (1);
+    padding queries (0) see padding keys (0), at least their own, so no row is empty;
+    masked prefix slots (2) are seen by nobody. `interpret=True` runs the kernel's Pallas
+    interpreter (any backend; for tests).
+    """
+    if not mask.self_aligned:
+        raise ValueError("splash attention needs keys laid out as [prefix, the query tokens]")
+    b, t, h, hd = q.shape
+    p, kvh = mask.prefix_length, k.shape[2]
+    bq = min(SPLASH_BLOCK, -(-t // 128) * 128)
+    t_pad = -(-t // bq) * bq
+    bkv = min(SPLASH_BLOCK, -(-(p + t_pad) // 128) * 128)
+    s_pad = -(-(p + t_pad) // bkv) * bkv
+    q_ids = _pad(mask.query_valid.astype(jnp.int32), 1, t_pad)
+    prefix_ids = jnp.where(mask.key_valid[:, :p], 1, 2)
+    token_ids = mask.key_valid[:, p:].astype(jnp.int32)
+    kv_ids = _pad(jnp.concatenate([prefix_ids, token_ids], axis=1), 1, s_pad)
+    q = _pad(q * jnp.asarray(1 / math.sqrt(hd), q.dtype), 1, t_pad)
+    k, v = _pad(k, 1, s_pad), _pad(v, 1, s_pad)
+    kernel = functools.partial(
+        _splash_per_device, p=p, t_pad=t_pad, s_pad=s_pad, bq=bq, bkv=bkv, interpret=interpret
+    )
+    if where is None:
+        out = kernel(q, k, v, q_ids, kv_ids)
+    else:
+        from prefix_jax.models.transformer import HEAD_AXES, KV_AXES
+
+        q_spec = where.spec(q.shape, HEAD_AXES).spec
+        kv_spec = where.spec(k.shape, KV_AXES).spec
+        if kv_spec[2] != q_spec[2]:  # heads split but KV heads not: give each head its KV
+            k, v = (jnp.repeat(x, h // kvh, axis=2) for x in (k, v))
+            kv_spec = where.spec(k.shape, KV_AXES).spec
+        id_spec = jax.sharding.PartitionSpec(q_spec[0], None)
+        out = jax.shard_map(
+            kernel,
+            mesh=where.mesh,
+            in_specs=(q_spec, kv_spec, kv_spec, id_spec, id_spec),
+            out_specs=q_spec,
+            check_vma=False,
+        )(q, k, v, q_ids, kv_ids)
+    return out[:, :t]
+
+
+def _splash_per_device(q, k, v, q_ids, kv_ids, *, p, t_pad, s_pad, bq, bkv, interpret):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernel_lib,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as mask_lib,
+    )
+
+    b, _, h, hd = q.shape
+    kvh = k.shape[2]
+    group = h // kvh
+    causal = mask_lib.CausalMask((t_pad, s_pad), offset=p)
+    sizes = kernel_lib.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+    run = kernel_lib.make_splash_mqa(
+        mask_lib.MultiHeadMask([causal] * group),
+        block_sizes=sizes,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
+
+    def one_row(qr, kr, vr, q_id, kv_id):  # qr [KV, G, T, hd], kr/vr [KV, S, hd]
+        ids = kernel_lib.SegmentIds(q=q_id, kv=kv_id)
+        return jax.vmap(lambda qg, kg, vg: run(qg, kg, vg, ids))(qr, kr, vr)
+
+    qr = q.reshape(b, t_pad, kvh, group, hd).transpose(0, 2, 3, 1, 4)
+    kr, vr = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    out = jax.vmap(one_row)(qr, kr, vr, q_ids, kv_ids)  # [B, KV, G, T, hd]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t_pad, h, hd)
