@@ -67,6 +67,22 @@ def test_accelerator_script_runs_quick_on_cpu():
     assert float(parity.split("=")[-1]) < 5e-2, parity  # bf16 vs float32 logits
 
 
+def test_attention_benchmark_runs_quick_on_cpu():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.bench.attention", "--quick", "--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| tiny |")]
+    assert {row[4].strip() for row in rows} == {"xla", "flash"}, out.stdout
+    for row in rows:  # every kernel ran, and its logits equal the dense kernel's
+        assert float(row[-2]) < 1e-4, row
+    assert sum(line.startswith("| flash |") for line in out.stdout.splitlines()) == 1
+
+
 def test_random_checkpoint_has_smollm2_shapes(smollm2):
     import transformers
 

@@ -35,6 +35,11 @@ ROWS = [
     ("llama-3-8b", "v5e-256", FSDP, 256, 2048, "full", "full", True, ()),
     ("llama-3-70b", "v5p-512", FSDP, 0, 0, "-", "prefix", False,
      ("--decode-batch", "256", "--cache-length", "2048")),
+    # long sequences and a long prefix: splash (what auto picks on TPU) vs the dense kernel
+    ("llama-3-8b", "v5e-256", FSDP, 256, 8192, "full", "prefix", False,
+     ("--prefix-length", "200", "--attention", "splash")),
+    ("llama-3-8b", "v5e-256", FSDP, 256, 8192, "full", "prefix", False,
+     ("--prefix-length", "200", "--attention", "xla")),
 ]  # fmt: skip
 
 
@@ -63,10 +68,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     picked = [int(i) for i in args.only.split(",")] if args.only else range(len(ROWS))
     print(
-        "| # | model | topology | mesh | step | batch x len | remat | method | "
+        "| # | model | topology | mesh | step | batch x len | remat | method | attention | "
         "before: total GiB | total GiB | temps GiB | floor GiB | total/floor | HBM GiB | fits |"
     )
-    print("|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for i in picked:
         row = ROWS[i]
         before = run(row, constrained=False, out=args.out) if row[7] else None
@@ -84,7 +89,8 @@ def main() -> None:
         print(
             f"| {i} | {after['model']} | {after['topology']} | {mesh} | {after['step']} | "
             f"{after['batch']} x {after['length']} | {after['remat']} | {after['method']} | "
-            f"{before_total} | {'>= ' if after['refused'] else ''}{after['total_bytes'] / g:.2f} | "
+            f"{after.get('attention', 'xla')} | {before_total} | "
+            f"{'>= ' if after['refused'] else ''}{after['total_bytes'] / g:.2f} | "
             f"{after['temporaries_bytes'] / g:.2f} | {after['floor_bytes'] / g:.2f} | "
             f"{after['total_bytes'] / after['floor_bytes']:.2f} | "
             f"{after['hbm_bytes'] / g:.2f} | {fits} |",

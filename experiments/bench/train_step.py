@@ -48,9 +48,12 @@ def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> floa
     return train_flops(c, method.split("-")[0], batch, length, virtual_tokens=P)
 
 
-def our_trainer(model, method: str, learning_rate: float = 1e-4, keep_model: bool = True):
+def our_trainer(
+    model, method: str, learning_rate: float = 1e-4, keep_model: bool = True, virtual_tokens=P
+):
     """A Trainer for `method` on the loaded base `model`; full fine-tuning trains a copy of
-    the weights unless `keep_model=False` (its step donates the weights it trains)."""
+    the weights unless `keep_model=False` (its step donates the weights it trains).
+    Prefix and prompt get `virtual_tokens`."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -59,11 +62,11 @@ def our_trainer(model, method: str, learning_rate: float = 1e-4, keep_model: boo
     from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
 
     if method.startswith("prefix"):
-        config = methods.PrefixConfig(length=P, reparam=method.split("-")[1])
+        config = methods.PrefixConfig(length=virtual_tokens, reparam=method.split("-")[1])
         prefix, _ = methods.create_prefix(model, config)
         lm, trainable = methods.PrefixLM(model, prefix), methods.PrefixParam
     elif method == "prompt":
-        prompt, _ = methods.create_prompt(model, methods.PromptConfig(length=P))
+        prompt, _ = methods.create_prompt(model, methods.PromptConfig(length=virtual_tokens))
         lm, trainable = methods.PromptLM(model, prompt), methods.PromptParam
     elif method == "lora":
         config = methods.LoraConfig(rank=LORA_RANK, alpha=2.0 * LORA_RANK, targets=("q", "v"))
@@ -124,7 +127,7 @@ def peft_model(method: str, device: str = "cpu", dtype: str = "float32", model: 
     return peft_wrap(load_hf(device, dtype, model), method)
 
 
-def peft_wrap(model, method: str):
+def peft_wrap(model, method: str, virtual_tokens: int = P):
     """PEFT's version of `method` around a transformers model (full: the bare model)."""
     import peft as peft_lib
 
@@ -133,12 +136,14 @@ def peft_wrap(model, method: str):
     if method.startswith("prefix"):
         config = peft_lib.PrefixTuningConfig(
             task_type="CAUSAL_LM",
-            num_virtual_tokens=P,
+            num_virtual_tokens=virtual_tokens,
             prefix_projection=method == "prefix-mlp",
             encoder_hidden_size=512,
         )
     elif method == "prompt":
-        config = peft_lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P)
+        config = peft_lib.PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens
+        )
     else:
         config = peft_lib.LoraConfig(
             task_type="CAUSAL_LM",
