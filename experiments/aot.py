@@ -111,6 +111,11 @@ def main(argv=None) -> None:
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
     attention = resolve_attention(args.attention, mesh.devices.flat[0].platform)
+    if args.no_constraints and attention == "splash" and args.batch:
+        raise SystemExit(
+            "splash attention runs per device under shard_map, which needs the activation "
+            "constraints: with --no-constraints use --attention xla or flash"
+        )
     print(
         f"{config.name}: {config.num_params() / 1e9:.2f}B params; {topo.name} "
         f"({topo.chips} chips, HBM {gib(hbm) + ' GiB' if hbm else 'n/a'}); mesh {mesh_shape}; "

@@ -162,6 +162,26 @@ def test_train_step_compiles_for_a_tpu_v5e_topology():
 
 
 @needs_libtpu
+def test_splash_attention_compiles_for_tpu_and_needs_less_than_dense():
+    """On a TPU topology `auto` is splash: its Pallas kernel is in the compiled step, and at
+    2 x 2048 tokens per chip with p=64 the step's temporaries are a fraction of dense's."""
+    from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+
+    mesh = sharding.make_mesh(
+        [("data", 1), ("fsdp", 4), ("tensor", 1)], aot.devices(aot.topology("v5e-4"))
+    )
+    settings = method_config("prefix", 64)
+    lm, trainable = aot.abstract_method_model(TINY, settings, mesh=mesh)
+    trainer = Trainer(lm, make_optimizer(OptimConfig(), trainable), trainable, mesh=mesh)
+    assert "tpu_custom_call" in trainer.lower_step(aot.abstract_batch(8, 2048, mesh)).as_text()
+    temps = {
+        kind: aot.compile_train_step(TINY, mesh, 8, 2048, settings, attention=kind).temporaries
+        for kind in ("auto", "xla")
+    }
+    assert temps["auto"] <= temps["xla"] / 3, temps
+
+
+@needs_libtpu
 def test_a_step_too_large_for_the_chip_is_reported_not_raised():
     mesh = sharding.make_mesh(
         [("data", 1), ("fsdp", 4), ("tensor", 1)], aot.devices(aot.topology("v5e-4"))

@@ -38,6 +38,9 @@ from prefix_jax.sharding import ActivationSharding
 Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "flash", "splash", "cudnn")
+# Logical axes of queries and keys/values (see `prefix_jax.sharding`).
+HEAD_AXES = ("batch", "length", "heads", "head_dim")
+KV_AXES = ("batch", "length", "kv_heads", "head_dim")
 # The fill of masked scores: finite, so that a row with no visible key stays finite.
 MASKED = float(jnp.finfo(jnp.float32).min)
 FLASH_BLOCK = 512
@@ -355,8 +358,6 @@ def splash(
     if where is None:
         out = kernel(q, k, v, q_ids, kv_ids)
     else:
-        from prefix_jax.models.transformer import HEAD_AXES, KV_AXES
-
         q_spec = where.spec(q.shape, HEAD_AXES).spec
         kv_spec = where.spec(k.shape, KV_AXES).spec
         if kv_spec[2] != q_spec[2]:  # heads split but KV heads not: give each head its KV

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from prefix_jax.models.attention import AttentionMask, attention, resolve
+from prefix_jax.models.attention import HEAD_AXES, KV_AXES, AttentionMask, attention, resolve
 from prefix_jax.models.config import ModelConfig, RopeScaling
 from prefix_jax.sharding import ActivationSharding, constrain
 
@@ -90,8 +90,6 @@ class LowRankDeltas(struct.PyTreeNode):
 
 # Logical axes of activations (see `prefix_jax.sharding`).
 HIDDEN_AXES = ("batch", "length", "embed")
-HEAD_AXES = ("batch", "length", "heads", "head_dim")
-KV_AXES = ("batch", "length", "kv_heads", "head_dim")
 MLP_AXES = ("batch", "length", "mlp")
 CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 
