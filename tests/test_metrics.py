@@ -4,10 +4,13 @@ which also ships the Stanford PTB tokenizer and METEOR 1.5 jars) when those are 
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import json
 import math
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,10 @@ from prefix_jax.metrics import (
     bleu,
     cider,
     coco_tokenize,
+    find_meteor_jar,
     lcs_length,
     meteor,
+    meteor_unavailable,
     mteval_tokenize,
     nist,
     rouge,
@@ -324,6 +329,58 @@ def test_meteor_input_errors():
         meteor(["a", "b"], [["a"]], None)
 
 
+def _fake_package(monkeypatch, locations: list[Path] | None):
+    """Make `find_meteor_jar` see a pycocoevalcap package at `locations` (None: not installed)."""
+    module = importlib.import_module("prefix_jax.metrics.meteor")  # the module, not the function
+
+    def find_spec(name):
+        assert name == "pycocoevalcap"
+        if locations is None:
+            return None
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(p) for p in locations]
+        return spec
+
+    monkeypatch.setattr(module, "find_spec", find_spec)
+
+
+def test_find_meteor_jar_in_installed_pycocoevalcap(tmp_path, monkeypatch):
+    bare, full = tmp_path / "bare" / "pycocoevalcap", tmp_path / "full" / "pycocoevalcap"
+    for root in (bare, full):
+        (root / "meteor").mkdir(parents=True)
+        (root / "meteor" / "meteor-1.5.jar").write_bytes(b"")
+    (full / "meteor" / "data").mkdir()
+    (full / "meteor" / "data" / "paraphrase-en.gz").write_bytes(b"")
+    _fake_package(monkeypatch, [bare, full])  # a jar without its paraphrase table is skipped
+    assert find_meteor_jar() == full / "meteor" / "meteor-1.5.jar"
+    _fake_package(monkeypatch, [bare])
+    assert find_meteor_jar() is None
+
+
+def test_meteor_absent_says_how_to_get_it(tmp_path, monkeypatch):
+    _fake_package(monkeypatch, None)
+    assert find_meteor_jar() is None
+    assert score_e2e(BLEU_HYPS, BLEU_REFS, find_jar=True)["METEOR"] is None
+    message = meteor_unavailable(None)
+    assert message.startswith("METEOR absent (no METEOR 1.5 jar") and "\n" not in message
+    assert "`pip install pycocoevalcap`" in message and "default-jre-headless" in message
+    jar = tmp_path / "meteor-1.5.jar"
+    jar.write_bytes(b"")
+    no_java = meteor_unavailable(jar, java="no-such-java-binary-xyz")
+    assert no_java.startswith("METEOR absent (no Java runtime ('no-such-java-binary-xyz' not on")
+    assert "jar" not in no_java.split(";")[0]
+    assert meteor_unavailable(jar, java=sys.executable) is None  # any executable stands in
+
+
+def test_score_e2e_finds_installed_meteor():
+    jar = find_meteor_jar()
+    if jar is None or shutil.which("java") is None:
+        pytest.skip(f"needs pycocoevalcap and Java: {meteor_unavailable(jar)}")
+    assert meteor_unavailable(jar) is None
+    score = score_e2e(BLEU_HYPS, BLEU_REFS, find_jar=True)["METEOR"]
+    assert isinstance(score, float) and 0.0 < score < 100.0
+
+
 # ------------------------------------------------------- cross-checks (optional packages) --
 
 
@@ -391,7 +448,7 @@ def test_rouge_matches_rouge_score():
 def _coco_or_skip():
     pytest.importorskip("pycocoevalcap")
     if shutil.which("java") is None:
-        pytest.skip("java not found")
+        pytest.skip("java not found: the COCO toolkit's tokenizer and METEOR need a Java runtime")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     hyps, refs = _e2e_like_corpus(40, n_refs=None, seed=3)

@@ -1,8 +1,10 @@
 """METEOR 1.5 through its official Java jar (there is no faithful pure-Python port).
 
 Denkowski & Lavie, 2014, "Meteor Universal: Language Specific Translation Evaluation for Any
-Target Language". The jar (with its ``data/`` paraphrase tables beside it) is not bundled;
-without it the score is reported as missing (None), never as a number.
+Target Language". The jar (with its ``data/`` paraphrase tables beside it) is not bundled:
+``find_meteor_jar`` finds the copy the ``pycocoevalcap`` wheel ships (``pip install
+pycocoevalcap``); Java comes from the system. Without jar or Java the score is reported as
+missing (None), never as a number, and ``meteor_unavailable`` says how to get them.
 """
 
 from __future__ import annotations
@@ -12,14 +14,57 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 
 from .bleu import check_inputs
 from .rouge import coco_tokenize
 
-__all__ = ["meteor"]
+__all__ = ["find_meteor_jar", "meteor", "meteor_unavailable"]
 
 _FINAL_SCORE = re.compile(r"Final score:\s*([0-9.eE+-]+)")
+
+# Where the pycocoevalcap wheel keeps the jar and the English paraphrase table it reads.
+_PACKAGE = "pycocoevalcap"
+_JAR = Path("meteor", "meteor-1.5.jar")
+_PARAPHRASES = Path("meteor", "data", "paraphrase-en.gz")
+
+HOW_TO_GET = (
+    "`pip install pycocoevalcap` (it ships the METEOR 1.5 jar) and a Java runtime "
+    "(e.g. `apt-get install default-jre-headless`), or set meteor_jar"
+)
+
+
+def find_meteor_jar() -> Path | None:
+    """The METEOR 1.5 jar of an installed ``pycocoevalcap`` package, or None.
+
+    Located with ``importlib.util.find_spec`` (the package is not imported) and accepted only
+    with its English paraphrase table beside it, without which ``-l en`` cannot run.
+    """
+    try:
+        spec = find_spec(_PACKAGE)
+    except (ImportError, ValueError):  # e.g. a broken half-installed package
+        return None
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    for location in spec.submodule_search_locations:
+        root = Path(location)
+        if (root / _JAR).is_file() and (root / _PARAPHRASES).is_file():
+            return root / _JAR
+    return None
+
+
+def meteor_unavailable(jar: str | Path | None, java: str = "java") -> str | None:
+    """None when ``meteor`` can run with ``jar`` and ``java``; else one line saying what is
+    missing and how to get it."""
+    missing = []
+    if jar is None:
+        missing.append("no METEOR 1.5 jar")
+    if shutil.which(java) is None:
+        missing.append(f"no Java runtime ({java!r} not on PATH)")
+    if not missing:
+        return None
+    return f"METEOR absent ({', '.join(missing)}); to score it: {HOW_TO_GET}."
 
 
 def _one_line(text: str) -> str:
