@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     tuned = evaluate(config, args.workdir)
     print(f"\nE2E, {tuned['num_sources']} held-out MRs, SmolLM2-135M-Instruct")
     print(format_table({"untuned": untuned["metrics"], "prefix-tuned": tuned["metrics"]}))
+    for note in tuned["notes"]:
+        print(note)
     samples = Path(args.workdir, "eval_validation", "predictions.jsonl").read_text().splitlines()
     for line in samples[:5]:
         record = json.loads(line)

@@ -1,19 +1,23 @@
-r"""Decode a split with a run's trained model (or the untuned base), score it, write results.
+r"""Decode a split or a data file with a run's trained model (or the untuned base), score it.
 
     python -m prefix_jax.evaluate --workdir runs/e2e_prefix --split validation
     python -m prefix_jax.evaluate --workdir runs/e2e_prefix --adapter none   # untuned baseline
+    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --data testset.csv [--task e2e]
 
 Reads the run's `config.json` for the model, method, data and decoding settings. Prefix,
 prompt and LoRA runs decode with the run's `export/` (or `--adapter DIR`, e.g. a PEFT
 prefix); full fine-tuning with the latest checkpoint. Writes `predictions.txt` (one output
 per distinct source, in order), `predictions.jsonl` (with sources and references) and
-`results.json` (metrics, decoding settings, timing) into `<workdir>/eval_<split>[_<tag>]/`.
+`results.json` (metrics, data, decoding settings, timing) into
+`<workdir>/eval_<split>[_<tag>]/`, or for `--data FILE` (read as the run's task unless
+`--task` names another) into `<workdir>/eval_<file stem>[_<tag>]/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from tqdm import tqdm
 
 from prefix_jax import experiment, metrics
 from prefix_jax.data import eval_batches, group_references
+from prefix_jax.data.tasks import TASKS, DataError, EvalGroup, load_task
 from prefix_jax.decode import beam_search
 from prefix_jax.trained import load_trained
 
@@ -44,32 +49,87 @@ def score(task: str, hypotheses: list[str], references: list[list[str]], meteor_
     return metrics.score_triples(hypotheses, references)
 
 
+def data_file_groups(path: str | Path, task: str, *, skip_bad: bool = False) -> list[EvalGroup]:
+    """One evaluation group per distinct source of the data file `path` read as `task`.
+
+    Every reference of a source counts (WebNLG keeps all lexicalisations, as its official
+    evaluation does, not only the `good` ones training uses). Raises `DataError` naming the
+    problem: an unknown task, a missing file, or a file the task's reader cannot parse.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{path}: no such data file")
+    options = {"good_only": False} if task == "webnlg" else {}
+    try:
+        result = load_task(task, file, skip_bad=skip_bad, **options)
+    except DataError as err:
+        raise DataError(f"{err} (read as {task!r} data)") from None
+    return group_references(result.examples)
+
+
+def output_dir(
+    workdir: str | Path, *, split: str = "validation", data: str | Path | None = None, tag=""
+) -> Path:
+    """`eval_<split>[_<tag>]`, or for a data file `eval_<file stem>[_<tag>]`; a stem that
+    could be read as a split's name gets `file_` before it (`eval_file_validation`), so a
+    data file never overwrites the run's own evaluation."""
+    name = split
+    if data is not None:
+        name = Path(data).stem
+        if any(name == s or name.startswith(s + "_") for s in SPLITS):
+            name = "file_" + name
+    return Path(workdir) / f"eval_{name}{'_' + tag if tag else ''}"
+
+
 def evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
     *,
     split: str = "validation",
+    data: str | Path | None = None,
+    task: str | None = None,
     adapter: str | None = "",
     tag: str = "",
+    max_groups: int | None = None,
 ) -> dict:
     """Decode and score `split` with the run's trained model; `adapter=None` decodes with
-    the base model alone, a path with that export instead of the run's."""
+    the base model alone, a path with that export instead of the run's.
+
+    With `data`, the data file is scored instead of a split, read as `task` (default: the
+    run's); its outputs go to `output_dir(workdir, data=data, tag=tag)`. Only the first
+    `max_groups` sources are decoded: by default `config.data.max_eval_groups` for a split
+    and the whole file for `data`. E2E's METEOR uses `config.meteor_jar`, else the jar of an
+    installed `pycocoevalcap`; when it is absent, `results["notes"]` says how to get it.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if task is not None and data is None:
+        raise ValueError("task chooses the reader of a data file: give data too")
     workdir = Path(workdir)
+    if data is None:  # the data first: a bad file fails before the model is loaded
+        task, data_name = config.data.task, config.data.path
+        train, validation = experiment.load_splits(config)
+        groups = group_references(validation if split == "validation" else train)
+        limit = config.data.max_eval_groups if max_groups is None else max_groups
+    else:
+        task, data_name = task or config.data.task, str(Path(data).expanduser().resolve())
+        groups = data_file_groups(data, task, skip_bad=config.data.skip_bad)
+        limit = max_groups or 0
+    if limit:
+        groups = groups[:limit]
+    meteor_jar, notes = _meteor_jar(config) if task == "e2e" else (None, [])
     model, tokenizer = experiment.load_model(config)
     trained = load_trained(config, workdir, model, tokenizer, adapter)
-    train, validation = experiment.load_splits(config)
-    groups = group_references(validation if split == "validation" else train)
-    if config.data.max_eval_groups:
-        groups = groups[: config.data.max_eval_groups]
 
     d = config.decode
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     banned = newline_token_ids(tokenizer) if d.ban_newline else ()
     hypotheses, references, sources = [], [], []
     generated, start = 0, time.perf_counter()
-    bar = tqdm(total=len(groups), desc=f"decode {split}", unit="src", dynamic_ncols=True)
+    label = split if data is None else Path(data).name
+    bar = tqdm(total=len(groups), desc=f"decode {label}", unit="src", dynamic_ncols=True)
     batches = eval_batches(groups, tokenizer, d.batch_size, config=experiment.encode_config(config))
     for batch in batches:
         sequences, _ = beam_search(
@@ -99,26 +159,39 @@ def evaluate(
     bar.close()
     decode_s = time.perf_counter() - start
 
-    scores = score(config.data.task, hypotheses, references, config.get("meteor_jar"))
-    out = workdir / f"eval_{split}{'_' + tag if tag else ''}"
+    scores = score(task, hypotheses, references, meteor_jar)
+    out = output_dir(workdir, split=split, data=data, tag=tag)
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.txt").write_text("".join(h + "\n" for h in hypotheses))
     with open(out / "predictions.jsonl", "w") as f:
         for src, hyp, refs in zip(sources, hypotheses, references, strict=True):
             f.write(json.dumps({"source": src, "prediction": hyp, "references": refs}) + "\n")
     results = {
-        "split": split,
+        "split": split if data is None else None,
+        "data": data_name,
+        "task": task,
         "method": config.get("method", "prefix") if adapter is not None else "none",
         "weights": trained.source,
-        "task": config.data.task,
         "num_sources": len(hypotheses),
         "metrics": scores,
+        "notes": notes,
         "decode": config.decode.to_dict(),
         "decode_s": decode_s,
         "generated_tokens_per_s": generated / max(decode_s, 1e-9),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _meteor_jar(config: ml_collections.ConfigDict) -> tuple[Path | None, list[str]]:
+    """(the configured METEOR jar, else pycocoevalcap's; [the line saying how to get what is
+    missing]); a configured jar that does not exist fails now, not after decoding."""
+    configured = config.get("meteor_jar")
+    if configured and not Path(configured).expanduser().is_file():
+        raise FileNotFoundError(f"meteor_jar {configured} not found")
+    jar = Path(configured).expanduser() if configured else metrics.find_meteor_jar()
+    missing = metrics.meteor_unavailable(jar)
+    return jar, [missing] if missing else []
 
 
 def _until_eos(ids: np.ndarray, eos_id: int | None) -> list[int]:
@@ -147,7 +220,20 @@ def _fmt(value) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--split", default="validation", choices=SPLITS)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--split", choices=SPLITS, help="split of the run's data (default: validation)"
+    )
+    source.add_argument(
+        "--data",
+        help="score this data file instead (e.g. a task's official test set); outputs go to "
+        "eval_<file stem>[_<tag>]",
+    )
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        help="how to read --data (default: the run's task); also picks the metrics",
+    )
     parser.add_argument(
         "--adapter",
         "--prefix",
@@ -160,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--max-groups", type=int, help="score only the first N sources")
     args = parser.parse_args(argv)
+    if args.task and not args.data:
+        parser.error("--task needs --data")
 
     config_file = Path(args.workdir) / "config.json"
     if not config_file.exists():
@@ -169,12 +257,24 @@ def main(argv: list[str] | None = None) -> None:
         config.decode.beam_size = args.beam_size
     if args.max_new_tokens:
         config.decode.max_new_tokens = args.max_new_tokens
-    if args.max_groups is not None:
-        config.data.max_eval_groups = args.max_groups
     adapter = None if args.adapter == "none" else args.adapter
     tag = args.tag or ("noprefix" if adapter is None else "")
-    results = evaluate(config, args.workdir, split=args.split, adapter=adapter, tag=tag)
+    try:
+        results = evaluate(
+            config,
+            args.workdir,
+            split=args.split or "validation",
+            data=args.data,
+            task=args.task,
+            adapter=adapter,
+            tag=tag,
+            max_groups=args.max_groups,
+        )
+    except DataError as err:
+        raise SystemExit(f"evaluate: {err}") from None
     print(format_table({results["method"]: results["metrics"]}))
+    for note in results["notes"]:
+        print(note, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -499,3 +500,149 @@ def test_loss_at_score_positions_equals_loss_over_all_logits():
     np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
     np.testing.assert_allclose(grad, full_grad, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(grad[3]).max()) == 0.0  # the padding row gets no gradient
+
+
+# --------------------------------------------------------------------------- evaluate --data
+
+
+def _no_pycocoevalcap(monkeypatch):
+    """Hide any installed pycocoevalcap from the METEOR jar finder."""
+    import importlib
+
+    meteor_module = importlib.import_module("prefix_jax.metrics.meteor")
+    monkeypatch.setattr(meteor_module, "find_spec", lambda name: None)
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def run_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The run's config as `evaluate`'s CLI reads it, with a short greedy decode."""
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config.decode.update(beam_size=1, max_new_tokens=4)
+    return config
+
+
+def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys):
+    """`evaluate --data FILE [--task T]` scores FILE's sources into eval_<stem>/, records the
+    file and task, and leaves the run's own eval_validation/ as it was."""
+    from prefix_jax.evaluate import evaluate, main
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    quick = ["--workdir", str(workdir), "--beam-size", "1", "--max-new-tokens", "4"]
+    main(quick)
+    own = _snapshot(workdir / "eval_validation")
+    assert json.loads(own["results.json"])["split"] == "validation"
+
+    # An official-test-set-like E2E csv, read with --task e2e (the run's task is jsonl).
+    testset = tmp_path / "testset.csv"
+    testset.write_text(
+        "mr,ref\n"
+        '"name[Aromi], food[Thai]",Aromi serves Thai food.\n'
+        '"name[Zizzi], food[French]",Zizzi serves French food.\n'
+        '"name[Aromi], food[Thai]",Thai food is served at Aromi.\n'
+        '"name[Loch], food[French]",Loch serves French food.\n'
+    )
+    _no_pycocoevalcap(monkeypatch)
+    capsys.readouterr()
+    main([*quick, "--data", str(testset), "--task", "e2e"])
+    captured = capsys.readouterr()
+    out = workdir / "eval_testset"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.jsonl",
+        "predictions.txt",
+        "results.json",
+    ]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in records] == [
+        "name : Aromi | food : Thai",
+        "name : Zizzi | food : French",
+        "name : Loch | food : French",
+    ]
+    assert records[0]["references"] == ["Aromi serves Thai food.", "Thai food is served at Aromi."]
+    predictions = (out / "predictions.txt").read_text().splitlines()
+    assert predictions == [r["prediction"] for r in records]
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"] == str(testset.resolve()) and results["task"] == "e2e"
+    assert results["split"] is None and results["num_sources"] == 3
+    assert set(results["metrics"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
+    assert results["metrics"]["METEOR"] is None  # absent, never a number
+    (note,) = results["notes"]
+    assert note.startswith("METEOR absent (no METEOR 1.5 jar")
+    assert "`pip install pycocoevalcap`" in note and "default-jre-headless" in note
+    assert [line for line in captured.err.splitlines() if "METEOR" in line] == [note]
+    assert "| prefix | " in captured.out and " absent |" in captured.out  # the table
+
+    # The run's own task by default; a stem that looks like a split never lands in eval_<split>.
+    lookalike = tmp_path / "validation.jsonl"
+    lookalike.write_text(
+        json.dumps({"source": "name : Mill | food : Thai", "target": "Mill serves Thai food."})
+        + "\n"
+    )
+    results = evaluate(run_config(workdir), workdir, data=lookalike, adapter=None, tag="noprefix")
+    assert results["task"] == "jsonl" and results["method"] == "none" and not results["notes"]
+    assert results["metrics"].keys() == {"BLEU"}
+    records = (workdir / "eval_file_validation_noprefix" / "predictions.jsonl").read_text()
+    assert [json.loads(line)["source"] for line in records.splitlines()] == [
+        "name : Mill | food : Thai"
+    ]
+    assert _snapshot(workdir / "eval_validation") == own
+    assert sorted(p.name for p in workdir.glob("eval_*")) == [
+        "eval_file_validation_noprefix",
+        "eval_testset",
+        "eval_validation",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "{tmp}/missing.csv"], r"evaluate: .*missing\.csv: no such data file"),
+        (
+            ["--data", "{tmp}/run.jsonl", "--task", "e2e"],
+            r"run\.jsonl:1: missing column 'mr' or 'meaning_representation' \(read as 'e2e'",
+        ),
+        (
+            ["--data", "{tmp}/run.jsonl", "--task", "webnlg"],
+            r"run\.jsonl:2: malformed JSON: Extra data \(read as 'webnlg' data\)",
+        ),
+        (["--data", "{tmp}/bad.jsonl"], r"bad\.jsonl:2: malformed JSON line"),
+    ],
+    ids=["missing_file", "e2e_reader_on_jsonl", "webnlg_reader_on_jsonl", "bad_line"],
+)
+def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args, message):
+    """Bad --data input stops with one message before any model is loaded."""
+    from prefix_jax import evaluate
+
+    (tmp_path / "config.json").write_text(make_config(tiny).to_json_best_effort())
+    shutil.copy(tiny["data"], tmp_path / "run.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"source": "a", "target": "b"}\n{"source": \n')
+
+    def no_model(config):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(evaluate.experiment, "load_model", no_model)
+    argv = ["--workdir", str(tmp_path)] + [a.format(tmp=tmp_path) for a in args]
+    with pytest.raises(SystemExit, match=message):
+        evaluate.main(argv)
+
+
+def test_evaluate_cli_rejects_bad_flags(tiny, tmp_path, capsys):
+    from prefix_jax.evaluate import DataError, data_file_groups, main, output_dir
+
+    base = ["--workdir", str(tmp_path)]
+    for args, message in [
+        (["--data", "x.csv", "--task", "csv"], "argument --task: invalid choice: 'csv'"),
+        (["--task", "e2e"], "--task needs --data"),
+        (["--data", "x.csv", "--split", "train"], "argument --split: not allowed with"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(base + args)
+        assert message in capsys.readouterr().err
+    with pytest.raises(DataError, match="unknown task 'csv'; known tasks: dart, e2e, jsonl"):
+        data_file_groups(tiny["data"], "csv")
+    assert output_dir(tmp_path, split="train", tag="x") == tmp_path / "eval_train_x"
+    assert output_dir(tmp_path, data="a/test.json") == tmp_path / "eval_test"
+    assert output_dir(tmp_path, data="train_x.csv") == tmp_path / "eval_file_train_x"
