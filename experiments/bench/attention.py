@@ -2,6 +2,7 @@
 
     python -m experiments.bench.attention                 # CPU table (the project machine)
     python -m experiments.bench.attention --gpu           # the accelerator run, one GPU
+    python -m experiments.bench.attention --gpu --shapes smollm2-135m   # its shorter half
     python -m experiments.bench.attention --quick         # tiny shapes, to check the script
 
 Every row is prefix-tuning (MLP, AdamW on the prefix) on random weights of a public
@@ -163,6 +164,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script)")
     parser.add_argument("--no-time", action="store_true", help="memory and logits only")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--shapes", default="", help="comma-separated shapes to keep (default: every row's)"
+    )
     parser.add_argument("--json", type=Path, help="append each row as a JSON line")
     args = parser.parse_args()
     import jax
@@ -171,6 +175,8 @@ def main() -> None:
     on_gpu = jax.default_backend() == "gpu"
     dtype = jnp.bfloat16 if args.gpu else jnp.float32
     rows = QUICK_ROWS if args.quick else GPU_ROWS if args.gpu else CPU_ROWS
+    if args.shapes:
+        rows = [row for row in rows if row[0] in args.shapes.split(",")]
     kernels = ["xla", "flash"] + (["cudnn"] if on_gpu else [])
     print(f"{jax.devices()[0].device_kind}, {jnp.dtype(dtype).name}; auto = flash here")
     print("| shape | p | batch x seq | kernel | temps GiB | step s | tokens/s | peak GiB | "
