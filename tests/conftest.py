@@ -40,6 +40,23 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
             for name, p in model.named_parameters():
                 if name.endswith("bias"):
                     p.copy_(0.1 * torch.randn_like(p))
+    elif kind == "qwen3":  # q/k RMSNorm, head_dim not hidden / heads
+        config = transformers.Qwen3Config(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+        )
+        model = transformers.Qwen3ForCausalLM(config)
+        with torch.no_grad():  # random norms (q/k included): a missing one cannot pass
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
     elif kind == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=None
@@ -79,9 +96,10 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied, llama3_rope, qwen2."""
+    """Tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied, llama3_rope, qwen2,
+    qwen3."""
     root = tmp_path_factory.mktemp("tiny")
-    kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2")
+    kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3")
     return {kind: _save_tiny(root, kind) for kind in kinds}
 
 

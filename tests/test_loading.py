@@ -169,3 +169,65 @@ def test_truncated_safetensors_file_is_named(tmp_path):
     bad.write_bytes(b"\x05")
     with pytest.raises(CheckpointError, match="is not a safetensors file"):
         map_safetensors(bad)
+
+
+def _write_qwen3_gguf(hf_dir, path) -> None:
+    """The tiny Qwen3 as a float32 GGUF, tensor and metadata names from the gguf package's
+    own tables (what llama.cpp writes), weights in their PyTorch layout."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    tensors = load_file(hf_dir / "model.safetensors")
+    arch = gguf.MODEL_ARCH.QWEN3
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_key_length(config["head_dim"])
+    writer.add_value_length(config["head_dim"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    names = gguf.TENSOR_NAMES
+    hf_names = {
+        gguf.MODEL_TENSOR.ATTN_NORM: "input_layernorm",
+        gguf.MODEL_TENSOR.ATTN_Q: "self_attn.q_proj",
+        gguf.MODEL_TENSOR.ATTN_Q_NORM: "self_attn.q_norm",
+        gguf.MODEL_TENSOR.ATTN_K: "self_attn.k_proj",
+        gguf.MODEL_TENSOR.ATTN_K_NORM: "self_attn.k_norm",
+        gguf.MODEL_TENSOR.ATTN_V: "self_attn.v_proj",
+        gguf.MODEL_TENSOR.ATTN_OUT: "self_attn.o_proj",
+        gguf.MODEL_TENSOR.FFN_NORM: "post_attention_layernorm",
+        gguf.MODEL_TENSOR.FFN_GATE: "mlp.gate_proj",
+        gguf.MODEL_TENSOR.FFN_UP: "mlp.up_proj",
+        gguf.MODEL_TENSOR.FFN_DOWN: "mlp.down_proj",
+    }
+    writer.add_tensor(
+        names[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight", tensors["model.embed_tokens.weight"]
+    )
+    writer.add_tensor(
+        names[gguf.MODEL_TENSOR.OUTPUT_NORM] + ".weight", tensors["model.norm.weight"]
+    )
+    for i in range(config["num_hidden_layers"]):
+        for tensor, hf in hf_names.items():
+            weight = tensors[f"model.layers.{i}.{hf}.weight"]
+            writer.add_tensor(names[tensor].format(bid=i) + ".weight", weight)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_qwen3_gguf_loads_like_its_hf_checkpoint(tiny_checkpoints, tmp_path):
+    hf_dir = tiny_checkpoints["qwen3"]
+    path = tmp_path / "tiny-qwen3.gguf"
+    _write_qwen3_gguf(hf_dir, path)
+    from_gguf, _ = load(str(path), with_tokenizer=False)
+    from_hf, _ = load(str(hf_dir), with_tokenizer=False)
+    assert from_gguf.config.qk_norm and from_gguf.config.tie_embeddings
+    assert from_gguf.config.head_dim == from_hf.config.head_dim == 16
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 97, (2, 7)))
+    np.testing.assert_allclose(from_gguf(tokens)[0], from_hf(tokens)[0], atol=1e-5)

@@ -13,7 +13,7 @@ from prefix_jax.decode import greedy, left_pad
 from prefix_jax.models import load
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3"])
 @pytest.mark.parametrize("side", ["left", "right", "none"])
 def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
     path = tiny_checkpoints[kind]
@@ -23,6 +23,8 @@ def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
         assert model.config.rope_scaling.rope_type == "llama3"
     if kind == "qwen2":
         assert model.config.qkv_bias and not model.config.tie_embeddings
+    if kind == "qwen3":
+        assert model.config.qk_norm and model.config.head_dim * 4 != model.config.hidden_size
     rng = np.random.default_rng(1)
     lengths = [9, 9, 9] if side == "none" else [9, 4, 7]
     tokens, mask = padded_batch(

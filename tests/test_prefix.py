@@ -199,7 +199,7 @@ def _compare_with_peft(model, hf_model, side: str, atol: float, rng, table=None)
     assert np.abs(np.asarray(ours)[real] - theirs[real]).max() <= atol
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_logits_match_peft_prefix_tuning(tiny_checkpoints, kind, side):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints[kind])

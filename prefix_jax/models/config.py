@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -51,6 +51,7 @@ class ModelConfig:
     qkv_bias: bool = False
     out_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (Qwen3)
     tie_embeddings: bool = True
     name: str = ""  # model identity recorded in exported prefixes
 
@@ -96,6 +97,7 @@ class ModelConfig:
         attn = d * (self.num_heads * self.head_dim) * 2 + d * self.kv_dim * 2
         attn += (self.num_heads * self.head_dim + 2 * self.kv_dim) if self.qkv_bias else 0
         attn += d if self.out_bias else 0
+        attn += 2 * self.head_dim if self.qk_norm else 0
         mlp = d * f * (3 if self.gated_mlp else 2)
         mlp += (f + d) if self.mlp_bias else 0
         norm_size = d * (2 if self.norm == "layer" else 1)
@@ -154,6 +156,10 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
             tie_embeddings=hf.get("tie_word_embeddings", True),
             name=name,
         )
+    if model_type == "qwen3" and hf.get("use_sliding_window"):
+        raise UnsupportedArchitectureError(
+            "qwen3 with use_sliding_window is not supported; only full attention"
+        )
     if model_type == "mistral" and hf.get("sliding_window") not in (None, 0):
         if hf["sliding_window"] < hf.get("max_position_embeddings", math.inf):
             raise UnsupportedArchitectureError(
@@ -184,6 +190,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
         out_bias=bool(hf.get("attention_bias", False)),
         mlp_bias=bool(hf.get("mlp_bias", False)),
+        qk_norm=model_type == "qwen3",
         tie_embeddings=hf.get("tie_word_embeddings", False),
         name=name,
     )

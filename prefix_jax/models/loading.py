@@ -376,6 +376,9 @@ def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.nd
                 s.put(
                     f"{ours}_bias", i, _get(raw, p + f"self_attn.{theirs}.bias").reshape(heads, -1)
                 )
+        if c.qk_norm:
+            s.put("q_norm_scale", i, _get(raw, p + "self_attn.q_norm.weight"))
+            s.put("k_norm_scale", i, _get(raw, p + "self_attn.k_norm.weight"))
         o = _get(raw, p + "self_attn.o_proj.weight")  # [d, heads * hd] -> [heads, hd, d]
         s.put("o", i, o.reshape(d, c.num_heads, -1).transpose(1, 2, 0))
         if c.out_bias:
@@ -423,7 +426,7 @@ def _map_gpt2(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarra
 
 # --- GGUF files ---------------------------------------------------------------------------
 
-GGUF_ARCHITECTURES = ("llama", "qwen2")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
 def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -445,7 +448,7 @@ def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     if not config.tie_embeddings:
         s.top["lm_head"] = _get(raw, "output.weight").T
     d = config.hidden_size
-    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2 is stored as is.
+    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2/3 are stored as is.
     unpermute = arch == "llama"
     for i in range(config.num_layers):
         p = f"blk.{i}."
@@ -463,6 +466,9 @@ def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
             s.put(ours, i, _heads_in(w, heads, name, d))
             if config.qkv_bias:
                 s.put(f"{ours}_bias", i, _get(raw, p + f"attn_{ours}.bias").reshape(heads, -1))
+        if config.qk_norm:
+            s.put("q_norm_scale", i, _get(raw, p + "attn_q_norm.weight"))
+            s.put("k_norm_scale", i, _get(raw, p + "attn_k_norm.weight"))
         s.put("o", i, _get(raw, p + "attn_output.weight").T.reshape(config.num_heads, -1, d))
         s.put("gate", i, _get(raw, p + "ffn_gate.weight").T)
         s.put("up", i, _get(raw, p + "ffn_up.weight").T)
@@ -505,6 +511,7 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         rope_scaling=rope_scaling,
         qkv_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3",
         tie_embeddings="output.weight" not in raw,
         name=name,
     )

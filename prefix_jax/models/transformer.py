@@ -471,6 +471,9 @@ def _qkv(h: Array, params: dict, project: Callable, c: ModelConfig) -> tuple[Arr
     q, k, v = project("q", h), project("k", h), project("v", h)
     if c.qkv_bias:
         q, k, v = q + params["q_bias"], k + params["k_bias"], v + params["v_bias"]
+    if c.qk_norm:  # per head, over head_dim
+        q = _norm(q, params, "q_norm", c)
+        k = _norm(k, params, "k_norm", c)
     return q, k, v
 
 
@@ -517,6 +520,9 @@ class DecoderLayers(nnx.Module):
             self.v_bias = _const((L, KV, hd), ("layers", "kv_heads", "head_dim"), pd, 0.0)
         if c.out_bias:
             self.o_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
+        if c.qk_norm:
+            self.q_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, 1.0)
+            self.k_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, 1.0)
         if c.gated_mlp:
             self.gate = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
         self.up = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
