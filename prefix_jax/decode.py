@@ -309,6 +309,7 @@ def _cache_holding_prefix(model, prefix: PrefixKV | None, batch: int, max_len: i
         valid=cache.valid.at[:, :p].set(jnp.broadcast_to(valid, (batch, p))),
         index=jnp.asarray(p, cache.index.dtype),
         next_position=cache.next_position + start,
+        prefix_length=p,
     )
 
 

@@ -57,6 +57,19 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
             for name, p in model.named_parameters():
                 if "norm" in name:
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    elif kind == "mistral_window":  # sliding window of 4 tokens, shorter than the tests' rows
+        config = transformers.MistralConfig(
+            vocab_size=101,
+            hidden_size=48,
+            intermediate_size=80,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            sliding_window=4,
+            tie_word_embeddings=False,
+        )
+        model = transformers.MistralForCausalLM(config)
     elif kind == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=None
@@ -97,9 +110,9 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied, llama3_rope, qwen2,
-    qwen3."""
+    qwen3, mistral_window."""
     root = tmp_path_factory.mktemp("tiny")
-    kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3")
+    kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3", "mistral_window")
     return {kind: _save_tiny(root, kind) for kind in kinds}
 
 

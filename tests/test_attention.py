@@ -174,6 +174,25 @@ def test_splash_interpreted_equals_dense(p, padding, mixed):
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"d{name}")
 
 
+def test_sliding_window_keeps_the_prefix_visible(small_flash_blocks):
+    """Mistral's window (key > query - w) over token keys; the prefix is seen by all."""
+    p, t, w = 7, 37, 5
+    (q, k, v), mask = self_attention_case(np.random.default_rng(5), p, "left", mixed=True)
+    mask = mask.replace(window=w)
+    query, key = np.arange(t)[:, None], np.arange(t)[None, :]
+    recent = (key <= query) & (key > query - w)
+    expected = np.concatenate([np.ones((t, p), bool), recent], 1)[None]
+    expected = expected & np.asarray(mask.key_valid)[:, None, :]
+    np.testing.assert_array_equal(mask.dense(), expected)
+    for kind in ("flash", "splash"):  # splash has no window: it runs flash
+        out = attention(q, k, v, mask, kind)
+        np.testing.assert_allclose(out, float64_reference(q, k, v, mask), atol=1e-5)
+    want = jax.grad(weighted_sum("xla", mask), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(weighted_sum("flash", mask), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_splash_refuses_cached_layouts():
     (q, k, v), mask = cached_case(np.random.default_rng(0), p=7)
     with pytest.raises(ValueError, match="prefix, the query tokens"):

@@ -12,8 +12,10 @@ from conftest import hf_logits, padded_batch
 from prefix_jax.decode import greedy, left_pad
 from prefix_jax.models import load
 
+KINDS = ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3", "mistral_window"]
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3"])
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("side", ["left", "right", "none"])
 def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
     path = tiny_checkpoints[kind]
@@ -23,6 +25,8 @@ def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
         assert model.config.rope_scaling.rope_type == "llama3"
     if kind == "qwen2":
         assert model.config.qkv_bias and not model.config.tie_embeddings
+    if kind == "mistral_window":
+        assert model.config.sliding_window == 4  # rows of 9 tokens cross it
     if kind == "qwen3":
         assert model.config.qk_norm and model.config.head_dim * 4 != model.config.hidden_size
     rng = np.random.default_rng(1)
@@ -36,7 +40,7 @@ def test_tiny_logits_match_transformers(tiny_checkpoints, kind, side):
     np.testing.assert_array_less(np.abs(np.asarray(ours)[real] - theirs[real]).max(), 1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral_window"])
 def test_cached_decoding_matches_full_forward(tiny_checkpoints, kind):
     """Logits of one-token cached steps equal the no-cache forward over the whole sequence."""
     model, _ = load(str(tiny_checkpoints[kind]), with_tokenizer=False)

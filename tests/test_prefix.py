@@ -291,8 +291,10 @@ def test_peft_export_warns_about_position_convention(tiny_checkpoints, tmp_path)
 # --- decoding with a prefix -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral_window"])
 def test_greedy_with_prefix_equals_stepwise_full_forward(tiny_checkpoints, kind):
+    """Cached greedy decoding (the prefix in the cache) against full forwards; with a
+    sliding window of 4 the 10-token rows also check that the prefix stays visible."""
     model = tiny(tiny_checkpoints, kind)
     prefix = _trained_like_prefix(model, positions="from_zero")()
     prompts = [[5, 9, 3, 7], [11, 2]]

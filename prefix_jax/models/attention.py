@@ -14,8 +14,8 @@ Kernels (`implementation`):
   key blocks, never holds more than one [B, H, block, block] tile, and a custom VJP that
   recomputes the tiles from the saved log-sum-exp. Runs on every platform.
 - `splash`: TPU Pallas splash attention with `CausalMask(offset=p)`; padding and per-row
-  prefix masks become segment ids. Needs keys laid out as [prefix, the queries' own tokens];
-  cached steps (keys from a cache) use `flash`.
+  prefix masks become segment ids. Needs keys laid out as [prefix, the queries' own tokens]
+  and full attention; cached steps (keys from a cache) and sliding windows use `flash`.
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` with the explicit mask
   (cuDNN turns it into a [B, 1, T, S] bias: no per-head scores, but not O(T) either).
 - `auto`: `splash` on TPU, `flash` elsewhere (see `resolve`).
@@ -61,11 +61,24 @@ class AttentionMask(struct.PyTreeNode):
     query_valid: Array  # [B, T] bool
     prefix_length: int = struct.field(pytree_node=False, default=0)
     self_aligned: bool = struct.field(pytree_node=False, default=False)
+    window: int = struct.field(pytree_node=False, default=0)  # sliding window; 0 = none
 
     def dense(self) -> Array:
         """The [B, T, S] boolean mask."""
-        causal = self.key_slots[None, :] <= self.query_slots[:, None]
-        return causal[None] & self.key_valid[:, None, :]
+        seen = slots_visible(self.query_slots, self.key_slots, self.window)
+        return seen[None] & self.key_valid[:, None, :]
+
+
+def slots_visible(query_slots: Array, key_slots: Array, window: int = 0) -> Array:
+    """[T, S]: causal, and with a sliding `window` only the last `window` token slots up to
+    the query's own (as Mistral: key > query - window). Prefix keys (slot < 0) stay visible
+    to every query: the prefix has no position, so no window slides past it.
+    """
+    seen = key_slots[None, :] <= query_slots[:, None]
+    if window:
+        recent = key_slots[None, :] > query_slots[:, None] - window
+        seen &= recent | (key_slots[None, :] < 0)
+    return seen
 
 
 def resolve(implementation: str, platform: str | None = None) -> str:
@@ -102,7 +115,7 @@ def attention(
     if k.shape[0] != b or k.shape[2] == 0 or h % k.shape[2] or k.shape != v.shape:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     kind = resolve(implementation)
-    if kind == "splash" and not mask.self_aligned:
+    if kind == "splash" and (not mask.self_aligned or mask.window):
         kind = "flash"
     if kind == "xla":
         out = _dense(q, k, v, mask.dense())
@@ -176,7 +189,7 @@ def flash(q: Array, k: Array, v: Array, mask: AttentionMask, block: int | None =
     query_slots = _pad(mask.query_slots.astype(jnp.int32), 0, bq * nq, -2)
     key_slots = _pad(mask.key_slots.astype(jnp.int32), 0, bk * nk, jnp.iinfo(jnp.int32).max)
     key_valid = _pad(mask.key_valid.astype(bool), 1, bk * nk, False)
-    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, bq, bk)
+    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, bq, bk, mask.window)
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -192,23 +205,27 @@ def _merge(x: Array, axis: int) -> Array:
     return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2 :])
 
 
-def _tile_scores(qi, kj, qs, ks, kv_ok):
+def _tile_scores(qi, kj, qs, ks, kv_ok, window):
     """Masked float32 scores of one tile and whether each entry is visible.
 
     qi [B, KV, G, bq, hd], kj [B, KV, bk, hd], qs [bq], ks [bk], kv_ok [B, bk].
     """
     scores = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
-    visible = (ks[None, :] <= qs[:, None])[None] & kv_ok[:, None, :]  # [B, bq, bk]
+    visible = slots_visible(qs, ks, window)[None] & kv_ok[:, None, :]  # [B, bq, bk]
     visible = visible[:, None, None]
     return jnp.where(visible, scores, MASKED), visible
 
 
-def _any_visible(qs, ks) -> Array:
-    """Whether any key of a tile is causally visible to any query (slots are sorted)."""
-    return jnp.min(ks) <= jnp.max(qs)
+def _any_visible(qs, ks, window) -> Array:
+    """Whether a tile may hold a visible entry (slots are sorted): some key is not after
+    every query and, with a window, some key is a prefix key or recent enough."""
+    visible = jnp.min(ks) <= jnp.max(qs)
+    if window:
+        visible &= (jnp.min(ks) < 0) | (jnp.max(ks) > jnp.min(qs) - window)
+    return visible
 
 
-def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk):
+def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
     """Output [B, KV, G, T, hd] and log-sum-exp [B, KV, G, T] (float32)."""
     q_blocks = (_split(q, 3, bq), _split(query_slots, 0, bq))
     k_blocks = (_split(k, 2, bk), _split(v, 2, bk), _split(key_slots, 0, bk))
@@ -222,7 +239,7 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk):
 
             def update(carry):
                 m, total, acc = carry
-                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok)
+                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok, window)
                 m_new = jnp.maximum(m, scores.max(-1))
                 p = jnp.exp(scores - m_new[..., None])
                 rescale = jnp.exp(m - m_new)
@@ -235,7 +252,8 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk):
                 )
                 return m_new, total, acc * rescale[..., None] + pv
 
-            return jax.lax.cond(_any_visible(qs, ks), update, lambda c: c, carry), None
+            visible = _any_visible(qs, ks, window)
+            return jax.lax.cond(visible, update, lambda c: c, carry), None
 
         stats = qi.shape[:-1]
         init = (
@@ -251,17 +269,17 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk):
     return _merge(out, 3), _merge(lse, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _flash(q, k, v, query_slots, key_slots, key_valid, bq, bk):
-    return _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _flash(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
+    return _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window)[0]
 
 
-def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, bq, bk):
-    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk)
+def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
+    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window)
     return out, (q, k, v, query_slots, key_slots, key_valid, out, lse)
 
 
-def _flash_bwd(bq, bk, residuals, d_out):
+def _flash_bwd(bq, bk, window, residuals, d_out):
     """FlashAttention-2's backward: per key block, loop over query blocks recomputing the
     probabilities from the saved log-sum-exp; dq accumulates across key blocks."""
     q, k, v, query_slots, key_slots, key_valid, out, lse = residuals
@@ -279,7 +297,7 @@ def _flash_bwd(bq, bk, residuals, d_out):
 
             def grads(carry):
                 dk, dv = carry
-                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok)
+                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok, window)
                 p = jnp.exp(scores - lse_i[..., None])
                 dv = dv + jnp.einsum(
                     "bkgqs,bkgqd->bksd",
@@ -298,7 +316,7 @@ def _flash_bwd(bq, bk, residuals, d_out):
             def skip(carry):
                 return carry, jnp.zeros(qi.shape, jnp.float32)
 
-            return jax.lax.cond(_any_visible(qs, ks), grads, skip, carry)
+            return jax.lax.cond(_any_visible(qs, ks, window), grads, skip, carry)
 
         zeros = jnp.zeros(kj.shape, jnp.float32)
         (dk, dv), dq_parts = jax.lax.scan(step, (zeros, zeros), q_blocks)

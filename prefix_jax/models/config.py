@@ -52,6 +52,9 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (Qwen3)
+    # >0: each token sees only the last `sliding_window` tokens (itself included; Mistral);
+    # the prefix stays visible to every token, as it has no position.
+    sliding_window: int = 0
     tie_embeddings: bool = True
     name: str = ""  # model identity recorded in exported prefixes
 
@@ -76,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"positions must be 'rope' or 'learned', got {self.positions!r}")
         if self.activation not in ("silu", "gelu_tanh", "gelu"):
             raise ValueError(f"unknown activation {self.activation!r}")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window must be >= 0, got {self.sliding_window}")
 
     @property
     def kv_dim(self) -> int:
@@ -160,11 +165,9 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         raise UnsupportedArchitectureError(
             "qwen3 with use_sliding_window is not supported; only full attention"
         )
-    if model_type == "mistral" and hf.get("sliding_window") not in (None, 0):
-        if hf["sliding_window"] < hf.get("max_position_embeddings", math.inf):
-            raise UnsupportedArchitectureError(
-                "mistral with sliding_window attention is not supported; only full attention"
-            )
+    window = (hf.get("sliding_window") or 0) if model_type == "mistral" else 0
+    if window >= hf.get("max_position_embeddings", math.inf):
+        window = 0  # a window as long as the context is full attention
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedArchitectureError(f"unsupported hidden_act {act!r} for {model_type}")
@@ -191,6 +194,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         out_bias=bool(hf.get("attention_bias", False)),
         mlp_bias=bool(hf.get("mlp_bias", False)),
         qk_norm=model_type == "qwen3",
+        sliding_window=window,
         tie_embeddings=hf.get("tie_word_embeddings", False),
         name=name,
     )

@@ -59,6 +59,8 @@ class KVCache(struct.PyTreeNode):
 
     All rows share slot indices (prompts are left- or right-padded to one length); `valid`
     marks slots that hold real tokens and `next_position` is each row's next RoPE position.
+    The first `prefix_length` slots may hold a prefix (decoding puts it there): they are
+    attended like the prefix, outside any sliding window.
     """
 
     keys: Array  # [layers, batch, max_len, kv_heads, head_dim]
@@ -66,6 +68,7 @@ class KVCache(struct.PyTreeNode):
     valid: Array  # [batch, max_len] bool
     index: Array  # [] int32, first free slot
     next_position: Array  # [batch] int32
+    prefix_length: int = struct.field(pytree_node=False, default=0)
 
     @property
     def max_len(self) -> int:
@@ -283,12 +286,15 @@ class Transformer(nnx.Module):
             key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
             query_slots = cache.index + jnp.arange(t, dtype=jnp.int32)
             key_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+            key_slots = jnp.where(key_slots < cache.prefix_length, -1, key_slots)
         mask = AttentionMask(
             query_slots=query_slots,
             key_slots=key_slots,
             key_valid=key_valid,
             query_valid=attention_mask,
+            prefix_length=0 if cache is None else cache.prefix_length,
             self_aligned=cache is None,
+            window=c.sliding_window,
         )
         if prefix is not None:
             p = prefix.length
@@ -390,7 +396,7 @@ class Transformer(nnx.Module):
             c,
         ).astype(self.dtype)
         if cache is not None:
-            cache = KVCache(
+            cache = cache.replace(
                 keys=new_kv[0],
                 values=new_kv[1],
                 valid=key_valid,
