@@ -64,7 +64,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # >0: hold out this many distinct sources of the training file as the validation split
     # (no source in both), for files that have only one split such as the E2E devset.
     c.data.eval_sources = 0
-    c.data.train_fraction = 1.0  # data-efficiency studies: keep this share of train sources
+    # The held-out sources depend on this seed only, not on `seed`: one held-out set for
+    # every trial seed and training-set size.
+    c.data.split_seed = 0
+    # >0: hold out this many further training sources and evaluate (loss, decoding) on them
+    # instead, to choose hyperparameters without looking at the held-out sources above.
+    c.data.tune_sources = 0
+    # Data-efficiency studies, subsampled by source with `seed` (set at most one):
+    c.data.train_fraction = 1.0  # keep this share of the training sources
+    c.data.train_examples = 0  # keep exactly this many examples, whole sources first; 0 = all
     c.data.max_eval_groups = 0  # 0 = all
     c.data.skip_bad = False
     c.data.separator = "\nTarget:\n"

@@ -78,15 +78,40 @@ def encode_config(config: ml_collections.ConfigDict) -> EncodeConfig:
 
 
 def load_splits(config: ml_collections.ConfigDict) -> tuple[list[Example], list[Example]]:
-    """(train, validation) examples; validation is held out by source when configured."""
+    """(train, validation) examples; validation is held out by source when configured.
+
+    Order of operations, each by source (MR), so no source is in two splits:
+
+    1. `data.eval_sources=N`: hold out N sources of the training file, chosen with
+       `data.split_seed` alone, so the held-out set is the same for every trial seed and
+       every training-set size.
+    2. `data.tune_sources=K`: hold out K further sources of what is left and return *them*
+       as the validation split (for choosing hyperparameters on a loss that never sees the
+       held-out MRs of step 1); those K sources are not trained on either.
+    3. `data.train_fraction` or `data.train_examples` (not both): subsample the training
+       sources with `seed` (see `_keep_examples_of_sources`).
+    """
     d = config.data
+    # A run saved before `data.split_seed` existed held out its sources with `seed`.
+    split_seed = d.get("split_seed", config.seed)
     train = _load(d, d.train_split)
     if d.eval_sources:
-        train, evaluation = split_by_source(train, d.eval_sources, seed=config.seed)
+        train, evaluation = split_by_source(train, d.eval_sources, seed=split_seed)
     else:
         evaluation = _load(d, d.eval_split)
+    tune_sources = d.get("tune_sources", 0)
+    if tune_sources:
+        train, evaluation = split_by_source(train, tune_sources, seed=split_seed)
+    train_examples = d.get("train_examples", 0)
+    if d.train_fraction < 1.0 and train_examples:
+        raise ValueError(
+            "set data.train_fraction or data.train_examples, not both "
+            f"(got {d.train_fraction} and {train_examples})"
+        )
     if d.train_fraction < 1.0:
         train = _keep_fraction_of_sources(train, d.train_fraction, config.seed)
+    if train_examples:
+        train = _keep_examples_of_sources(train, train_examples, config.seed)
     return train, evaluation
 
 
@@ -97,13 +122,49 @@ def _load(d: ml_collections.ConfigDict, split: str) -> list[Example]:
     return result.examples
 
 
+def _source_order(examples: list[Example], seed: int) -> list[str]:
+    """Distinct sources in a seeded random order (shared by both subsamplers, so for one
+    seed a smaller subsample is always contained in a larger one)."""
+    sources = list(dict.fromkeys(e.source for e in examples))
+    return [sources[i] for i in np.random.default_rng([seed, 1]).permutation(len(sources))]
+
+
 def _keep_fraction_of_sources(examples: list[Example], fraction: float, seed: int):
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
-    sources = list(dict.fromkeys(e.source for e in examples))
-    n = max(1, round(fraction * len(sources)))
-    keep = {sources[i] for i in np.random.default_rng([seed, 1]).permutation(len(sources))[:n]}
+    order = _source_order(examples, seed)
+    keep = set(order[: max(1, round(fraction * len(order)))])
     return [e for e in examples if e.source in keep]
+
+
+def _keep_examples_of_sources(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """Exactly `n` examples, taken by source: whole sources in the seeded order until the
+    next one would overshoot, then the first examples (in file order) of that next source
+    to make up `n`. So every kept source but at most one keeps all its references, the
+    count is exact (the table's size is the trained size), and for one seed the subsample
+    of a smaller `n` is contained in that of a larger one. The result keeps file order."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"data.train_examples must be an integer >= 0 (0 = all), got {n!r}")
+    if n > len(examples):
+        raise ValueError(
+            f"data.train_examples={n} but the training split has only {len(examples)} examples"
+        )
+    sizes: dict[str, int] = {}
+    for e in examples:
+        sizes[e.source] = sizes.get(e.source, 0) + 1
+    quota: dict[str, int] = {}
+    left = n
+    for source in _source_order(examples, seed):
+        if left == 0:
+            break
+        quota[source] = min(sizes[source], left)
+        left -= quota[source]
+    kept = []
+    for e in examples:
+        if quota.get(e.source, 0) > 0:
+            kept.append(e)
+            quota[e.source] -= 1
+    return kept
 
 
 def method_config(config: ml_collections.ConfigDict, field: str, cls):

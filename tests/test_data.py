@@ -577,3 +577,93 @@ def test_smollm2_tokenizer_masks_and_prompts() -> None:
     assert sequence[-1] == tok.eos_token_id
     prompt = next(eval_batches(group_references([example]), tok, batch_size=1))
     assert prompt["tokens"][0, -prompt_length:].tolist() == sequence[:prompt_length].tolist()
+
+
+# ------------------------------------------------- experiment.load_splits: hold-out, subsample
+
+
+def _splits_config(path: Path, **data):
+    from configs.e2e_prefix import get_config
+
+    config = get_config()
+    config.data.path = str(path)
+    config.data.eval_sources = 100
+    for key, value in data.items():
+        if key == "seed":
+            config.seed = value
+        else:
+            config.data[key] = value
+    return config
+
+
+def _sources(examples) -> set[str]:
+    return {e.source for e in examples}
+
+
+def test_held_out_sources_do_not_depend_on_the_trial_seed_or_size() -> None:
+    from prefix_jax.experiment import load_splits
+
+    path = real_file("e2e/devset.csv")
+    _, held_out = load_splits(_splits_config(path))
+    for seed, n in ((1, 0), (2, 50), (7, 500)):
+        train, other = load_splits(_splits_config(path, seed=seed, train_examples=n))
+        assert other == held_out  # same examples, same order
+        assert _sources(train).isdisjoint(_sources(held_out))
+    # The hold-out is the split seed's, and still the same as before split_seed existed
+    # for seed 0 (the README's runs).
+    _, moved = load_splits(_splits_config(path, split_seed=1))
+    assert _sources(moved) != _sources(held_out) and len(_sources(moved)) == 100
+    examples = load_e2e(path).examples
+    assert held_out == split_by_source(examples, 100, seed=0)[1]
+
+
+def test_train_examples_is_exact_by_source_nested_and_seeded() -> None:
+    from prefix_jax.experiment import load_splits
+
+    path = real_file("e2e/devset.csv")
+    full, _ = load_splits(_splits_config(path))
+    refs = {s: sum(e.source == s for e in full) for s in _sources(full)}
+    subsets = {}
+    for seed in (0, 1):
+        for n in (50, 200, 500):
+            train, _ = load_splits(_splits_config(path, seed=seed, train_examples=n))
+            assert len(train) == n
+            kept = {s: sum(e.source == s for e in train) for s in _sources(train)}
+            partial = [s for s, k in kept.items() if k < refs[s]]
+            assert len(partial) <= 1  # every source but at most one keeps all references
+            rest = iter(full)
+            assert all(e in rest for e in train)  # a subsequence: file order, real examples
+            subsets[seed, n] = train
+        assert set(subsets[seed, 50]) <= set(subsets[seed, 200]) <= set(subsets[seed, 500])
+    assert _sources(subsets[0, 200]) != _sources(subsets[1, 200])
+    # Deterministic; 0 keeps everything.
+    assert load_splits(_splits_config(path, seed=1, train_examples=200))[0] == subsets[1, 200]
+    assert load_splits(_splits_config(path, train_examples=0))[0] == full
+
+
+def test_train_examples_rejects_bad_values() -> None:
+    from prefix_jax.experiment import _keep_examples_of_sources, load_splits
+
+    examples = [Example(f"s{i % 5}", f"t{i}") for i in range(20)]
+    assert len(_keep_examples_of_sources(examples, 7, seed=0)) == 7
+    assert _keep_examples_of_sources(examples, 20, seed=0) == examples
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="integer >= 0"):
+            _keep_examples_of_sources(examples, bad, seed=0)
+    with pytest.raises(ValueError, match="only 20 examples"):
+        _keep_examples_of_sources(examples, 21, seed=0)
+    path = real_file("e2e/devset.csv")
+    with pytest.raises(ValueError, match="not both"):
+        load_splits(_splits_config(path, train_examples=50, train_fraction=0.5))
+
+
+def test_tune_sources_are_carved_from_training_sources() -> None:
+    from prefix_jax.experiment import load_splits
+
+    path = real_file("e2e/devset.csv")
+    full, held_out = load_splits(_splits_config(path))
+    train, tune = load_splits(_splits_config(path, tune_sources=50, seed=3))
+    assert len(_sources(tune)) == 50 and len(_sources(train)) == 447 - 50
+    assert _sources(tune) <= _sources(full)  # never a held-out MR
+    assert _sources(train) | _sources(tune) == _sources(full)
+    assert tune == load_splits(_splits_config(path, tune_sources=50, seed=0))[1]
