@@ -24,7 +24,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["bleu", "check_inputs", "mteval_tokenize", "ngram_counts", "nist"]
+__all__ = [
+    "bleu",
+    "bleu_from_stats",
+    "bleu_segment_stats",
+    "check_inputs",
+    "mteval_tokenize",
+    "ngram_counts",
+    "nist",
+]
 
 # mteval-v13a "tokenize punctuation" class: every ASCII symbol except  ' , - .  (those are
 # handled by the context-dependent rules that follow it).
@@ -117,6 +125,51 @@ def _max_ref_counts(refs: Sequence[Sequence[str]], max_n: int) -> Counter[tuple[
     return ceiling
 
 
+def bleu_segment_stats(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    max_n: int = 4,
+    lowercase: bool = True,
+) -> list[list[int]]:
+    """Per segment, the sufficient statistics of corpus BLEU: ``[matches_1..matches_max_n,
+    totals_1..totals_max_n, hyp_length, closest_ref_length]`` (clipped n-gram matches,
+    hypothesis n-grams, lengths). Corpus BLEU is ``bleu_from_stats`` of their column sums,
+    so a bootstrap over segments resamples rows instead of re-tokenizing."""
+    check_inputs(hypotheses, references)
+    rows = []
+    for hyp, refs in zip(hypotheses, references, strict=True):
+        hyp_tokens = mteval_tokenize(hyp, lowercase)
+        ref_tokens = [mteval_tokenize(r, lowercase) for r in refs]
+        ceiling = _max_ref_counts(ref_tokens, max_n)
+        matches = [0] * max_n
+        for gram, count in ngram_counts(hyp_tokens, max_n).items():
+            matches[len(gram) - 1] += min(count, ceiling[gram])
+        totals = [max(len(hyp_tokens) - n + 1, 0) for n in range(1, max_n + 1)]
+        ref_length = _closest_ref_length(len(hyp_tokens), [len(r) for r in ref_tokens])
+        rows.append([*matches, *totals, len(hyp_tokens), ref_length])
+    return rows
+
+
+def bleu_from_stats(stats: Sequence[float], max_n: int = 4) -> float:
+    """Corpus BLEU (0-100) from summed ``bleu_segment_stats`` rows; see ``bleu``."""
+    matches, totals = stats[:max_n], stats[max_n : 2 * max_n]
+    hyp_length, ref_length = stats[2 * max_n], stats[2 * max_n + 1]
+    if hyp_length == 0:
+        return 0.0
+    log_precision = 0.0
+    smooth = 1
+    for n in range(max_n):
+        if totals[n] == 0:
+            continue  # log(1): mteval treats "no n-grams to match" as a perfect precision
+        if matches[n] == 0:
+            smooth *= 2
+            log_precision += math.log(1.0 / (smooth * totals[n]))
+        else:
+            log_precision += math.log(matches[n] / totals[n])
+    brevity = math.exp(min(0.0, 1.0 - ref_length / hyp_length))
+    return 100.0 * brevity * math.exp(log_precision / max_n)
+
+
 def bleu(
     hypotheses: Sequence[str],
     references: Sequence[Sequence[str]],
@@ -134,36 +187,8 @@ def bleu(
     no hypothesis n-grams at all contributes precision 1. On real test sets neither case occurs
     and the score equals plain BLEU; we keep them so tiny corpora also match the script.
     """
-    check_inputs(hypotheses, references)
-    matches = [0] * (max_n + 1)
-    totals = [0] * (max_n + 1)
-    hyp_length = 0
-    ref_length = 0
-    for hyp, refs in zip(hypotheses, references, strict=True):
-        hyp_tokens = mteval_tokenize(hyp, lowercase)
-        ref_tokens = [mteval_tokenize(r, lowercase) for r in refs]
-        ceiling = _max_ref_counts(ref_tokens, max_n)
-        for gram, count in ngram_counts(hyp_tokens, max_n).items():
-            matches[len(gram)] += min(count, ceiling[gram])
-        for n in range(1, max_n + 1):
-            totals[n] += max(len(hyp_tokens) - n + 1, 0)
-        hyp_length += len(hyp_tokens)
-        ref_length += _closest_ref_length(len(hyp_tokens), [len(r) for r in ref_tokens])
-
-    if hyp_length == 0:
-        return 0.0
-    log_precision = 0.0
-    smooth = 1
-    for n in range(1, max_n + 1):
-        if totals[n] == 0:
-            continue  # log(1): mteval treats "no n-grams to match" as a perfect precision
-        if matches[n] == 0:
-            smooth *= 2
-            log_precision += math.log(1.0 / (smooth * totals[n]))
-        else:
-            log_precision += math.log(matches[n] / totals[n])
-    brevity = math.exp(min(0.0, 1.0 - ref_length / hyp_length))
-    return 100.0 * brevity * math.exp(log_precision / max_n)
+    rows = bleu_segment_stats(hypotheses, references, max_n, lowercase)
+    return bleu_from_stats([sum(column) for column in zip(*rows, strict=True)], max_n)
 
 
 def _nist_length_penalty(ratio: float) -> float:
