@@ -15,6 +15,22 @@ overrides, `train_summary.json`, `eval_<split>/results.json`, `metrics.jsonl`, `
   shape of Li & Liang's Fig. 4), one line per setting of the other keys (reparam, method),
   with error bars over seeds; `metric_by_setting.png` when no key is numeric;
 - `train_loss.png`: training loss against step for every trial, coloured by setting.
+
+Test-set uncertainty: where a trial's `eval_<split>/predictions.jsonl` exists (evaluate writes
+source, prediction and references per line) and its results have BLEU, the report adds a
+bootstrap 95% interval of corpus BLEU over the evaluated sources: 1000 resamples of the
+sources with replacement (fixed RNG seed 0, so reruns give the same interval), corpus BLEU
+recomputed from per-source n-gram statistics (`prefix_jax.metrics.bleu_segment_stats`, the
+project's mteval-v13a BLEU), percentile interval. Per trial in `trials.csv`; per setting
+(`summary.csv`, `report.md`) the interval is of the *mean over seeds*: each resample draws
+one set of sources and applies it to every seed (paired, as the seeds share the held-out
+sources), so it measures how much the choice of held-out sources moves the seed-averaged
+score; the spread over seeds is the ± std beside it. Plots show each seed as a point.
+
+`--select KEY` (default `optim.learning_rate`) picks, per setting of the other keys, the
+value of KEY with the lowest mean validation loss (`eval_loss` of `train_summary.json`) and
+writes `selection.csv` and a section of `report.md` with the chosen values as a Python dict
+(for `experiments/sweeps/_learning_rates.py`); it is skipped when no setting has two values.
 """
 
 from __future__ import annotations
@@ -29,9 +45,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments.sweeps import format_value
+from prefix_jax.metrics.bleu import bleu_segment_stats
 
 DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+CI_METRIC = "BLEU"
+BLEU_MAX_N = 4
 SUMMARY_FIELDS = ("eval_loss", "final_train_loss", "params_trainable", "params_total")
 TIME_FIELDS = ("wall_s", "decode_s")
 _STATUSES = ("finished", "failed", "incomplete", "missing")
@@ -75,6 +99,102 @@ def read_loss_curve(path: Path, key: str = "loss") -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def read_bleu_stats(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """(sources, per-source BLEU statistics [n_sources, 2 * 4 + 2]) of an evaluate run's
+    predictions.jsonl, or None if it is missing or unreadable."""
+    if not path.exists():
+        return None
+    sources, hypotheses, references = [], [], []
+    try:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                sources.append(row["source"])
+                hypotheses.append(row["prediction"])
+                references.append(row["references"])
+        stats = bleu_segment_stats(hypotheses, references, BLEU_MAX_N)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sources, np.asarray(stats, dtype=np.float64)
+
+
+def bleu_of_sums(sums: np.ndarray, max_n: int = BLEU_MAX_N) -> np.ndarray:
+    """Corpus BLEU (0-100) of each row of summed `bleu_segment_stats`, vectorized;
+    `prefix_jax.metrics.bleu.bleu_from_stats` row by row, mteval's smoothing included."""
+    sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
+    matches, totals = sums[:, :max_n], sums[:, max_n : 2 * max_n]
+    hyp_length, ref_length = sums[:, 2 * max_n], sums[:, 2 * max_n + 1]
+    log_precision = np.zeros(len(sums))
+    smooth = np.ones(len(sums))
+    for n in range(max_n):
+        m, t = matches[:, n], totals[:, n]
+        unmatched = (t > 0) & (m == 0)
+        smooth = np.where(unmatched, 2 * smooth, smooth)
+        safe_t = np.where(t > 0, t, 1.0)
+        term = np.where(m > 0, np.log(np.where(m > 0, m, 1.0) / safe_t), -np.log(smooth * safe_t))
+        log_precision += np.where(t > 0, term, 0.0)
+    safe_hyp = np.where(hyp_length > 0, hyp_length, 1.0)
+    brevity = np.exp(np.minimum(0.0, 1.0 - ref_length / safe_hyp))
+    return np.where(hyp_length > 0, 100.0 * brevity * np.exp(log_precision / max_n), 0.0)
+
+
+def resample_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """[samples, n] how often each of n items is drawn in each resample of n with replacement."""
+    draws = rng.integers(0, n, size=(samples, n)) + n * np.arange(samples)[:, None]
+    return np.bincount(draws.ravel(), minlength=samples * n).reshape(samples, n)
+
+
+def bootstrap_bleu(
+    runs: Sequence[tuple[Sequence[str], np.ndarray]],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = CI_LEVEL,
+) -> tuple[float, float, float]:
+    """(point, low, high): mean corpus BLEU over `runs` (one per seed: sources and their
+    `bleu_segment_stats` rows) and its percentile bootstrap interval over sources.
+
+    Runs over the same sources are resampled together (one draw of sources per resample,
+    applied to every run, rows matched by source); runs over different sources each get
+    their own draws. Deterministic for a given `seed`.
+    """
+    if not runs:
+        raise ValueError("bootstrap_bleu needs at least one run")
+    rng = np.random.default_rng(seed)
+    first = list(runs[0][0])
+    paired = all(sorted(srcs) == sorted(first) and len(srcs) == len(first) for srcs, _ in runs)
+    shared = resample_counts(len(first), samples, rng) if paired else None
+    point, resampled = [], []
+    for sources, stats in runs:
+        if paired:
+            index = {s: i for i, s in enumerate(sources)}
+            stats = stats[[index[s] for s in first]]
+            counts = shared
+        else:
+            counts = resample_counts(len(sources), samples, rng)
+        point.append(bleu_of_sums(stats.sum(axis=0))[0])
+        resampled.append(bleu_of_sums(counts @ stats))
+    means = np.mean(resampled, axis=0)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(np.mean(point)), float(low), float(high)
+
+
+def add_intervals(trials: Sequence[dict], groups: Sequence[dict], samples: int) -> None:
+    """`ci` of every trial with predictions and of every group (over its seeds that have
+    them): {"BLEU": (low, high)}."""
+    for t in trials:
+        t["ci"] = {}
+        if samples and t.get("bleu_stats") is not None:
+            _, low, high = bootstrap_bleu([t["bleu_stats"]], samples)
+            t["ci"][CI_METRIC] = (low, high)
+    for g in groups:
+        g["ci"] = {}
+        runs = [t["bleu_stats"] for t in g["trials"] if t.get("bleu_stats") is not None]
+        if samples and runs:
+            _, low, high = bootstrap_bleu(runs, samples)
+            g["ci"][CI_METRIC] = (low, high)
+
+
 def read_trial(tdir: Path, split: str = "validation") -> dict:
     """One trial's record: status, overrides, metrics, summary numbers, error, loss curve."""
     info = _load_json(tdir / "trial.json") or {}
@@ -106,7 +226,10 @@ def read_trial(tdir: Path, split: str = "validation") -> dict:
         "decode_s": _number((results or {}).get("decode_s")),
         "error": error,
         "loss_curve": read_loss_curve(tdir / "metrics.jsonl"),
+        "bleu_stats": None,
     }
+    if status == "finished" and metrics.get(CI_METRIC) is not None:
+        record["bleu_stats"] = read_bleu_stats(tdir / f"eval_{split}" / "predictions.jsonl")
     for key in (*SUMMARY_FIELDS, "wall_s"):
         record[key] = _number(summary.get(key))
     return record
@@ -134,6 +257,7 @@ def collect(root: str | Path, split: str = "validation") -> tuple[list[dict], di
                     "metrics": {},
                     "error": "",
                     "loss_curve": [],
+                    "bleu_stats": None,
                 }
             )
     # The sweep's order (it fixes the order of non-numeric values in tables and plots).
@@ -246,11 +370,15 @@ def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequenc
     for t in trials:
         metrics += [m for m in t["metrics"] if m not in metrics]
     fields = ["steps", *SUMMARY_FIELDS, *TIME_FIELDS]
-    header = ["trial", "status", *axes, "seed", *metrics, *fields, "error"]
+    intervals = _interval_metrics(trials)
+    header = ["trial", "status", *axes, "seed", *metrics]
+    header += [f"{m}_ci_{end}" for m in intervals for end in ("low", "high")]
+    header += [*fields, "error"]
     rows = []
     for t in trials:
         o = t["overrides"]
         seed = next((o[k] for k in seed_keys if k in o), None)
+        ci = [v for m in intervals for v in t.get("ci", {}).get(m, (None, None))]
         rows.append(
             [
                 t["name"],
@@ -258,6 +386,7 @@ def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequenc
                 *(o.get(k) for k in axes),
                 seed,
                 *(t["metrics"].get(m) for m in metrics),
+                *ci,
                 *(t.get(f) for f in fields),
                 t["error"],
             ]
@@ -265,12 +394,21 @@ def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequenc
     return header, rows
 
 
+def _interval_metrics(items: Sequence[dict]) -> list[str]:
+    """Metrics with a bootstrap interval in any of these trials or groups."""
+    return [CI_METRIC] if any(CI_METRIC in item.get("ci", {}) for item in items) else []
+
+
 def summary_table(groups: Sequence[dict], axes: Sequence[str]) -> Table:
     """Header and rows of summary.csv: per setting, mean and std of every number."""
     metrics = _metric_names(groups)
     numbers = [*metrics, *SUMMARY_FIELDS, *TIME_FIELDS]
+    intervals = _interval_metrics(groups)
     header = [*axes, "trials", "finished", "seeds"]
-    header += [f"{m}_{s}" for m in numbers for s in ("mean", "std")]
+    for m in numbers:
+        header += [f"{m}_mean", f"{m}_std"]
+        if m in intervals:
+            header += [f"{m}_ci_low", f"{m}_ci_high"]
     rows = []
     for g in groups:
         row = [*(g["setting"][k] for k in axes), g["n"], g["finished"]]
@@ -278,6 +416,8 @@ def summary_table(groups: Sequence[dict], axes: Sequence[str]) -> Table:
         for m in numbers:
             mean, std, _ = g["stats"].get(m, (None, None, 0))
             row += [mean, std]
+            if m in intervals:
+                row += list(g.get("ci", {}).get(m, (None, None)))
         rows.append(row)
     return header, rows
 
@@ -299,10 +439,16 @@ def markdown(
     trials: Sequence[dict],
     title: str,
     plots: Sequence[Path] = (),
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    selection: Sequence[dict] = (),
 ) -> str:
-    """report.md: the settings table (mean ± std over seeds), problems, plots."""
+    """report.md: the settings table (mean ± std over seeds, bootstrap interval), the
+    selection by validation loss, problems, plots."""
     metrics = _metric_names(groups)
-    header = [*axes, "seeds", *metrics, "eval loss", "trainable params", "train wall (s)"]
+    intervals = _interval_metrics(groups)
+    columns = [c for m in metrics for c in (m, *([f"{m} 95% CI"] if m in intervals else []))]
+    header = [*axes, "seeds", *columns, "eval loss", "trainable params", "train wall (s)"]
     lines = [f"# {title}", ""]
     counts = {s: sum(t["status"] == s for t in trials) for s in _STATUSES}
     lines.append(
@@ -318,7 +464,11 @@ def markdown(
             size += f" ({100 * params / total:.2g}%)"
         cells = [_cell(g["setting"][k]) for k in axes]
         cells.append(f"{g['finished']}/{g['n']}")
-        cells += [_pm(g["stats"][m]) for m in metrics]
+        for m in metrics:
+            cells.append(_pm(g["stats"][m]))
+            if m in intervals:
+                ci = g.get("ci", {}).get(m)
+                cells.append("-" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]")
         cells += [_pm(g["stats"]["eval_loss"]), size, _pm(g["stats"]["wall_s"], ".0f")]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines += [
@@ -327,6 +477,15 @@ def markdown(
         "`seeds` is finished/planned. Metrics are from `results.json`, the rest from "
         "`train_summary.json`.",
     ]
+    if intervals:
+        lines += [
+            f"{', '.join(intervals)} 95% CI: percentile bootstrap over the evaluated sources "
+            f"({samples} resamples, seed {BOOTSTRAP_SEED}) of the seed-averaged corpus score, "
+            "one draw of sources shared by the seeds (test-set uncertainty; the ± is the "
+            "spread over seeds).",
+        ]
+    if selection:
+        lines += ["", *selection_markdown(selection)]
     problems = [t for t in trials if t["status"] != "finished"]
     if problems:
         lines += ["", "## Trials without results", ""]
@@ -343,6 +502,91 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def select_by_loss(
+    groups: Sequence[dict], axes: Sequence[str], key: str, loss: str = "eval_loss"
+) -> list[dict]:
+    """Per setting of the axes other than `key`, the value of `key` whose trials have the
+    lowest mean `loss` (validation loss); settings with a single candidate are left out.
+
+    Each row: `setting`, `label` (`k=v,...` of the other keys), `value`, `loss`, `seeds`
+    (trials averaged), `candidates` [(value, mean loss)] and `edge` (the choice is the
+    smallest or largest value tried, so the grid may need extending).
+    """
+    others = [k for k in axes if k != key]
+    found: dict[tuple, dict] = {}
+    for g in groups:
+        mean, _, n = g["stats"].get(loss, (None, None, 0))
+        value = g["setting"].get(key)
+        if mean is None or value is None:
+            continue
+        rest = tuple(g["setting"][k] for k in others)
+        row = found.setdefault(
+            rest,
+            {
+                "setting": {k: v for k, v in zip(others, rest, strict=True) if v is not None},
+                "candidates": [],
+            },
+        )
+        row["candidates"].append((value, mean, n))
+    out = []
+    for row in found.values():
+        candidates = sorted(row.pop("candidates"), key=lambda c: _sort_key(c[0]))
+        if len(candidates) < 2:
+            continue
+        value, best, n = min(candidates, key=lambda c: c[1])
+        label = ",".join(f"{k}={format_value(v)}" for k, v in row["setting"].items())
+        edge = value in (candidates[0][0], candidates[-1][0])
+        out.append(
+            {
+                **row,
+                "key": key,
+                "label": label,
+                "value": value,
+                "loss": best,
+                "seeds": n,
+                "candidates": [(v, m) for v, m, _ in candidates],
+                "edge": edge,
+            }
+        )
+    return out
+
+
+def selection_table(selection: Sequence[dict]) -> Table:
+    """Header and rows of selection.csv."""
+    header = ["setting", "key", "chosen", "eval_loss", "seeds", "edge_of_grid", "candidates"]
+    rows = [
+        [
+            r["label"],
+            r["key"],
+            r["value"],
+            r["loss"],
+            r["seeds"],
+            r["edge"],
+            " ".join(f"{format_value(v)}:{m:.4f}" for v, m in r["candidates"]),
+        ]
+        for r in selection
+    ]
+    return header, rows
+
+
+def selection_markdown(selection: Sequence[dict]) -> list[str]:
+    """report.md section: the chosen values, the losses they were chosen on, a dict."""
+    key = selection[0]["key"]
+    lines = [f"## `{key}` chosen by validation loss", ""]
+    lines += ["| setting | chosen | eval loss | candidates (value: mean eval loss) |"]
+    lines += ["|---|---:|---:|---|"]
+    for r in selection:
+        candidates = ", ".join(f"{format_value(v)}: {m:.4f}" for v, m in r["candidates"])
+        chosen = format_value(r["value"]) + (" (edge of grid)" if r["edge"] else "")
+        lines.append(
+            f"| {_md(r['label'] or '(base)')} | {chosen} | {r['loss']:.4f} | {_md(candidates)} |"
+        )
+    lines += ["", "Lowest mean `eval_loss` over seeds per setting. As a dict:", "", "```python"]
+    lines += ["{"] + [f"    {r['label']!r}: {format_value(r['value'])}," for r in selection]
+    lines += ["}", "```"]
+    return lines
+
+
 def _figure(width: float = 6.4, height: float = 4.4):
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
@@ -355,12 +599,31 @@ def _label(setting: dict, keys: Sequence[str]) -> str:
 
 
 def numeric_axes(groups: Sequence[dict], axes: Sequence[str]) -> list[str]:
-    """Swept keys with numeric values and at least two of them: candidate x axes."""
+    """Swept keys with numeric values and at least two of them, not fixed by a non-numeric
+    key (e.g. a learning rate per method): candidate x axes."""
+
+    def is_numeric(key: str) -> bool:
+        values = {g["setting"][key] for g in groups if g["setting"][key] is not None}
+        return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+    def determined(key: str) -> bool:
+        # A value set per method (a learning rate per method) is no x axis: some
+        # non-numeric key fixes it.
+        for other in axes:
+            if other == key or is_numeric(other):
+                continue
+            seen: dict = {}
+            if all(
+                seen.setdefault(g["setting"][other], g["setting"][key]) == g["setting"][key]
+                for g in groups
+            ):
+                return True
+        return False
+
     out = []
     for key in axes:
         values = {g["setting"][key] for g in groups if g["setting"][key] is not None}
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric and len(values) >= 2:
+        if is_numeric(key) and len(values) >= 2 and not determined(key):
             out.append(key)
     return out
 
@@ -368,33 +631,56 @@ def numeric_axes(groups: Sequence[dict], axes: Sequence[str]) -> list[str]:
 def plot_metric_vs(
     groups: Sequence[dict], axes: Sequence[str], key: str, metric: str, path: Path, title: str
 ) -> bool:
-    """`metric` against `key`, one line per setting of the other keys, std error bars;
-    settings without `key` (e.g. a LoRA baseline in a prefix-length sweep) are dashed
-    horizontal lines."""
+    """`metric` against `key`, one line per setting of the other keys, std error bars, each
+    seed as a point and the bootstrap interval (where there is one) as a band; settings
+    without `key` (e.g. a LoRA baseline in a prefix-length sweep) are dashed horizontal
+    lines with their seeds as ticks at the right edge."""
     others = [k for k in axes if k != key]
-    lines: dict[tuple, list[tuple[float, float, float]]] = {}
+    lines: dict[tuple, list[tuple[float, float, float, tuple | None]]] = {}
+    seeds: dict[tuple, list[tuple[float, float]]] = {}
     labels: dict[tuple, str] = {}
-    baselines: list[tuple[str, float]] = []
+    baselines: list[tuple[str, float, list[float]]] = []
     for g in groups:
         mean, std, _ = g["stats"].get(metric, (None, None, 0))
         x = g["setting"][key]
         if mean is None:
             continue
+        values = [t["metrics"].get(metric, t.get(metric)) for t in g["trials"]]
+        values = [v for v in values if v is not None]
         if x is None:
-            baselines.append((_label(g["setting"], others) or "(base)", mean))
+            baselines.append((_label(g["setting"], others) or "(base)", mean, values))
             continue
         rest = tuple(g["setting"][k] for k in others)
-        lines.setdefault(rest, []).append((x, mean, std or 0.0))
+        lines.setdefault(rest, []).append((x, mean, std or 0.0, g.get("ci", {}).get(metric)))
+        seeds.setdefault(rest, []).extend((x, v) for v in values)
         labels[rest] = _label(g["setting"], others) or metric
     if not lines:
         return False
     fig, ax = _figure()
-    for rest in lines:  # groups come sorted, so lines are in the sweep's order
-        xs, ys, es = zip(*sorted(lines[rest]), strict=True)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels[rest])
-    for (label, mean), style in zip(baselines, itertools.cycle(["--", ":", "-."])):
+    for i, rest in enumerate(lines):  # groups come sorted, so lines are in the sweep's order
+        points = sorted(lines[rest], key=lambda p: p[0])
+        xs, ys, es, cis = zip(*points, strict=True)
+        colour = f"C{i % 10}"
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colour, label=labels[rest])
+        if seeds[rest]:
+            sx, sy = zip(*seeds[rest], strict=True)
+            ax.scatter(sx, sy, s=14, color=colour, alpha=0.5, zorder=3, linewidths=0)
+        band = [(x, ci) for x, ci in zip(xs, cis, strict=True) if ci is not None]
+        if band:
+            bx = [x for x, _ in band]
+            ax.fill_between(
+                bx,
+                [c[0] for _, c in band],
+                [c[1] for _, c in band],
+                color=colour,
+                alpha=0.12,
+                linewidth=0,
+            )
+    xs_all = [p[0] for pts in lines.values() for p in pts]
+    for (label, mean, values), style in zip(baselines, itertools.cycle(["--", ":", "-."])):
         ax.axhline(mean, linestyle=style, color="gray", label=label)
-    xs_all = [x for pts in lines.values() for x, _, _ in pts]
+        if values:  # the baseline's seeds as ticks at the right edge
+            ax.scatter([max(xs_all)] * len(values), values, marker="_", s=120, color="gray")
     if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 100:
         ax.set_xscale("log")
     ax.set_xlabel(key)
@@ -418,6 +704,10 @@ def plot_metric_by_setting(
     fig, ax = _figure(height=1.2 + 0.35 * len(rows))
     names = [_label(g["setting"], axes) or "(base)" for g, _ in rows]
     ax.barh(names, [s[0] for _, s in rows], xerr=[s[1] or 0.0 for _, s in rows], capsize=3)
+    for i, (g, _) in enumerate(rows):  # each seed as a point
+        values = [t["metrics"].get(metric, t.get(metric)) for t in g["trials"]]
+        values = [v for v in values if v is not None]
+        ax.scatter(values, [i] * len(values), s=14, color="black", alpha=0.6, zorder=3)
     ax.invert_yaxis()
     ax.set_xlabel(metric)
     ax.set_title(title)
@@ -465,8 +755,12 @@ def report(
     *,
     metric: str = "BLEU",
     split: str = "validation",
+    bootstrap: int = BOOTSTRAP_SAMPLES,
+    select: str | None = "optim.learning_rate",
 ) -> dict[str, Path]:
-    """Write the CSVs, report.md and PNGs for the sweep under `root`; returns their paths."""
+    """Write the CSVs, report.md and PNGs for the sweep under `root`; returns their paths.
+    `bootstrap` resamples for the BLEU interval (0: none); `select` the key to choose by
+    validation loss (None or a key that no setting varies: no selection)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -477,8 +771,14 @@ def report(
         raise FileNotFoundError(f"no trial directories under {root}")
     seed_keys = seed_keys_of(trials, sweep)
     groups, axes = group_trials(trials, seed_keys)
+    add_intervals(trials, groups, bootstrap)
     name = sweep.get("sweep") or root.name
     written: dict[str, Path] = {}
+    selection = select_by_loss(groups, axes, select) if select in axes else []
+    if selection:
+        header, rows = selection_table(selection)
+        write_csv(out / "selection.csv", header, rows)
+        written["selection_csv"] = out / "selection.csv"
 
     header, rows = trials_table(trials, axes, seed_keys)
     write_csv(out / "trials.csv", header, rows)
@@ -498,13 +798,19 @@ def report(
             path = out / "metric_by_setting.png"
             if plot_metric_by_setting(groups, axes, chosen, path, f"{name}: {chosen} ({split})"):
                 plots.append(path)
+    if selection:
+        path = out / f"eval_loss_vs_{select.replace('.', '_')}.png"
+        title = f"{name}: validation loss"
+        if plot_metric_vs(groups, axes, select, "eval_loss", path, title):
+            plots.append(path)
     path = out / "train_loss.png"
     if plot_train_loss(groups, axes, path, f"{name}: training loss"):
         plots.append(path)
     written.update({p.stem: p for p in plots})
 
     title = f"Sweep `{name}` ({root})"
-    (out / "report.md").write_text(markdown(groups, axes, trials, title, plots))
+    text = markdown(groups, axes, trials, title, plots, samples=bootstrap, selection=selection)
+    (out / "report.md").write_text(text)
     written["report_md"] = out / "report.md"
     return written
 
@@ -520,9 +826,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: the sweep directory)")
     parser.add_argument("--metric", default="BLEU", help="metric to plot (default: BLEU)")
     parser.add_argument("--split", default="validation", help="evaluated split to read")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_SAMPLES,
+        help=f"resamples for the BLEU interval over sources (default {BOOTSTRAP_SAMPLES}; 0: none)",
+    )
+    parser.add_argument(
+        "--select",
+        default="optim.learning_rate",
+        help="key to choose per setting by lowest validation loss ('' for none)",
+    )
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
     try:
-        written = report(args.root, args.out, metric=args.metric, split=args.split)
+        written = report(
+            args.root,
+            args.out,
+            metric=args.metric,
+            split=args.split,
+            bootstrap=args.bootstrap,
+            select=args.select or None,
+        )
     except FileNotFoundError as e:
         parser.error(str(e))
     print(written["report_md"].read_text())

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import launch, report
@@ -566,3 +567,217 @@ def test_baselines_without_the_x_key_are_horizontal_lines(tmp_path, monkeypatch)
     written = report.report(root)
     assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
     assert drawn == [(pytest.approx(0.65), "method=lora")]
+
+
+# ------------------------------------------------- report: bootstrap interval, LR selection
+
+WORDS = "the a cheap pub near river centre has food rated high low family friendly".split()
+
+
+def _corpus(n: int, seed: int = 0, noise: float = 0.3) -> tuple[list, list, list]:
+    """n sources with 3 references each and a hypothesis that is a noisy copy of one; the
+    references depend on `seed` only, the hypotheses on (`seed`, `noise`)."""
+    import random
+
+    rng, noisy = random.Random(seed), random.Random(f"{seed}-{noise}")
+    sources, hyps, refs = [], [], []
+    for i in range(n):
+        base = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
+        references = [" ".join(w if rng.random() > 0.2 else rng.choice(WORDS) for w in base)]
+        references += [" ".join(base), " ".join(reversed(base))]
+        hyp = [w if noisy.random() > noise * (1 + i % 3) / 2 else noisy.choice(WORDS) for w in base]
+        sources.append(f"name : S{i}")
+        hyps.append(" ".join(hyp))
+        refs.append(references)
+    return sources, hyps, refs
+
+
+def _run(sources, hyps, refs):
+    from prefix_jax.metrics.bleu import bleu_segment_stats
+
+    return list(sources), np.asarray(bleu_segment_stats(hyps, refs), dtype=np.float64)
+
+
+def test_bleu_of_sums_equals_the_metric_including_smoothing():
+    from prefix_jax.metrics import bleu
+    from prefix_jax.metrics.bleu import bleu_from_stats, bleu_segment_stats
+
+    cases = [
+        (["a b c d e"], [["a b c d e"]]),
+        (["a x b y"], [["a b c d"]]),  # no 3- or 4-gram match: smoothed orders
+        (["a"], [["a b"]]),  # no 2-grams at all: precision 1 for those orders
+        ([""], [["a b"]]),  # empty output
+        _corpus(20)[1:],
+    ]
+    for hyps, refs in cases:
+        sums = np.asarray(bleu_segment_stats(hyps, refs)).sum(axis=0)
+        assert report.bleu_of_sums(sums)[0] == pytest.approx(bleu(hyps, refs), abs=1e-9)
+        assert bleu_from_stats(list(sums)) == pytest.approx(bleu(hyps, refs), abs=1e-9)
+
+
+def test_bootstrap_equals_brute_force_on_a_tiny_corpus():
+    from prefix_jax.metrics import bleu
+
+    sources, hyps, refs = _corpus(7)
+    point, low, high = report.bootstrap_bleu([_run(sources, hyps, refs)], samples=200, seed=3)
+    counts = report.resample_counts(7, 200, np.random.default_rng(3))
+    brute = []
+    for row in counts:  # rebuild each resampled corpus and score it from the strings
+        picked = [i for i in range(7) for _ in range(row[i])]
+        brute.append(bleu([hyps[i] for i in picked], [refs[i] for i in picked]))
+    assert point == pytest.approx(bleu(hyps, refs))
+    assert (low, high) == pytest.approx(tuple(np.percentile(brute, [2.5, 97.5])))
+
+
+def test_bootstrap_contains_the_point_narrows_with_sources_and_is_deterministic():
+    import time
+
+    sources, hyps, refs = _corpus(400)
+    widths = []
+    for n in (25, 100, 400):
+        run = _run(sources[:n], hyps[:n], refs[:n])
+        point, low, high = report.bootstrap_bleu([run])
+        assert low < point < high
+        widths.append(high - low)
+        assert report.bootstrap_bleu([run]) == (point, low, high)
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert widths[0] / widths[2] > 2.5  # ~ sqrt(16) = 4
+    run = _run(sources[:300], hyps[:300], refs[:300])
+    start = time.perf_counter()
+    report.bootstrap_bleu([run, run, run])  # 3 seeds x 300 sources x 1000 resamples
+    assert time.perf_counter() - start < 10  # well under a second when the CPU is free
+
+
+def test_bootstrap_pools_seeds_paired_by_source():
+    sources, hyps, refs = _corpus(60)
+    a = _run(sources, hyps, refs)
+    other = _corpus(60, seed=0, noise=0.6)[1]
+    b = _run(sources, other, refs)
+    shuffled = np.random.default_rng(0).permutation(60)
+    b_shuffled = ([sources[i] for i in shuffled], b[1][shuffled])
+    pooled = report.bootstrap_bleu([a, b])
+    assert report.bootstrap_bleu([a, b_shuffled]) == pytest.approx(pooled)  # rows by source
+    point_a, point_b = report.bootstrap_bleu([a])[0], report.bootstrap_bleu([b])[0]
+    assert pooled[0] == pytest.approx((point_a + point_b) / 2)
+    assert pooled[1] < pooled[0] < pooled[2]
+    # Different source sets: resampled independently, still a valid interval.
+    c = _run(sources[:30], hyps[:30], refs[:30])
+    point, low, high = report.bootstrap_bleu([a, c])
+    assert low < point < high
+
+
+def _write_predictions(tdir: Path, sources, hyps, refs) -> float:
+    from prefix_jax.metrics import bleu
+
+    out = tdir / "eval_validation"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as f:
+        for s, h, r in zip(sources, hyps, refs, strict=True):
+            f.write(json.dumps({"source": s, "prediction": h, "references": r}) + "\n")
+    score = bleu(hyps, refs)
+    (out / "results.json").write_text(json.dumps({"metrics": {"BLEU": score}}))
+    return score
+
+
+def test_report_shows_bootstrap_intervals_and_seed_points(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    root = tmp_path / "pl"
+    sources, _, refs = _corpus(80)
+    scores = {}
+    for length, noise in ((1, 0.6), (5, 0.3)):
+        for seed in (0, 1):
+            name = _write_trial(root, length, "mlp", seed, loss=1.0)
+            hyps = _corpus(80, seed=0, noise=noise + 0.05 * seed)[1]
+            scores[length, seed] = _write_predictions(root / name, sources, hyps, refs)
+    scattered = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def record(self, x, y, *args, **kw):
+        scattered.append((list(x), list(y)))
+        return scatter(self, x, y, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record)
+    written = report.report(root)
+
+    with open(root / "summary.csv") as f:
+        summary = {r["prefix.length"]: r for r in csv.DictReader(f)}
+    for length in (1, 5):
+        row = summary[str(length)]
+        mean = float(row["BLEU_mean"])
+        assert mean == pytest.approx((scores[length, 0] + scores[length, 1]) / 2)
+        assert float(row["BLEU_ci_low"]) < mean < float(row["BLEU_ci_high"])
+    with open(root / "trials.csv") as f:
+        trials = list(csv.DictReader(f))
+    for t in trials:
+        assert float(t["BLEU_ci_low"]) < float(t["BLEU"]) < float(t["BLEU_ci_high"])
+    md = (root / "report.md").read_text()
+    assert "| BLEU | BLEU 95% CI |" in md and "percentile bootstrap" in md
+    low, high = float(summary["5"]["BLEU_ci_low"]), float(summary["5"]["BLEU_ci_high"])
+    assert f"[{low:.4g}, {high:.4g}]" in md
+    # Every seed is a point on the plot, at its x.
+    points = sorted((x, y) for xs, ys in scattered for x, y in zip(xs, ys, strict=True))
+    expected = sorted((n, scores[n, s]) for n in (1, 5) for s in (0, 1))
+    assert [x for x, _ in points] == [x for x, _ in expected]
+    assert [y for _, y in points] == pytest.approx([y for _, y in expected])
+    assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
+    # No predictions: no interval columns; --bootstrap 0 turns them off.
+    report.report(root, tmp_path / "off", bootstrap=0)
+    assert "BLEU_ci_low" not in (tmp_path / "off" / "summary.csv").read_text()
+
+
+def _write_lr_trial(root, method, lr, seed, loss, bleu):
+    overrides = {"method": method, "optim.learning_rate": lr, "seed": seed}
+    tdir = root / trial_name(overrides)
+    (tdir / "eval_validation").mkdir(parents=True)
+    (tdir / "trial.json").write_text(json.dumps({"overrides": overrides}))
+    (tdir / "train_summary.json").write_text(json.dumps({"eval_loss": loss}))
+    results = {"metrics": {"BLEU": bleu}}
+    (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
+
+
+def test_report_selects_the_learning_rate_per_method_by_validation_loss(tmp_path, capsys):
+    root = tmp_path / "lr"
+    losses = {
+        ("prefix", 1e-4): (2.0, 2.2),
+        ("prefix", 1e-3): (1.5, 1.7),  # best: lowest mean loss, not the best BLEU
+        ("prefix", 1e-2): (1.7, 1.6),
+        ("lora", 1e-4): (1.9, 1.9),
+        ("lora", 1e-3): (1.8, 1.8),  # best, at the edge of the grid
+    }
+    for (method, lr), pair in losses.items():
+        for seed, loss in enumerate(pair):
+            _write_lr_trial(root, method, lr, seed, loss, bleu=60 + 100 * lr)
+    written = report.report(root)
+    with open(written["selection_csv"]) as f:
+        rows = {r["setting"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"method=prefix", "method=lora"}
+    assert float(rows["method=prefix"]["chosen"]) == 1e-3
+    assert float(rows["method=prefix"]["eval_loss"]) == pytest.approx(1.6)
+    assert rows["method=prefix"]["edge_of_grid"] == "false"
+    assert float(rows["method=lora"]["chosen"]) == 1e-3 and rows["method=lora"]["edge_of_grid"]
+    md = (root / "report.md").read_text()
+    assert "## `optim.learning_rate` chosen by validation loss" in md
+    assert "    'method=prefix': 0.001," in md and "0.001 (edge of grid)" in md
+    assert written["eval_loss_vs_optim_learning_rate"].read_bytes().startswith(PNG_MAGIC)
+    assert "metric_vs_optim_learning_rate" in written  # lr varies within a method: an x axis
+    assert report.main([str(root), "--select", "", "--out", str(tmp_path / "o")]) == 0
+    assert not (tmp_path / "o" / "selection.csv").exists()
+    capsys.readouterr()
+
+
+def test_a_learning_rate_fixed_per_method_is_not_an_x_axis(tmp_path):
+    root = tmp_path / "pl"
+    for overrides in (
+        {"method": "prefix", "optim.learning_rate": 1e-3, "prefix.length": 1, "seed": 0},
+        {"method": "prefix", "optim.learning_rate": 1e-3, "prefix.length": 5, "seed": 0},
+        {"method": "lora", "optim.learning_rate": 2e-4, "seed": 0},
+    ):
+        tdir = root / trial_name(overrides)
+        (tdir / "eval_validation").mkdir(parents=True)
+        (tdir / "trial.json").write_text(json.dumps({"overrides": overrides}))
+        results = {"metrics": {"BLEU": 50.0}}
+        (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
+    written = report.report(root)
+    assert "metric_vs_prefix_length" in written
+    assert "metric_vs_optim_learning_rate" not in written and "selection_csv" not in written
