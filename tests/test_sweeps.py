@@ -159,7 +159,26 @@ def test_sweep_trials_cross_seeds_outermost():
 @pytest.mark.parametrize(
     "name,size,first_flags",
     [
-        ("prefix_length", 5 * 2 * 3, ["--config.prefix.length=1", "--config.prefix.reparam=none"]),
+        (
+            "prefix_length",
+            (5 + 2) * 3,
+            [
+                "--config=configs/e2e_prefix.py",
+                "--config.prefix.length=1",
+                "--config.max_steps=200",
+            ],
+        ),
+        (
+            "lr_select",
+            5 * 3,
+            ["--config.prefix.reparam=mlp", "--config.data.tune_sources=50"],
+        ),
+        (
+            "low_data",
+            3 * 5 * 3,
+            ["--config.data.train_examples=50", "--config.prefix.init=text:table-to-text:"],
+        ),
+        ("reparam", 4 * 3, ["--config.prefix.reparam=mlp", "--config.prefix.length=10"]),
         ("method", 4 * 3, ["--config=configs/e2e_prefix.py", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
@@ -781,3 +800,121 @@ def test_a_learning_rate_fixed_per_method_is_not_an_x_axis(tmp_path):
     written = report.report(root)
     assert "metric_vs_prefix_length" in written
     assert "metric_vs_optim_learning_rate" not in written and "selection_csv" not in written
+
+
+# ------------------------------------------------------------------- study sweeps (issue 16)
+
+STUDIES = ("lr_select", "low_data", "prefix_length", "reparam")
+
+
+def _rate_key(overrides: dict) -> str:
+    """The `_learning_rates` key a trial's setting belongs to."""
+    from experiments.sweeps import _learning_rates as rates
+
+    method = overrides.get("method", "prefix")
+    if method != "prefix":
+        return f"method={method}"
+    return rates.PREFIX_DIRECT if overrides.get("prefix.reparam") == "none" else rates.PREFIX_MLP
+
+
+def test_study_sweeps_share_data_budget_and_held_out_set():
+    from experiments.sweeps._study import CPU_BUDGET, DATA
+
+    for name in STUDIES:
+        s = load_sweep(name)
+        assert s.name == name and s.config.startswith("configs/e2e_")
+        assert s.base_overrides.items() >= DATA.items()
+        assert 150 <= s.base_overrides["max_steps"] <= 300
+        assert 2 <= s.base_overrides["decode.beam_size"] <= 5
+        assert {k: v for k, v in s.base_overrides.items() if k in CPU_BUDGET} == {
+            **CPU_BUDGET,
+            **({"decode.beam_size": 2} if name == "lr_select" else {}),
+        }
+        for trial in s.trials():  # one held-out set: nothing moves the split
+            assert not {"data.split_seed", "data.eval_sources"} & trial.overrides.keys()
+    assert load_sweep("lr_select").base_overrides["data.tune_sources"] == 50
+    assert "data.tune_sources" not in load_sweep("low_data").base_overrides
+
+
+def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
+    from experiments.sweeps import _learning_rates as rates
+
+    for name in ("low_data", "prefix_length", "reparam"):
+        for trial in load_sweep(name).trials():
+            rate = trial.overrides["optim.learning_rate"]
+            assert rate == rates.LEARNING_RATES[_rate_key(trial.overrides)], trial.name
+    monkeypatch.setitem(rates.LEARNING_RATES, rates.LORA, 7e-4)
+    monkeypatch.setitem(rates.LEARNING_RATES, rates.PREFIX_DIRECT, 5e-3)
+    low = [t.overrides for t in load_sweep("low_data").trials() if t.overrides["method"] == "lora"]
+    assert len(low) == 9 and {o["optim.learning_rate"] for o in low} == {7e-4}
+    direct = [t.overrides for t in load_sweep("reparam").trials()]
+    assert {o["optim.learning_rate"] for o in direct if o["prefix.reparam"] == "none"} == {5e-3}
+    # The rate is a trial axis: --set cannot silently replace it.
+    with pytest.raises(ValueError, match="sweep's own axis"):
+        launch.plan_trials(
+            load_sweep("low_data"),
+            "w",
+            python=["py"],
+            global_overrides={"optim.learning_rate": "1"},
+        )
+
+
+def test_study_sweep_grids():
+    from experiments.sweeps._study import TEXT_INIT
+
+    low = [t.overrides for t in load_sweep("low_data").trials()]
+    assert sorted({o["data.train_examples"] for o in low}) == [50, 200, 500]
+    settings = {(o["method"], o.get("prefix.init")) for o in low}
+    assert settings == {
+        ("prefix", TEXT_INIT),
+        ("prefix", "random"),
+        ("full", None),
+        ("prompt", None),
+        ("lora", None),
+    }
+    assert {o["seed"] for o in low} == {0, 1, 2} and all(o["lora.seed"] == o["seed"] for o in low)
+    length = [t.overrides for t in load_sweep("prefix_length").trials(seeds=[0])]
+    assert [o.get("prefix.length") for o in length] == [1, 5, 10, 20, 40, None, None]
+    assert [o["method"] for o in length[-2:]] == ["prompt", "lora"]
+    reparam = [t.overrides for t in load_sweep("reparam").trials(seeds=[0])]
+    assert [(o["prefix.reparam"], o["prefix.init"]) for o in reparam] == [
+        ("mlp", "random"),
+        ("mlp", TEXT_INIT),
+        ("none", "vocab"),
+        ("none", TEXT_INIT),
+    ]
+    lr = [t.overrides for t in load_sweep("lr_select").trials()]
+    per_setting = {}
+    for o in lr:
+        per_setting.setdefault(_rate_key(o), []).append(o["optim.learning_rate"])
+    assert all(len(v) == 3 and len(set(v)) == 3 for v in per_setting.values())
+
+
+def test_scaling_a_study_with_set_flags():
+    sets = launch.parse_sets(
+        ["max_steps=2000", "batch_size=10", "decode.beam_size=5", "data.path=e2e_nlg"]
+    )
+    plans = launch.plan_trials(
+        load_sweep("prefix_length"), "w", python=["py"], global_overrides=sets
+    )
+    argv = plans[0].steps[0].argv
+    assert "--config.max_steps=2000" in argv and "--config.max_steps=200" not in argv
+    assert "--config.decode.beam_size=5" in argv and "--config.data.path=e2e_nlg" in argv
+
+
+def test_lr_select_report_labels_are_the_learning_rate_keys(tmp_path):
+    """What the report chooses from lr_select's trials can be pasted over LEARNING_RATES."""
+    from experiments.sweeps import _learning_rates as rates
+
+    root = tmp_path / "lr"
+    plans = launch.plan_trials(load_sweep("lr_select"), root, python=["py"])
+    for i, plan in enumerate(plans):
+        plan.dir.mkdir(parents=True)
+        (plan.dir / "trial.json").write_text(json.dumps(plan.record))
+        loss = abs(plan.trial.overrides["optim.learning_rate"] - 1e-3) + i * 1e-6
+        (plan.dir / "train_summary.json").write_text(json.dumps({"eval_loss": loss}))
+    written = report.report(root)
+    with open(written["selection_csv"]) as f:
+        chosen = {r["setting"]: float(r["chosen"]) for r in csv.DictReader(f)}
+    assert set(chosen) == set(rates.LEARNING_RATES)
+    assert chosen[rates.PREFIX_MLP] == 1e-3 and chosen[rates.PROMPT] == 1e-2

@@ -1,0 +1,60 @@
+"""Each method's learning rate, chosen on validation loss, for the study sweeps.
+
+    python -m experiments.launch lr_select --workdir runs/lr_select
+    python -m experiments.report runs/lr_select --out experiments/results/lr_select
+
+The report's "chosen by validation loss" section gives, per method, the rate with the
+lowest mean `eval_loss` and the dict to paste into `experiments/sweeps/_learning_rates.py`
+(with a line saying which run chose it); a choice at the edge of its grid is flagged, and
+the grid should then be extended (`GRIDS` below) before trusting it.
+
+Validation here is not the held-out set: `data.tune_sources=50` holds out 50 further MRs of
+the training pool and computes the loss (and decodes 20 MRs, beam 2, for a look at BLEU)
+on them, so the 100 held-out MRs of the studies never inform a choice. Trials train on the
+remaining 397 MRs with the studies' budget (`_study.py`): one seed, 15 trials on the CPU.
+Add `--seeds 0,1` for two seeds (the report averages them), `--set data.train_examples=200`
+to choose in the low-data regime, and the same `--set` budget flags as the studies when
+scaling them up (see `_study.py`). The direct prefix is tuned with the vocabulary init
+(the random init diverges; `experiments/results/small_cpu`).
+"""
+
+from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, product, sweep
+from experiments.sweeps._learning_rates import FULL, LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT
+from experiments.sweeps._study import CPU_BUDGET, DATA
+
+# Three rates per method, a factor of about 3 apart, around the current rate.
+GRIDS = {
+    PREFIX_MLP: (3e-4, 1e-3, 3e-3),
+    PREFIX_DIRECT: (3e-4, 1e-3, 3e-3),
+    PROMPT: (1e-2, 3e-2, 1e-1),
+    LORA: (3e-4, 1e-3, 3e-3),
+    FULL: (3e-5, 1e-4, 3e-4),
+}
+TUNE_MRS = 50
+
+
+def _setting(key: str) -> list[dict]:
+    """`method=prefix,prefix.reparam=mlp` -> [{"method": "prefix", "prefix.reparam": "mlp"}]."""
+    return [dict(part.split("=", 1) for part in key.split(","))]
+
+
+def get_sweep() -> Sweep:
+    return Sweep(
+        name="lr_select",
+        config="configs/e2e_{method}.py",
+        grid=chain(
+            *(
+                product(_setting(key), sweep("optim.learning_rate", rates))
+                for key, rates in GRIDS.items()
+            )
+        ),
+        seeds=(0,),
+        seed_keys=METHOD_SEED_KEYS,
+        base_overrides={
+            **DATA,
+            **CPU_BUDGET,
+            "data.tune_sources": TUNE_MRS,
+            "data.max_eval_groups": 20,
+            "decode.beam_size": 2,
+        },
+    )
