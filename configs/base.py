@@ -17,8 +17,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     c.remat = ""  # "", "full", "dots", "dots_no_batch", "nothing"
-    # Attention kernel: "auto" (splash on TPU, flash elsewhere), "xla" (dense reference),
-    # "flash" (blockwise, any platform), "splash" (TPU), "cudnn" (NVIDIA GPUs).
+    # Attention kernel: "auto" (splash on TPU; elsewhere flash for long rows, else xla),
+    # "xla" (dense reference), "flash" (blockwise, any platform), "splash" (TPU), "cudnn".
     c.attention = "auto"
     c.method = "prefix"
     c.seed = 0

@@ -3,8 +3,9 @@
     python -m experiments.aot --model llama-3-8b --topology v5e-256 \\
         --mesh '(("data",1),("fsdp",-1),("tensor",1))' --batch 256 --seq 2048 --remat full
 
-`--attention` picks the kernel (default `auto`: splash on a TPU topology, flash on CPU
-devices; `xla` is the dense reference that keeps [batch, heads, T, p + T] scores).
+`--attention` picks the kernel (default `auto`: splash on a TPU topology; on CPU devices
+flash, or xla for short rows; `xla` is the dense reference that keeps [batch, heads, T,
+p + T] scores).
 `--model` is a public architecture (`llama-3-8b`, `llama-3-70b`, `smollm2-135m`) or an HF
 `config.json` (or its directory); no weights are read. `--topology` is a TPU slice
 (`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
@@ -49,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--attention",
         default="auto",
         choices=("auto", "xla", "flash", "splash", "cudnn"),
-        help="attention kernel (auto: splash on TPU, flash elsewhere)",
+        help="attention kernel (auto: splash on TPU; elsewhere flash, or xla for short rows)",
     )
     parser.add_argument("--decode-batch", type=int, default=0)
     parser.add_argument("--cache-length", type=int, default=2048)
@@ -110,7 +111,9 @@ def main(argv=None) -> None:
     dt = dtype(args.dtype)
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
-    attention = resolve_attention(args.attention, mesh.devices.flat[0].platform)
+    platform = mesh.devices.flat[0].platform
+    scores = args.seq * (args.seq + (args.prefix_length if args.method == "prefix" else 0))
+    attention = resolve_attention(args.attention, platform, scores=scores)
     if args.no_constraints and attention == "splash" and args.batch:
         raise SystemExit(
             "splash attention runs per device under shard_map, which needs the activation "

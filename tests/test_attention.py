@@ -213,10 +213,13 @@ def test_cudnn_arguments_give_the_dense_result():
 
 
 def test_auto_per_platform_and_bad_names():
-    assert att.resolve("auto", "tpu") == "splash"
-    assert att.resolve("auto", "gpu") == "flash"
-    assert att.resolve("auto", "cpu") == "flash"
-    assert att.resolve("xla", "tpu") == "xla"
+    long, short = 2048 * 2058, 64 * 74
+    assert att.resolve("auto", "tpu", short) == "splash"
+    assert att.resolve("auto", "gpu", long) == att.resolve("auto", "cpu", long) == "flash"
+    assert att.resolve("auto", "gpu", short) == att.resolve("auto", "cpu", short) == "xla"
+    assert att.resolve("xla", "tpu", long) == "xla"
+    assert att.pin_platform("auto", "tpu") == "splash"
+    assert att.pin_platform("auto", "cpu") == "auto"
     with pytest.raises(ValueError, match="unknown attention implementation 'flesh'.*flash"):
         att.resolve("flesh")
 

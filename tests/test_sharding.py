@@ -117,6 +117,34 @@ def test_sharded_decoding_equals_unsharded(shardable_checkpoint):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])
+def test_flash_attention_sharded_equals_dense(shardable_checkpoint, shape, monkeypatch):
+    """The blockwise kernel under a mesh (tiles of 8, so rows span several) against the
+    dense kernel on one device: logits and the prefix's gradients."""
+    from prefix_jax.models import attention
+
+    monkeypatch.setattr(attention, "FLASH_BLOCK", 8)
+    plain, _ = load(shardable_checkpoint, with_tokenizer=False, attention="xla")
+    sharded, _ = load(
+        shardable_checkpoint, with_tokenizer=False, mesh=mesh_of(shape), attention="flash"
+    )
+    prefix, _ = create_prefix(plain, PrefixConfig(length=3, reparam="none", init_scale=0.5))
+    kv, data = prefix(), batch(128)
+
+    def loss(keys_values, model):
+        given = kv.replace(keys=keys_values[0], values=keys_values[1])
+        logits, _ = model(data["tokens"], data["attention_mask"], prefix=given)
+        return (jax.nn.log_softmax(logits)[..., 3] * data["attention_mask"]).sum(), logits
+
+    grad = jax.value_and_grad(loss, has_aux=True)
+    (_, want), want_grad = grad((kv.keys, kv.values), plain)
+    (_, got), got_grad = grad((kv.keys, kv.values), sharded)
+    real = np.asarray(data["attention_mask"])[..., None]
+    np.testing.assert_allclose(np.asarray(got) * real, np.asarray(want) * real, atol=1e-5)
+    for a, b in zip(got_grad, want_grad, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_mesh_errors():
     with pytest.raises(ValueError, match="needs 12 devices, but there are 8"):
         sharding.make_mesh([("data", 3), ("fsdp", 4)])

@@ -178,7 +178,7 @@ def main() -> None:
     if args.shapes:
         rows = [row for row in rows if row[0] in args.shapes.split(",")]
     kernels = ["xla", "flash"] + (["cudnn"] if on_gpu else [])
-    print(f"{jax.devices()[0].device_kind}, {jnp.dtype(dtype).name}; auto = flash here")
+    print(f"{jax.devices()[0].device_kind}, {jnp.dtype(dtype).name}")
     print("| shape | p | batch x seq | kernel | temps GiB | step s | tokens/s | peak GiB | "
           "max abs dlogit |")  # fmt: skip
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")

@@ -18,7 +18,8 @@ Kernels (`implementation`):
   and full attention; cached steps (keys from a cache) and sliding windows use `flash`.
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` with the explicit mask
   (cuDNN turns it into a [B, 1, T, S] bias: no per-head scores, but not O(T) either).
-- `auto`: `splash` on TPU, `flash` elsewhere (see `resolve`).
+- `auto`: `splash` on TPU; elsewhere `flash` for long sequences and `xla` for short ones,
+  where one flash tile would hold every score anyway (see `resolve`).
 
 Outputs at padding queries (`query_valid` False) are zero under every kernel: they have no
 valid key, so each kernel would otherwise fill them differently.
@@ -45,6 +46,8 @@ KV_AXES = ("batch", "length", "kv_heads", "head_dim")
 MASKED = float(jnp.finfo(jnp.float32).min)
 FLASH_BLOCK = 512
 SPLASH_BLOCK = 512
+# `auto` off TPU: dense attention up to this many scores per head and row (256 x 512).
+DENSE_SCORES = 256 * 512
 
 
 class AttentionMask(struct.PyTreeNode):
@@ -81,11 +84,14 @@ def slots_visible(query_slots: Array, key_slots: Array, window: int = 0) -> Arra
     return seen
 
 
-def resolve(implementation: str, platform: str | None = None) -> str:
-    """The kernel `auto` stands for on `platform` (default: the default backend's).
+def resolve(implementation: str, platform: str | None = None, scores: int = 0) -> str:
+    """The kernel `auto` stands for on `platform` (default: the default backend's) for a
+    [T, S] score matrix of `scores` = T * S entries per head and row.
 
     TPU: splash, the Pallas kernel MaxText uses. Elsewhere flash (XLA ops), which bounds
-    memory on every backend; `cudnn` is opt-in on GPUs.
+    memory on every backend, once the scores exceed `DENSE_SCORES`; below that one flash
+    tile would hold them all, and the dense kernel is the same computation with less
+    bookkeeping (and compiles faster). `cudnn` is opt-in on GPUs.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -94,8 +100,17 @@ def resolve(implementation: str, platform: str | None = None) -> str:
         )
     if implementation != "auto":
         return implementation
-    platform = platform or jax.default_backend()
-    return "splash" if platform == "tpu" else "flash"
+    if (platform or jax.default_backend()) == "tpu":
+        return "splash"
+    return "flash" if scores > DENSE_SCORES else "xla"
+
+
+def pin_platform(implementation: str, platform: str) -> str:
+    """`auto` fixed where the platform alone decides it (TPU: splash), for programs compiled
+    ahead of time for another platform than this host's; otherwise unchanged."""
+    if implementation == "auto" and platform == "tpu":
+        return "splash"
+    return implementation
 
 
 def attention(
@@ -114,7 +129,7 @@ def attention(
     b, t, h, hd = q.shape
     if k.shape[0] != b or k.shape[2] == 0 or h % k.shape[2] or k.shape != v.shape:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
-    kind = resolve(implementation)
+    kind = resolve(implementation, scores=t * k.shape[1])
     if kind == "splash" and (not mask.self_aligned or mask.window):
         kind = "flash"
     if kind == "xla":

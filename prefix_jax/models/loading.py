@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from prefix_jax import sharding
-from prefix_jax.models.attention import resolve as resolve_attention
+from prefix_jax.models.attention import pin_platform
 from prefix_jax.models.config import (
     ModelConfig,
     RopeScaling,
@@ -181,7 +181,7 @@ def abstract_model(
     if mesh is not None and constrain_activations:
         where = sharding.ActivationSharding(mesh, tuple(rules))
     if mesh is not None:
-        attention = resolve_attention(attention, mesh.devices.flat[0].platform)
+        attention = pin_platform(attention, mesh.devices.flat[0].platform)
 
     def make() -> nnx.Module:
         model = Transformer(
