@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from experiments.sweeps import format_value
-from prefix_jax.metrics.bleu import bleu_segment_stats
+from prefix_jax.metrics.bleu import bleu_of_sums, bleu_segment_stats
 
 DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
 BOOTSTRAP_SAMPLES = 1000
@@ -116,26 +116,6 @@ def read_bleu_stats(path: Path) -> tuple[list[str], np.ndarray] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return sources, np.asarray(stats, dtype=np.float64)
-
-
-def bleu_of_sums(sums: np.ndarray, max_n: int = BLEU_MAX_N) -> np.ndarray:
-    """Corpus BLEU (0-100) of each row of summed `bleu_segment_stats`, vectorized;
-    `prefix_jax.metrics.bleu.bleu_from_stats` row by row, mteval's smoothing included."""
-    sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
-    matches, totals = sums[:, :max_n], sums[:, max_n : 2 * max_n]
-    hyp_length, ref_length = sums[:, 2 * max_n], sums[:, 2 * max_n + 1]
-    log_precision = np.zeros(len(sums))
-    smooth = np.ones(len(sums))
-    for n in range(max_n):
-        m, t = matches[:, n], totals[:, n]
-        unmatched = (t > 0) & (m == 0)
-        smooth = np.where(unmatched, 2 * smooth, smooth)
-        safe_t = np.where(t > 0, t, 1.0)
-        term = np.where(m > 0, np.log(np.where(m > 0, m, 1.0) / safe_t), -np.log(smooth * safe_t))
-        log_precision += np.where(t > 0, term, 0.0)
-    safe_hyp = np.where(hyp_length > 0, hyp_length, 1.0)
-    brevity = np.exp(np.minimum(0.0, 1.0 - ref_length / safe_hyp))
-    return np.where(hyp_length > 0, 100.0 * brevity * np.exp(log_precision / max_n), 0.0)
 
 
 def resample_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:

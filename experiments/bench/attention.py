@@ -184,7 +184,6 @@ def main() -> None:
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
     for shape, p, batch, seq, timed in rows:
         timed = timed and not args.no_time
-        reference = None
         results = {}
         for kernel in kernels:
             try:

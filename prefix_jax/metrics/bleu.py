@@ -24,9 +24,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 __all__ = [
     "bleu",
     "bleu_from_stats",
+    "bleu_of_sums",
     "bleu_segment_stats",
     "check_inputs",
     "mteval_tokenize",
@@ -152,22 +155,31 @@ def bleu_segment_stats(
 
 def bleu_from_stats(stats: Sequence[float], max_n: int = 4) -> float:
     """Corpus BLEU (0-100) from summed ``bleu_segment_stats`` rows; see ``bleu``."""
-    matches, totals = stats[:max_n], stats[max_n : 2 * max_n]
-    hyp_length, ref_length = stats[2 * max_n], stats[2 * max_n + 1]
-    if hyp_length == 0:
-        return 0.0
-    log_precision = 0.0
-    smooth = 1
+    return float(bleu_of_sums(np.asarray(stats), max_n)[0])
+
+
+def bleu_of_sums(sums: np.ndarray, max_n: int = 4) -> np.ndarray:
+    """Corpus BLEU (0-100) of each row of summed ``bleu_segment_stats`` ([k, 2 max_n + 2]
+    or one row), vectorized so a bootstrap scores all its resamples at once.
+
+    mteval's smoothing: an order with n-grams but no match counts as 1 / (2^k * total), k
+    the number of such orders so far; an order with no n-grams at all counts as a perfect
+    precision (log 1). An empty corpus of hypotheses scores 0.
+    """
+    sums = np.atleast_2d(np.asarray(sums, dtype=np.float64))
+    matches, totals = sums[:, :max_n], sums[:, max_n : 2 * max_n]
+    hyp_length, ref_length = sums[:, 2 * max_n], sums[:, 2 * max_n + 1]
+    log_precision = np.zeros(len(sums))
+    smooth = np.ones(len(sums))
     for n in range(max_n):
-        if totals[n] == 0:
-            continue  # log(1): mteval treats "no n-grams to match" as a perfect precision
-        if matches[n] == 0:
-            smooth *= 2
-            log_precision += math.log(1.0 / (smooth * totals[n]))
-        else:
-            log_precision += math.log(matches[n] / totals[n])
-    brevity = math.exp(min(0.0, 1.0 - ref_length / hyp_length))
-    return 100.0 * brevity * math.exp(log_precision / max_n)
+        m, t = matches[:, n], totals[:, n]
+        smooth = np.where((t > 0) & (m == 0), 2 * smooth, smooth)
+        safe_t = np.where(t > 0, t, 1.0)
+        term = np.where(m > 0, np.log(np.where(m > 0, m, 1.0) / safe_t), -np.log(smooth * safe_t))
+        log_precision += np.where(t > 0, term, 0.0)
+    safe_hyp = np.where(hyp_length > 0, hyp_length, 1.0)
+    brevity = np.exp(np.minimum(0.0, 1.0 - ref_length / safe_hyp))
+    return np.where(hyp_length > 0, 100.0 * brevity * np.exp(log_precision / max_n), 0.0)
 
 
 def bleu(
