@@ -163,3 +163,25 @@ def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
             position_ids=torch.from_numpy(positions),
         )
     return out.logits.float().numpy()
+
+
+def word_tokenizer(words: list[str], template: str):
+    """A real HF fast tokenizer over whitespace-split `words` (ids: `<pad>` 0, `</s>` 1,
+    `<s>` 2, `<unk>` 3, then `words`) that wraps each text as `template` says, e.g.
+    "<s> $A </s>" (BART) or "$A </s>" (T5): for encoder-decoder data tests, no hub."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<s>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("<s>", 2), ("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        unk_token="<unk>",
+    )

@@ -66,6 +66,11 @@ class EncodedDataset:
     def lengths(self) -> np.ndarray:
         return np.array([len(s) for s in self.sequences], dtype=np.int32)
 
+    @property
+    def longest(self) -> int:
+        """The most tokens one row of a batch holds: what the buckets must fit."""
+        return int(self.lengths.max())
+
 
 # --------------------------------------------------------------------------- tokenization
 
@@ -235,7 +240,7 @@ class BatchIterator:
         self.process_index = process_index
         self.process_count = process_count
         self._lengths = dataset.lengths
-        self.buckets = _checked_buckets(buckets, int(self._lengths.max()))
+        self.buckets = _checked_buckets(buckets, dataset.longest)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -1,0 +1,242 @@
+"""Examples -> fixed-shape numpy batches for an encoder-decoder model (BART, T5).
+
+The source is the encoder input and the target the decoder's, each with the tokenizer's
+own special tokens (BART: `<s> text </s>`, T5: `text </s>`), as the checkpoints were
+trained. Teacher forcing: the decoder reads `[decoder_start] + labels[:-1]` and is scored
+on `labels` (shift right, as in transformers' `shift_tokens_right`).
+
+Truncation keeps the special tokens: a source keeps its first tokens; a target keeps its
+first `max_target_tokens` tokens and loses its eos when cut (it did not end there).
+
+Batches are padded on the right to the smallest source bucket and target bucket that fit,
+so a jitted step compiles once per (source, target) bucket pair; rows that pad the last
+batch are fully masked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prefix_jax.data.pipeline import BatchIterator, EncodeConfig, _checked_buckets, pick_bucket
+from prefix_jax.data.tasks import EvalGroup, Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedPairs:
+    """Source and label token sequences of an encoder-decoder dataset."""
+
+    sources: list[np.ndarray]  # int32 [source length] each, special tokens included
+    labels: list[np.ndarray]  # int32 [target length] each, eos included unless truncated
+    pad_id: int
+    decoder_start_id: int
+    n_source_truncated: int = 0
+    n_target_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Source plus target tokens: what sorting into similar-length batches uses."""
+        return self.source_lengths + self.label_lengths
+
+    @property
+    def longest(self) -> int:
+        """The most tokens one side of a row holds: what the buckets must fit."""
+        return int(max(self.source_lengths.max(), self.label_lengths.max()))
+
+    @property
+    def source_lengths(self) -> np.ndarray:
+        return np.array([len(s) for s in self.sources], dtype=np.int32)
+
+    @property
+    def label_lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.labels], dtype=np.int32)
+
+
+class SpecialTokens:
+    """Where a tokenizer puts its special tokens around one text (found by probing), so
+    that truncation can cut the text and keep them."""
+
+    def __init__(self, tokenizer: Any):
+        probe = "Hello world"
+        plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+        full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+        start = next(
+            (i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain),
+            None,
+        )
+        if start is None:
+            raise ValueError("cannot locate the text among the tokenizer's special tokens")
+        self.front, self.back = full[:start], full[start + len(plain) :]
+
+    def wrap(
+        self, texts_ids: Sequence[Sequence[int]], max_tokens: int, *, close_cut: bool = True
+    ) -> tuple[list[np.ndarray], int]:
+        """(each text's ids inside the special tokens, at most `max_tokens` in all; the
+        number of texts that had to be cut). A cut text keeps its closing special tokens
+        when `close_cut` (an encoder input), else its room goes to text (a target that
+        did not end there gets no eos)."""
+        room = max_tokens - len(self.front) - len(self.back)
+        if room <= 0:
+            raise ValueError(
+                f"max tokens {max_tokens} leaves no room besides the special tokens "
+                f"{self.front + self.back}"
+            )
+        out, n_cut = [], 0
+        for ids in texts_ids:
+            if len(ids) <= room:
+                wrapped = [*self.front, *ids, *self.back]
+            elif close_cut:
+                wrapped, n_cut = [*self.front, *ids[:room], *self.back], n_cut + 1
+            else:
+                wrapped, n_cut = [*self.front, *ids[: max_tokens - len(self.front)]], n_cut + 1
+            out.append(np.array(wrapped, dtype=np.int32))
+        return out, n_cut
+
+
+def _pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has neither pad_token_id nor eos_token_id")
+    return tokenizer.eos_token_id
+
+
+def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def encode_sources(
+    tokenizer: Any, sources: Sequence[str], config: EncodeConfig
+) -> tuple[list[np.ndarray], int]:
+    """Encoder inputs with special tokens, at most `config.max_source_tokens` each."""
+    sources_ids, n_cut = SpecialTokens(tokenizer).wrap(
+        _ids(tokenizer, sources), config.max_source_tokens
+    )
+    if n_cut:
+        log.warning(
+            "truncated %d of %d sources to %d tokens", n_cut, len(sources), config.max_source_tokens
+        )
+    return sources_ids, n_cut
+
+
+def encode_pairs(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    decoder_start_id: int,
+    config: EncodeConfig | None = None,
+) -> EncodedPairs:
+    """Tokenize (source, target) examples once for an encoder-decoder model."""
+    config = config or EncodeConfig()
+    sources, n_source_cut = encode_sources(tokenizer, [e.source for e in examples], config)
+    labels, n_target_cut = SpecialTokens(tokenizer).wrap(
+        _ids(tokenizer, [e.target for e in examples]), config.max_target_tokens, close_cut=False
+    )
+    if n_target_cut:
+        log.warning(
+            "truncated %d of %d targets to %d tokens",
+            n_target_cut,
+            len(examples),
+            config.max_target_tokens,
+        )
+    return EncodedPairs(
+        sources, labels, _pad_id(tokenizer), decoder_start_id, n_source_cut, n_target_cut
+    )
+
+
+class PairBatchIterator(BatchIterator):
+    """`BatchIterator`'s shuffled, pooled, resumable order over encoder-decoder pairs.
+
+    Yields `source`, `source_mask` ([rows, source bucket]), `target` (the decoder input,
+    shifted right), `labels` and `target_mask` ([rows, target bucket]), int32.
+    """
+
+    dataset: EncodedPairs
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} not in [0, {self.steps_per_epoch}]")
+        rows = self.batch_size // self.process_count
+        first = self.process_index * rows
+        source_lengths, label_lengths = self.dataset.source_lengths, self.dataset.label_lengths
+        for indices in self.plan(epoch)[start_step:]:
+            real = indices[indices >= 0]
+            source_len = pick_bucket(int(source_lengths[real].max()), self.buckets)
+            target_len = pick_bucket(int(label_lengths[real].max()), self.buckets)
+            yield self._assemble_pairs(indices[first : first + rows], source_len, target_len)
+
+    def _assemble_pairs(
+        self, indices: np.ndarray, source_len: int, target_len: int
+    ) -> dict[str, np.ndarray]:
+        data = self.dataset
+        rows = len(indices)
+        source = np.full((rows, source_len), data.pad_id, dtype=np.int32)
+        source_mask = np.zeros((rows, source_len), dtype=np.int32)
+        target = np.full((rows, target_len), data.pad_id, dtype=np.int32)
+        labels = np.full((rows, target_len), data.pad_id, dtype=np.int32)
+        target_mask = np.zeros((rows, target_len), dtype=np.int32)
+        for row, index in enumerate(indices):
+            if index < 0:
+                continue
+            src, lab = data.sources[index], data.labels[index]
+            source[row, : len(src)] = src
+            source_mask[row, : len(src)] = 1
+            labels[row, : len(lab)] = lab
+            target[row, 0] = data.decoder_start_id
+            target[row, 1 : len(lab)] = lab[:-1]
+            target_mask[row, : len(lab)] = 1
+        return {
+            "source": source,
+            "source_mask": source_mask,
+            "target": target,
+            "labels": labels,
+            "target_mask": target_mask,
+        }
+
+
+def pair_eval_batches(
+    groups: Sequence[EvalGroup],
+    tokenizer: Any,
+    batch_size: int,
+    *,
+    config: EncodeConfig | None = None,
+    buckets: Sequence[int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Encoder inputs for decoding, right-padded, in group order.
+
+    Each batch has `source`, `source_mask` (int32 [batch_size, bucket]), `valid` (bool,
+    False for rows padding the last batch) and per row `sources` and `references`.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    config = config or EncodeConfig()
+    encoded, _ = encode_sources(tokenizer, [g.source for g in groups], config)
+    pad = _pad_id(tokenizer)
+    buckets = _checked_buckets(buckets, max((len(s) for s in encoded), default=1))
+    for start in range(0, len(groups), batch_size):
+        chunk = encoded[start : start + batch_size]
+        length = pick_bucket(max(len(s) for s in chunk), buckets)
+        source = np.full((batch_size, length), pad, dtype=np.int32)
+        source_mask = np.zeros((batch_size, length), dtype=np.int32)
+        for row, ids in enumerate(chunk):
+            source[row, : len(ids)] = ids
+            source_mask[row, : len(ids)] = 1
+        batch_groups = groups[start : start + batch_size]
+        n_pad = batch_size - len(chunk)
+        yield {
+            "source": source,
+            "source_mask": source_mask,
+            "valid": np.arange(batch_size) < len(chunk),
+            "sources": [g.source for g in batch_groups] + [""] * n_pad,
+            "references": [list(g.references) for g in batch_groups] + [[] for _ in range(n_pad)],
+        }
