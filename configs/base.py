@@ -41,6 +41,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             "init_fit_steps": 300,
             "positions": "from_zero",
             "seed": 0,
+            # Encoder-decoder models: which of "encoder,decoder,cross" get a prefix; "" = all
+            # the model has (Li & Liang's three; a decoder-only model has "decoder" alone).
+            "parts": "",
         }
     )
 

@@ -31,6 +31,24 @@ from prefix_jax.models.transformer import PrefixKV, Transformer
 Array = jax.Array
 REPARAMS = ("none", "mlp")
 POSITION_MODES = ("from_zero", "after_prefix")
+# Li & Liang's three prefixes of an encoder-decoder model: encoder self-attention, decoder
+# self-attention, decoder cross-attention. A decoder-only model has the decoder's alone.
+PARTS = ("encoder", "decoder", "cross")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixShape:
+    """The stack of attention layers one prefix feeds. A decoder's `ModelConfig` has these
+    fields too, so it serves as its own prefix shape."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int  # the MLP's default input width (Li & Liang: d_model)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
 
 
 class PrefixParam(nnx.Param):
@@ -51,6 +69,8 @@ class PrefixConfig:
     init_fit_steps: int = 300  # Adam steps fitting the MLP output to activations (mlp + vocab/text)
     positions: str = "from_zero"  # from_zero | after_prefix (PEFT / original code)
     seed: int = 0
+    # Comma-separated PARTS to train ("encoder,cross"); "" = every attention the model has.
+    parts: str = ""
 
     def __post_init__(self) -> None:
         if self.length <= 0:
@@ -69,9 +89,25 @@ class PrefixConfig:
             raise ValueError("prefix init 'text:' needs words after the colon")
         if self.positions not in POSITION_MODES:
             raise ValueError(f"prefix positions must be one of {POSITION_MODES}")
+        unknown = [part for part in self.part_list() if part not in PARTS]
+        if unknown:
+            raise ValueError(f"prefix parts {unknown} unknown; parts are {', '.join(PARTS)}")
 
-    def num_params(self, model: ModelConfig) -> int:
-        """Trainable parameter count (the formula the tests check against PEFT)."""
+    def part_list(self) -> list[str]:
+        return [part.strip() for part in self.parts.split(",") if part.strip()]
+
+    def selected_parts(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        """The parts to train, in `PARTS` order, of those the model has (`available`)."""
+        chosen = self.part_list() or list(available)
+        missing = [part for part in chosen if part not in available]
+        if missing:
+            raise ValueError(
+                f"prefix parts {missing} do not exist in this model; it has: {', '.join(available)}"
+            )
+        return tuple(part for part in PARTS if part in chosen)
+
+    def num_params(self, model: ModelConfig | PrefixShape) -> int:
+        """Trainable parameter count of one part (the formula the tests check against PEFT)."""
         width = 2 * model.num_layers * model.kv_dim
         if self.reparam == "none":
             return self.length * width
@@ -87,7 +123,9 @@ def _torch_linear_init(rngs: nnx.Rngs, fan_in: int, shape: tuple[int, ...]) -> A
 class Prefix(nnx.Module):
     """Produces the per-layer prefix keys/values (`PrefixKV`) for a given model config."""
 
-    def __init__(self, model_config: ModelConfig, config: PrefixConfig, *, rngs: nnx.Rngs):
+    def __init__(
+        self, model_config: ModelConfig | PrefixShape, config: PrefixConfig, *, rngs: nnx.Rngs
+    ):
         self.config = config
         self.model_config = model_config
         p, width = config.length, 2 * model_config.num_layers * model_config.kv_dim
@@ -136,7 +174,9 @@ def mlp_table(embedding: Array, w1: Array, b1: Array, w2: Array, b2: Array) -> A
     return jnp.tanh(embedding @ w1 + b1) @ w2 + b2
 
 
-def table_to_prefix(table: Array, c: ModelConfig, after_prefix: bool = False) -> PrefixKV:
+def table_to_prefix(
+    table: Array, c: ModelConfig | PrefixShape, after_prefix: bool = False
+) -> PrefixKV:
     """[p, layers*2*kv_dim] (PEFT layout) -> PrefixKV with keys/values [L, 1, p, kv, hd]."""
     p = table.shape[0]
     kv = table.reshape(p, c.num_layers, 2, c.num_kv_heads, c.head_dim)
@@ -212,6 +252,7 @@ def create_prefix(
     Adam regression on all MLP weights (the original code's approach), so the initial
     collapsed prefix reproduces them up to the reported relative error.
     """
+    config.selected_parts(("decoder",))  # a decoder-only model has its self-attention alone
     prefix = Prefix(model.config, config, rngs=nnx.Rngs(config.seed))
     tokens = init_tokens(config, model, tokenizer)
     if tokens is None:
