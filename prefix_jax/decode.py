@@ -294,8 +294,12 @@ def _cache_holding_prefix(model, prefix: PrefixKV | None, batch: int, max_len: i
     if prefix is None:
         return model.init_cache(batch, max_len)
     check_prefix(prefix, model.config, batch)
-    p = prefix.length
-    cache = model.init_cache(batch, p + max_len)
+    return fill_prefix(model.init_cache(batch, prefix.length + max_len), prefix)
+
+
+def fill_prefix(cache: KVCache, prefix: PrefixKV) -> KVCache:
+    """An empty cache with its first p slots holding the prefix (see `_cache_holding_prefix`)."""
+    p, batch = prefix.length, cache.valid.shape[0]
 
     def place(slots: Array, part: Array) -> Array:
         part = jnp.broadcast_to(part, (*slots.shape[:2], *part.shape[2:]))

@@ -185,3 +185,78 @@ def word_tokenizer(words: list[str], template: str):
         bos_token="<s>",
         unk_token="<unk>",
     )
+
+
+def _randomize_seq2seq(model) -> None:
+    """Random norms, biases and logit bias, so that a wrong mapping cannot hide."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias") and "relative_attention_bias" not in name:
+                p.copy_(0.1 * torch.randn_like(p))
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.copy_(0.1 * torch.randn_like(model.final_logits_bias))
+
+
+def _save_tiny_seq2seq(tmp_dir: Path, kind: str) -> Path:
+    import json
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    if kind == "bart":
+        config = transformers.BartConfig(
+            vocab_size=61,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=3,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=48,
+            decoder_ffn_dim=48,
+            max_position_embeddings=40,
+            scale_embedding=True,
+        )
+        model = transformers.BartForConditionalGeneration(config)
+    else:  # t5_v1: ReLU, tied head (rescaled); t5_v11: gated GELU, untied head
+        config = transformers.T5Config(
+            vocab_size=61,
+            d_model=32,
+            d_kv=16,
+            d_ff=48,
+            num_layers=2,
+            num_decoder_layers=3,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=20,
+            feed_forward_proj="relu" if kind == "t5_v1" else "gated-gelu",
+            decoder_start_token_id=0,
+        )
+        model = transformers.T5ForConditionalGeneration(config)
+    _randomize_seq2seq(model)
+    path = tmp_dir / kind
+    model.save_pretrained(path)
+    if kind == "t5_v11":
+        # Hub layout of T5 v1.1 / Flan-T5: its own lm_head and tie_word_embeddings=false
+        # (transformers 5 always ties on save, so write that layout by hand).
+        tensors = load_file(path / "model.safetensors")
+        tensors["lm_head.weight"] = torch.randn(61, 32)
+        save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+        hf = json.loads((path / "config.json").read_text())
+        hf["tie_word_embeddings"] = False
+        hf.pop("scale_decoder_outputs", None)
+        (path / "config.json").write_text(json.dumps(hf))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random encoder-decoders: bart (scaled embeddings), t5_v1 (ReLU, tied, rescaled
+    head) and t5_v11 (gated GELU, untied head, as Flan-T5)."""
+    root = tmp_path_factory.mktemp("tiny_seq2seq")
+    return {kind: _save_tiny_seq2seq(root, kind) for kind in ("bart", "t5_v1", "t5_v11")}

@@ -23,12 +23,23 @@ Kernels (`implementation`):
 
 Outputs at padding queries (`query_valid` False) are zero under every kernel: they have no
 valid key, so each kernel would otherwise fill them differently.
+
+Encoder-decoder models add two things (`AttentionMask.causal`, `AttentionMask.bias`): a
+bidirectional mask (encoder self-attention, cross-attention) and T5's relative position
+bias, a learned [buckets, heads] table looked up by the bucket of `key_slot - query_slot`.
+`xla` adds the dense bias to the scores; `flash` computes it per tile from the slots, in the
+forward pass and in the recomputing backward pass. Neither differentiates the table: it
+belongs to the frozen base model. Prefix keys (slot -1) get no bias, as they have no
+position. `splash` handles neither (its mask is `CausalMask` and it takes no bias), and
+`cudnn` would need the bias materialized as a dense [1, H, T, S] array, the memory flash
+avoids; both fall back to `flash`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,18 +76,68 @@ class AttentionMask(struct.PyTreeNode):
     prefix_length: int = struct.field(pytree_node=False, default=0)
     self_aligned: bool = struct.field(pytree_node=False, default=False)
     window: int = struct.field(pytree_node=False, default=0)  # sliding window; 0 = none
+    # False: every query sees every valid key (encoder self-attention, cross-attention).
+    causal: bool = struct.field(pytree_node=False, default=True)
+    bias: RelativeBias | None = None  # T5's relative position bias, by slot distance
 
     def dense(self) -> Array:
         """The [B, T, S] boolean mask."""
-        seen = slots_visible(self.query_slots, self.key_slots, self.window)
+        seen = slots_visible(self.query_slots, self.key_slots, self.window, self.causal)
         return seen[None] & self.key_valid[:, None, :]
 
 
-def slots_visible(query_slots: Array, key_slots: Array, window: int = 0) -> Array:
+class RelativeBias(struct.PyTreeNode):
+    """T5's relative position bias: `table[bucket(key_slot - query_slot)]` per head.
+
+    Slots stand in for positions (seq2seq batches are right-padded, so a real token's slot
+    is its position, as in transformers). Keys with slot < 0 (the prefix) get no bias.
+    """
+
+    table: Array  # [num_buckets, heads]
+    bidirectional: bool = struct.field(pytree_node=False, default=True)
+    max_distance: int = struct.field(pytree_node=False, default=128)
+
+    def scores(self, query_slots: Array, key_slots: Array) -> Array:
+        """The float32 bias [heads, T, S] of these query and key slots."""
+        # Clip so that padding slots (int32 max, -2) cannot overflow the difference.
+        qs = jnp.clip(query_slots.astype(jnp.int32), -1, 2**30)
+        ks = jnp.clip(key_slots.astype(jnp.int32), -1, 2**30)
+        buckets = relative_buckets(
+            ks[None, :] - qs[:, None], self.bidirectional, self.table.shape[0], self.max_distance
+        )
+        bias = jnp.take(self.table.astype(jnp.float32), buckets, axis=0)  # [T, S, H]
+        return jnp.where(ks[None, :, None] < 0, 0.0, bias).transpose(2, 0, 1)
+
+
+def relative_buckets(
+    relative: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
+    """Mesh TensorFlow's buckets of `key - query` distances: exact for small distances,
+    logarithmic up to `max_distance`; causal (not bidirectional) buckets only look back."""
+    buckets = jnp.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (relative > 0).astype(jnp.int32) * num_buckets
+        relative = jnp.abs(relative)
+    else:
+        relative = -jnp.minimum(relative, 0)
+    max_exact = num_buckets // 2
+    far = jnp.log(jnp.maximum(relative, 1).astype(jnp.float32) / max_exact)
+    far = far / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    large = jnp.minimum(max_exact + far.astype(jnp.int32), num_buckets - 1)
+    return buckets + jnp.where(relative < max_exact, relative, large)
+
+
+def slots_visible(
+    query_slots: Array, key_slots: Array, window: int = 0, causal: bool = True
+) -> Array:
     """[T, S]: causal, and with a sliding `window` only the last `window` token slots up to
     the query's own (as Mistral: key > query - window). Prefix keys (slot < 0) stay visible
-    to every query: the prefix has no position, so no window slides past it.
+    to every query: the prefix has no position, so no window slides past it. Not `causal`:
+    every key is visible.
     """
+    if not causal:
+        return jnp.ones((query_slots.shape[0], key_slots.shape[0]), bool)
     seen = key_slots[None, :] <= query_slots[:, None]
     if window:
         recent = key_slots[None, :] > query_slots[:, None] - window
@@ -130,10 +191,13 @@ def attention(
     if k.shape[0] != b or k.shape[2] == 0 or h % k.shape[2] or k.shape != v.shape:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     kind = resolve(implementation, scores=t * k.shape[1])
-    if kind == "splash" and (not mask.self_aligned or mask.window):
+    if kind == "splash" and (not mask.self_aligned or mask.window or not mask.causal):
         kind = "flash"
+    if kind in ("splash", "cudnn") and mask.bias is not None:
+        kind = "flash"  # see the module docstring
     if kind == "xla":
-        out = _dense(q, k, v, mask.dense())
+        bias = None if mask.bias is None else mask.bias.scores(mask.query_slots, mask.key_slots)
+        out = _dense(q, k, v, mask.dense(), bias)
     elif kind == "flash":
         out = flash(q, k, v, mask)
     elif kind == "splash":
@@ -143,12 +207,15 @@ def attention(
     return jnp.where(mask.query_valid[:, :, None, None], out, 0).astype(q.dtype)
 
 
-def _dense(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def _dense(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None) -> Array:
+    """Reference attention; `bias` [H, T, S] (float32) is added to the scaled scores."""
     b, t, h, hd = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(hd)
+    if bias is not None:
+        scores = scores + bias.reshape(kv, h // kv, *bias.shape[1:])
     scores = jnp.where(mask[:, None, None], scores, MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
@@ -204,7 +271,12 @@ def flash(q: Array, k: Array, v: Array, mask: AttentionMask, block: int | None =
     query_slots = _pad(mask.query_slots.astype(jnp.int32), 0, bq * nq, -2)
     key_slots = _pad(mask.key_slots.astype(jnp.int32), 0, bk * nk, jnp.iinfo(jnp.int32).max)
     key_valid = _pad(mask.key_valid.astype(bool), 1, bk * nk, False)
-    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, bq, bk, mask.window)
+    rule = _Rule(mask.window, mask.causal)
+    table = jnp.zeros((1, h), jnp.float32)
+    if mask.bias is not None:
+        rule = rule._replace(bias=(mask.bias.bidirectional, mask.bias.max_distance))
+        table = mask.bias.table.astype(jnp.float32)
+    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, table, bq, bk, rule)
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -220,27 +292,41 @@ def _merge(x: Array, axis: int) -> Array:
     return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2 :])
 
 
-def _tile_scores(qi, kj, qs, ks, kv_ok, window):
+class _Rule(NamedTuple):
+    """The static part of a mask for the flash kernel (hashable: a custom-VJP argument)."""
+
+    window: int = 0
+    causal: bool = True
+    bias: tuple[bool, int] | None = None  # (bidirectional, max_distance) of a RelativeBias
+
+
+def _tile_scores(qi, kj, qs, ks, kv_ok, rule, table):
     """Masked float32 scores of one tile and whether each entry is visible.
 
-    qi [B, KV, G, bq, hd], kj [B, KV, bk, hd], qs [bq], ks [bk], kv_ok [B, bk].
+    qi [B, KV, G, bq, hd], kj [B, KV, bk, hd], qs [bq], ks [bk], kv_ok [B, bk]; `table`
+    holds the relative position bias when `rule.bias` is set (recomputed per tile).
     """
     scores = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
-    visible = slots_visible(qs, ks, window)[None] & kv_ok[:, None, :]  # [B, bq, bk]
+    if rule.bias is not None:
+        bias = RelativeBias(table, *rule.bias).scores(qs, ks)  # [H, bq, bk]
+        scores = scores + bias.reshape(*qi.shape[1:3], *bias.shape[1:])
+    visible = slots_visible(qs, ks, rule.window, rule.causal)[None] & kv_ok[:, None, :]
     visible = visible[:, None, None]
     return jnp.where(visible, scores, MASKED), visible
 
 
-def _any_visible(qs, ks, window) -> Array:
+def _any_visible(qs, ks, rule) -> Array:
     """Whether a tile may hold a visible entry (slots are sorted): some key is not after
     every query and, with a window, some key is a prefix key or recent enough."""
+    if not rule.causal:
+        return jnp.array(True)
     visible = jnp.min(ks) <= jnp.max(qs)
-    if window:
-        visible &= (jnp.min(ks) < 0) | (jnp.max(ks) > jnp.min(qs) - window)
+    if rule.window:
+        visible &= (jnp.min(ks) < 0) | (jnp.max(ks) > jnp.min(qs) - rule.window)
     return visible
 
 
-def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
+def _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
     """Output [B, KV, G, T, hd] and log-sum-exp [B, KV, G, T] (float32)."""
     q_blocks = (_split(q, 3, bq), _split(query_slots, 0, bq))
     k_blocks = (_split(k, 2, bk), _split(v, 2, bk), _split(key_slots, 0, bk))
@@ -254,7 +340,7 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
 
             def update(carry):
                 m, total, acc = carry
-                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok, window)
+                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok, rule, table)
                 m_new = jnp.maximum(m, scores.max(-1))
                 p = jnp.exp(scores - m_new[..., None])
                 rescale = jnp.exp(m - m_new)
@@ -267,7 +353,7 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
                 )
                 return m_new, total, acc * rescale[..., None] + pv
 
-            visible = _any_visible(qs, ks, window)
+            visible = _any_visible(qs, ks, rule)
             return jax.lax.cond(visible, update, lambda c: c, carry), None
 
         stats = qi.shape[:-1]
@@ -284,20 +370,21 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
     return _merge(out, 3), _merge(lse, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _flash(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
-    return _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _flash(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
+    return _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule)[0]
 
 
-def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, bq, bk, window):
-    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, bq, bk, window)
-    return out, (q, k, v, query_slots, key_slots, key_valid, out, lse)
+def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
+    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule)
+    return out, (q, k, v, query_slots, key_slots, key_valid, table, out, lse)
 
 
-def _flash_bwd(bq, bk, window, residuals, d_out):
+def _flash_bwd(bq, bk, rule, residuals, d_out):
     """FlashAttention-2's backward: per key block, loop over query blocks recomputing the
-    probabilities from the saved log-sum-exp; dq accumulates across key blocks."""
-    q, k, v, query_slots, key_slots, key_valid, out, lse = residuals
+    probabilities from the saved log-sum-exp; dq accumulates across key blocks. The bias
+    table gets no gradient (it is a frozen base-model weight)."""
+    q, k, v, query_slots, key_slots, key_valid, table, out, lse = residuals
     delta = jnp.einsum("bkgqd,bkgqd->bkgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
     q_blocks = tuple(_split(x, 3, bq) for x in (q, d_out, lse, delta))
     q_blocks += (_split(query_slots, 0, bq),)
@@ -312,7 +399,7 @@ def _flash_bwd(bq, bk, window, residuals, d_out):
 
             def grads(carry):
                 dk, dv = carry
-                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok, window)
+                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok, rule, table)
                 p = jnp.exp(scores - lse_i[..., None])
                 dv = dv + jnp.einsum(
                     "bkgqs,bkgqd->bksd",
@@ -331,7 +418,7 @@ def _flash_bwd(bq, bk, window, residuals, d_out):
             def skip(carry):
                 return carry, jnp.zeros(qi.shape, jnp.float32)
 
-            return jax.lax.cond(_any_visible(qs, ks, window), grads, skip, carry)
+            return jax.lax.cond(_any_visible(qs, ks, rule), grads, skip, carry)
 
         zeros = jnp.zeros(kj.shape, jnp.float32)
         (dk, dv), dq_parts = jax.lax.scan(step, (zeros, zeros), q_blocks)
@@ -343,6 +430,7 @@ def _flash_bwd(bq, bk, window, residuals, d_out):
         _merge(dq, 3).astype(q.dtype),
         _merge(dk, 2).astype(k.dtype),
         _merge(dv, 2).astype(v.dtype),
+        None,
         None,
         None,
         None,

