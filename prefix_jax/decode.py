@@ -15,7 +15,7 @@ the model's log-probability of its tokens.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -142,6 +142,14 @@ def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new
     cache = _cache_holding_prefix(model, prefix, b, t + max_new_tokens)
     hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
     logits = model.unembed(hidden[:, -1:])[:, 0]
+    step = functools.partial(decode_step, model)
+    return _greedy_loop(step, logits, cache, options, max_new_tokens)
+
+
+def _greedy_loop(step: Callable, logits: Array, cache, options: _Options, max_new_tokens: int):
+    """Greedy tokens [B, max_new_tokens] from the first step's logits [B, V] and a cache;
+    `step(last [B], cache) -> (logits [B, V], cache)` runs the model on one token per row."""
+    b = logits.shape[0]
     first = jnp.argmax(_next_log_probs(logits, 0, options), axis=-1).astype(jnp.int32)
     out = jnp.full((b, max_new_tokens), options.pad_id, jnp.int32).at[:, 0].set(first)
     done = first == options.eos_id
@@ -152,7 +160,7 @@ def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new
 
     def body(carry):
         i, out, cache, done, last = carry
-        logits, cache = decode_step(model, last, cache)
+        logits, cache = step(last, cache)
         nxt = jnp.argmax(_next_log_probs(logits, i, options), axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, options.pad_id, nxt)
         out = out.at[:, i].set(nxt)
@@ -333,11 +341,29 @@ def _beam_search(
 ):
     model = nnx.merge(graphdef, state)
     b, t = tokens.shape
-    k, n = beam_size, max_new_tokens
-
-    cache = _cache_holding_prefix(model, prefix, b, t + n)
+    cache = _cache_holding_prefix(model, prefix, b, t + max_new_tokens)
     hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
-    first = _next_log_probs(model.unembed(hidden[:, -1:])[:, 0], 0, options)
+    logits = model.unembed(hidden[:, -1:])[:, 0]
+    step = functools.partial(decode_step, model)
+    return _beam_loop(step, logits, cache, options, beam_size, max_new_tokens)
+
+
+def _beam_loop(
+    step: Callable,
+    logits: Array,
+    cache,
+    options: _Options,
+    beam_size: int,
+    max_new_tokens: int,
+    reorder: Callable = _reorder_cache,
+    repeat: Callable | None = None,
+) -> tuple[Array, Array]:
+    """Beam search from the first step's logits [B, V] and a cache of B rows (see
+    `beam_search`). `reorder(cache, rows)` gathers cache rows after each step; `repeat`
+    (default `reorder`) makes the k copies of each row once, at the start."""
+    b = logits.shape[0]
+    k, n = beam_size, max_new_tokens
+    first = _next_log_probs(logits, 0, options)
     empty = jnp.full((b, k, n), options.pad_id, jnp.int32)
     beams = _Beams(
         alive_seq=empty,
@@ -350,7 +376,7 @@ def _beam_search(
     )
     beams = _beam_step(beams, jnp.broadcast_to(first[:, None], (b, k, first.shape[-1])), 0, options)
     # The prefix and prompt were prefilled once per row; each of its k beams starts from a copy.
-    cache = _reorder_cache(cache, jnp.repeat(jnp.arange(b), k))
+    cache = (repeat or reorder)(cache, jnp.repeat(jnp.arange(b), k))
     row_start = (jnp.arange(b, dtype=jnp.int32) * k)[:, None]
 
     def cond(carry):
@@ -359,10 +385,10 @@ def _beam_search(
 
     def body(carry):
         i, cache, beams = carry
-        logits, cache = decode_step(model, beams.last.reshape(b * k), cache)
+        logits, cache = step(beams.last.reshape(b * k), cache)
         logits = logits.reshape(b, k, -1)
         beams = _beam_step(beams, _next_log_probs(logits, i, options), i, options)
-        return i + 1, _reorder_cache(cache, (row_start + beams.parent).reshape(-1)), beams
+        return i + 1, reorder(cache, (row_start + beams.parent).reshape(-1)), beams
 
     _, _, beams = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, beams))
     # Rows that never stopped end at max_new_tokens: their alive beams finish there.
