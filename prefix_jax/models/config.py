@@ -10,7 +10,11 @@ import dataclasses
 import math
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+# Families whose transformers code applies `sliding_window` from config.json (Qwen2 keeps it
+# behind use_sliding_window, off in released checkpoints).
+WINDOWED_FAMILIES = ("mistral", "phi3")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -21,11 +25,21 @@ class UnsupportedArchitectureError(ValueError):
 class RopeScaling:
     """RoPE frequency scaling read from a checkpoint (`rope_type` as in transformers)."""
 
-    rope_type: str = "default"  # default | linear | llama3
+    rope_type: str = "default"  # one of ROPE_TYPES
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # LongRoPE (Phi-3 128k, Phi-3.5): one divisor per frequency, the long set once a call's
+    # positions pass the original context, and a factor on cos/sin (the rotated dims of q, k).
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Tuples, not JSON lists: the config is static data of jitted functions (hashed).
+        for name in ("short_factor", "long_factor"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +66,9 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (Qwen3)
+    # RoPE rotates only the first `rotary_dim` dims of each head, the rest pass through
+    # (Phi-3's partial_rotary_factor); 0 rotates all of head_dim.
+    rotary_dim: int = 0
     # >0: each token sees only the last `sliding_window` tokens (itself included; Mistral);
     # the prefix stays visible to every token, as it has no position.
     sliding_window: int = 0
@@ -81,6 +98,32 @@ class ModelConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.sliding_window < 0:
             raise ValueError(f"sliding_window must be >= 0, got {self.sliding_window}")
+        if not 0 <= self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
+            raise ValueError(
+                f"rotary_dim must be even and within [0, head_dim={self.head_dim}], "
+                f"got {self.rotary_dim}"
+            )
+        self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        r = self.rope_scaling
+        if r.rope_type not in ROPE_TYPES:
+            raise UnsupportedArchitectureError(
+                f"unsupported rope scaling type {r.rope_type!r}; supported: {', '.join(ROPE_TYPES)}"
+            )
+        if r.rope_type != "longrope":
+            return
+        half = self.rope_dim // 2
+        if len(r.short_factor) != half or len(r.long_factor) != half:
+            raise ValueError(
+                f"longrope needs rope_dim / 2 = {half} short and long factors, got "
+                f"{len(r.short_factor)} short and {len(r.long_factor)} long"
+            )
+
+    @property
+    def rope_dim(self) -> int:
+        """How many leading dims of each head RoPE rotates."""
+        return self.rotary_dim or self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -113,20 +156,53 @@ class ModelConfig:
         return total
 
 
-def _rope_scaling_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling]:
+def _rope_dict(hf: dict[str, Any]) -> dict[str, Any]:
     """transformers 4.x keeps `rope_theta`/`rope_scaling`; 5.x moves both to `rope_parameters`."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {})
-    theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
-    merged = {**params, **scaling}
-    rope_type = merged.get("rope_type") or merged.get("type") or "default"
-    if rope_type not in ("default", "linear", "llama3"):
+    return {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+
+
+def _rope_scaling_from_hf(hf: dict[str, Any], family: str) -> tuple[float, RopeScaling]:
+    rope = _rope_dict(hf)
+    theta = rope.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if family == "phi3" and rope_type in ("su", "yarn"):
+        rope_type = "longrope"  # Phi-3's early names for it, renamed so by transformers
+    if rope_type not in ROPE_TYPES:
         raise UnsupportedArchitectureError(
-            f"unsupported rope scaling type {rope_type!r}; supported: default, linear, llama3"
+            f"unsupported rope scaling type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}"
         )
-    keys = {f.name for f in dataclasses.fields(RopeScaling)} - {"rope_type"}
-    kwargs = {k: merged[k] for k in keys if merged.get(k) is not None}
+    keys = {f.name for f in dataclasses.fields(RopeScaling)} - {"rope_type", "attention_factor"}
+    kwargs = {k: rope[k] for k in keys if rope.get(k) is not None}
+    if rope_type == "longrope":
+        kwargs.update(_longrope_from_hf(hf, rope, family))
     return float(theta), RopeScaling(rope_type=rope_type, **kwargs)
+
+
+def _longrope_from_hf(hf: dict[str, Any], rope: dict[str, Any], family: str) -> dict[str, Any]:
+    """LongRoPE's context lengths and attention factor as transformers derives them."""
+    top = hf.get("original_max_position_embeddings")
+    if top is None and family == "phi3":
+        top = 4096  # Phi3Config's default, which transformers prefers to the rope dict's
+    original = top or rope.get("original_max_position_embeddings") or hf["max_position_embeddings"]
+    factor = rope.get("factor") or hf["max_position_embeddings"] / original
+    attention = rope.get("attention_factor")
+    if attention is None:  # the LongRoPE paper's choice for a context extended `factor` times
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    return {
+        "original_max_position_embeddings": int(original),
+        "factor": float(factor),
+        "attention_factor": float(attention),
+    }
+
+
+def _rotary_dim_from_hf(hf: dict[str, Any], family: str, head_dim: int) -> int:
+    """Phi-3 rotates `partial_rotary_factor` of each head (0 here: all of it); the other
+    families' transformers code ignores that key."""
+    if family != "phi3":
+        return 0
+    fraction = _rope_dict(hf).get("partial_rotary_factor") or hf.get("partial_rotary_factor")
+    dim = int(head_dim * (fraction or 1.0))
+    return 0 if dim == head_dim else dim
 
 
 def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
@@ -165,14 +241,15 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         raise UnsupportedArchitectureError(
             "qwen3 with use_sliding_window is not supported; only full attention"
         )
-    window = (hf.get("sliding_window") or 0) if model_type == "mistral" else 0
+    window = (hf.get("sliding_window") or 0) if model_type in WINDOWED_FAMILIES else 0
     if window >= hf.get("max_position_embeddings", math.inf):
         window = 0  # a window as long as the context is full attention
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedArchitectureError(f"unsupported hidden_act {act!r} for {model_type}")
     heads = hf["num_attention_heads"]
-    theta, scaling = _rope_scaling_from_hf(hf)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    theta, scaling = _rope_scaling_from_hf(hf, model_type)
     return ModelConfig(
         family=model_type,
         vocab_size=hf["vocab_size"],
@@ -180,7 +257,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         num_layers=hf["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        head_dim=head_dim,
         intermediate_size=hf["intermediate_size"],
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         norm="rms",
@@ -194,6 +271,7 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
         out_bias=bool(hf.get("attention_bias", False)),
         mlp_bias=bool(hf.get("mlp_bias", False)),
         qk_norm=model_type == "qwen3",
+        rotary_dim=_rotary_dim_from_hf(hf, model_type, head_dim),
         sliding_window=window,
         tie_embeddings=hf.get("tie_word_embeddings", False),
         name=name,

@@ -239,6 +239,8 @@ def _read_hf_dir(path: Path) -> tuple[ModelConfig | Seq2SeqConfig, dict[str, np.
     raw = _read_safetensors(path)
     if config.family == "gpt2":
         return config, _map_gpt2(raw, config)
+    if config.family == "phi3":
+        raw = _unfuse_phi3(raw, config, "model.layers.{i}.", PHI3_HF_FUSED)
     return config, _map_llama_hf(raw, config)
 
 
@@ -361,6 +363,59 @@ def _heads_in(w_out_in: np.ndarray, heads: int, name: str, d: int) -> np.ndarray
     return w_out_in.reshape(heads, -1, d).transpose(2, 0, 1)
 
 
+# Phi-3 fuses rows of Llama's projections into one weight: {fused: ((part, rows), ...)},
+# parts in row order and named as the Llama map reads them; rows: "q" (heads * head_dim),
+# "kv" (kv_heads * head_dim) or "mlp" (intermediate_size).
+PHI3_HF_FUSED = {
+    "self_attn.qkv_proj.weight": (
+        ("self_attn.q_proj.weight", "q"),
+        ("self_attn.k_proj.weight", "kv"),
+        ("self_attn.v_proj.weight", "kv"),
+    ),
+    "mlp.gate_up_proj.weight": (("mlp.gate_proj.weight", "mlp"), ("mlp.up_proj.weight", "mlp")),
+}
+PHI3_GGUF_FUSED = {  # llama.cpp keeps HF's row order (its ffn_up holds gate, then up)
+    "attn_qkv.weight": (("attn_q.weight", "q"), ("attn_k.weight", "kv"), ("attn_v.weight", "kv")),
+    "ffn_up.weight": (("ffn_gate.weight", "mlp"), ("ffn_up.weight", "mlp")),
+}
+
+
+def _unfuse_phi3(
+    raw: dict[str, np.ndarray],
+    c: ModelConfig,
+    layer: str,
+    fused: dict[str, tuple[tuple[str, str], ...]],
+) -> dict[str, np.ndarray]:
+    """Split Phi-3's fused weights into the separate ones the Llama name maps read.
+
+    Splitting at load time keeps the model family-agnostic; the parts are row slices
+    (views: a memory-mapped file stays unread). Layers that already store the parts
+    separately are left as they are. `layer` is the layer prefix, formatted with `i`.
+    """
+    rows = {"q": c.num_heads * c.head_dim, "kv": c.kv_dim, "mlp": c.intermediate_size}
+    out = dict(raw)
+    for i in range(c.num_layers):
+        prefix = layer.format(i=i)
+        for name, parts in fused.items():
+            if prefix + name not in out or prefix + parts[0][0] in out:
+                continue  # no fused weight here: the parts are stored separately
+            sizes = [rows[kind] for _, kind in parts]
+            pieces = _split_rows(out.pop(prefix + name), prefix + name, sizes, c.hidden_size)
+            out.update({prefix + part: w for (part, _), w in zip(parts, pieces, strict=True)})
+    return out
+
+
+def _split_rows(w: np.ndarray, name: str, sizes: list[int], d: int) -> list[np.ndarray]:
+    """Row blocks of a fused [sum(sizes), d] weight (PyTorch Linear layout), as views."""
+    if w.ndim != 2 or w.shape != (sum(sizes), d):
+        raise CheckpointError(
+            f"fused tensor {name!r} has shape {tuple(w.shape)}; the config implies "
+            f"{(sum(sizes), d)} ({' + '.join(map(str, sizes))} rows of width {d})"
+        )
+    bounds = np.cumsum([0, *sizes])
+    return [w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
     raw = {re.sub(r"^model\.", "", k): v for k, v in raw.items()}
     s = _Stacker(c.num_layers)
@@ -434,7 +489,7 @@ def _map_gpt2(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarra
 
 # --- GGUF files ---------------------------------------------------------------------------
 
-GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+GGUF_ARCHITECTURES = ("llama", "phi3", "qwen2", "qwen3")
 
 
 def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -450,13 +505,16 @@ def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
         )
     raw = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
     config = _gguf_config(meta, arch, raw, name=meta.get("general.name") or path.stem)
+    if arch == "phi3":
+        raw = _unfuse_phi3(raw, config, "blk.{i}.", PHI3_GGUF_FUSED)
     s = _Stacker(config.num_layers)
     s.top["embed"] = _get(raw, "token_embd.weight")
     s.top["final_norm_scale"] = _get(raw, "output_norm.weight")
     if not config.tie_embeddings:
         s.top["lm_head"] = _get(raw, "output.weight").T
     d = config.hidden_size
-    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2/3 are stored as is.
+    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2/3 and phi3 use its
+    # NeoX RoPE (rotate halves, as transformers) and are stored as is.
     unpermute = arch == "llama"
     for i in range(config.num_layers):
         p = f"blk.{i}."
@@ -499,12 +557,9 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
     heads = int(key("attention.head_count"))
     d = int(key("embedding_length"))
     head_dim = int(meta.get(f"{arch}.attention.key_length") or d // heads)
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
-    rope_scaling = RopeScaling()
-    if scaling == "linear":
-        rope_scaling = RopeScaling("linear", factor=float(meta[f"{arch}.rope.scaling.factor"]))
+    rope_dim = int(meta.get(f"{arch}.rope.dimension_count") or head_dim)
+    context = int(key("context_length"))
+    window = int(meta.get(f"{arch}.attention.sliding_window") or 0) if arch == "phi3" else 0
     return ModelConfig(
         family=arch,
         vocab_size=int(raw["token_embd.weight"].shape[0]),
@@ -514,15 +569,38 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
         num_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or heads),
         head_dim=head_dim,
         intermediate_size=int(key("feed_forward_length")),
-        max_position_embeddings=int(key("context_length")),
+        max_position_embeddings=context,
         norm_eps=float(key("attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_scaling=rope_scaling,
+        rope_scaling=_gguf_rope_scaling(meta, arch, raw),
         qkv_bias=arch == "qwen2",
         qk_norm=arch == "qwen3",
+        rotary_dim=0 if rope_dim == head_dim else rope_dim,
+        sliding_window=0 if window >= context else window,
         tie_embeddings="output.weight" not in raw,
         name=name,
     )
+
+
+def _gguf_rope_scaling(meta: dict, arch: str, raw: dict[str, np.ndarray]) -> RopeScaling:
+    """Linear scaling from metadata; LongRoPE (phi3) from its factor tensors, which llama.cpp
+    writes with the attention factor and original context in metadata but no scaling type."""
+    if "rope_factors_long.weight" in raw:
+        original = int(meta[f"{arch}.rope.scaling.original_context_length"])
+        return RopeScaling(
+            "longrope",
+            short_factor=np.asarray(_get(raw, "rope_factors_short.weight")).ravel(),
+            long_factor=np.asarray(raw["rope_factors_long.weight"]).ravel(),
+            original_max_position_embeddings=original,
+            factor=int(meta[f"{arch}.context_length"]) / original,
+            attention_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)),
+        )
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "linear":
+        return RopeScaling("linear", factor=float(meta[f"{arch}.rope.scaling.factor"]))
+    if scaling != "none":
+        raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
+    return RopeScaling()
 
 
 def model_identity(model: Transformer | EncoderDecoder) -> dict:

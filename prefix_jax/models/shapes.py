@@ -3,7 +3,8 @@
 Each entry is the model's public Hugging Face `config.json` (the fields this project
 reads), translated by the same `config_from_hf` as a real checkpoint directory:
 - `smollm2-135m`: HuggingFaceTB/SmolLM2-135M-Instruct (the project's test model);
-- `llama-3-8b`, `llama-3-70b`: meta-llama/Meta-Llama-3-8B and Meta-Llama-3-70B.
+- `llama-3-8b`, `llama-3-70b`: meta-llama/Meta-Llama-3-8B and Meta-Llama-3-70B;
+- `phi-3-mini-4k`: microsoft/Phi-3-mini-4k-instruct (fused weights, split when loaded).
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ PUBLIC_CONFIGS: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 80,
         "num_attention_heads": 64,
         "num_key_value_heads": 8,
+    },
+    "phi-3-mini-4k": {
+        "model_type": "phi3",
+        "vocab_size": 32064,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 4096,
+        "sliding_window": 2047,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
     },
 }
 

@@ -135,9 +135,22 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> Array:
-    """Inverse frequencies of rotary embeddings, with linear or Llama-3 frequency scaling."""
-    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+def rope_inverse_frequencies(
+    dim: int, theta: float, scaling: RopeScaling, length: Array | int | None = None
+) -> Array:
+    """Inverse frequencies of rotary embeddings over `dim` dims, with linear, Llama-3 or
+    LongRoPE frequency scaling.
+
+    LongRoPE picks its long factors when `length` (1 + the largest position of the call)
+    passes the original context, as transformers does per forward call.
+    """
+    inv = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if scaling.rope_type == "longrope":
+        short = inv / jnp.asarray(scaling.short_factor, jnp.float32)
+        if length is None:
+            return short
+        long = inv / jnp.asarray(scaling.long_factor, jnp.float32)
+        return jnp.where(length > scaling.original_max_position_embeddings, long, short)
     if scaling.rope_type == "linear":
         return inv / scaling.factor
     if scaling.rope_type == "llama3":
@@ -156,13 +169,19 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) 
     return inv
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
-    """Rotate halves (the Hugging Face Llama layout). x: [B, T, heads, hd], positions [B, T]."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+def apply_rope(x: Array, positions: Array, inv_freq: Array, scale: float = 1.0) -> Array:
+    """Rotate halves (the Hugging Face Llama layout). x: [B, T, heads, hd], positions [B, T].
+
+    Only the first 2 * len(inv_freq) dims rotate (partial rotary); the rest pass through.
+    `scale` multiplies cos and sin, so only the rotated dims (LongRoPE's attention factor).
+    """
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, rot/2]
+    cos = scale * jnp.cos(angles)[:, :, None, :]
+    sin = scale * jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    rot = 2 * inv_freq.shape[-1]
+    x1, x2 = jnp.split(x32[..., :rot], 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x32[..., rot:]], axis=-1)
     return out.astype(x.dtype)
 
 
@@ -322,7 +341,10 @@ class Transformer(nnx.Module):
         if c.positions == "learned":
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(self.dtype)
         x = constrain(x, where, *HIDDEN_AXES)
-        inv_freq = rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+        inv_freq = rope_inverse_frequencies(
+            c.rope_dim, c.rope_theta, c.rope_scaling, jnp.max(positions) + 1
+        )
+        rope_scale = c.rope_scaling.attention_factor
 
         per_layer = {
             "params": self.layers.stacked(self.dtype),
@@ -344,8 +366,8 @@ class Transformer(nnx.Module):
             h = _norm(x, params, "attn_norm", c)
             q, k, v = _qkv(h, params, project, c)
             if c.positions == "rope":
-                q = apply_rope(q, positions, inv_freq)
-                k = apply_rope(k, positions, inv_freq)
+                q = apply_rope(q, positions, inv_freq, rope_scale)
+                k = apply_rope(k, positions, inv_freq, rope_scale)
             q = constrain(q, where, *HEAD_AXES)
             k = constrain(k, where, *KV_AXES)
             v = constrain(v, where, *KV_AXES)
