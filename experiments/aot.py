@@ -6,8 +6,11 @@
 `--attention` picks the kernel (default `auto`: splash on a TPU topology; on CPU devices
 flash, or xla for short rows; `xla` is the dense reference that keeps [batch, heads, T,
 p + T] scores).
-`--model` is a public architecture (`llama-3-8b`, `llama-3-70b`, `smollm2-135m`) or an HF
-`config.json` (or its directory); no weights are read. `--topology` is a TPU slice
+`--model` is a public architecture (`llama-3-8b`, `llama-3-70b`, `smollm2-135m`,
+`phi-3-mini-4k`; encoder-decoders `bart-large`, `t5-base`, `flan-t5-base`) or an HF
+`config.json` (or its directory); no weights are read. For an encoder-decoder `--seq` is the
+source length and `--target-seq` the target length, and the prefix is Li & Liang's three
+(encoder, decoder, cross-attention), each `--prefix-length` long. `--topology` is a TPU slice
 (`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
 simulated CPU devices). `--decode-batch B --cache-length S` also compiles one greedy
 decode step with an S-token cache (plus the prefix). Prints per-chip memory from XLA's
@@ -40,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mesh", default='(("data",1),("fsdp",-1),("tensor",1))')
     parser.add_argument("--batch", type=int, default=0, help="global train batch (0: skip)")
     parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument(
+        "--target-seq", type=int, default=0, help="encoder-decoders: target length (0: --seq)"
+    )
     parser.add_argument("--method", default="prefix", choices=("prefix", "prompt", "lora", "full"))
     parser.add_argument("--prefix-length", type=int, default=10)
     parser.add_argument("--reparam", default="mlp", choices=("mlp", "none"))
@@ -101,9 +107,14 @@ def main(argv=None) -> None:
     from prefix_jax import aot, sharding
     from prefix_jax.experiment import dtype
     from prefix_jax.models.attention import resolve as resolve_attention
+    from prefix_jax.models.seq2seq import Seq2SeqConfig
     from prefix_jax.models.shapes import model_config
 
     config = model_config(args.model)
+    seq2seq = isinstance(config, Seq2SeqConfig)
+    if seq2seq and args.decode_batch:
+        raise SystemExit("the decode-step fit check is not implemented for encoder-decoders")
+    target_seq = args.target_seq or args.seq
     topo = aot.topology(args.topology)
     mesh = sharding.make_mesh(args.mesh, aot.devices(topo))
     mesh_shape = dict(mesh.shape)
@@ -137,21 +148,29 @@ def main(argv=None) -> None:
             config, mesh, args.batch, args.seq, settings,
             param_dtype=dt, dtype=dt, remat_policy=remat,
             constrain_activations=not args.no_constraints, attention=args.attention,
+            target_length=target_seq if seq2seq else None,
         )  # fmt: skip
-        floor = aot.train_floor(
-            config,
-            mesh_shape,
-            args.batch,
-            args.seq,
-            trainable_state_bytes=fit.trainable_state_bytes,
-            prefix_length=args.prefix_length if args.method == "prefix" else 0,
-            dtype_bytes=dtype_bytes,
-            dense_attention=attention == "xla",
-        )
-        flops = aot.train_flops(
-            config, args.method, args.batch, args.seq,
-            virtual_tokens=args.prefix_length, remat=args.remat == "full",
-        )  # fmt: skip
+        p = args.prefix_length if args.method == "prefix" else 0
+        if seq2seq:
+            floor = aot.seq2seq_train_floor(
+                config, mesh_shape, args.batch, args.seq, target_seq,
+                trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
+                dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
+            )  # fmt: skip
+            flops = aot.seq2seq_train_flops(
+                config, args.batch, args.seq, target_seq, prefix_length=p,
+                remat=args.remat == "full",
+            )  # fmt: skip
+        else:
+            floor = aot.train_floor(
+                config, mesh_shape, args.batch, args.seq,
+                trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
+                dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
+            )  # fmt: skip
+            flops = aot.train_flops(
+                config, args.method, args.batch, args.seq,
+                virtual_tokens=args.prefix_length, remat=args.remat == "full",
+            )  # fmt: skip
         rows.append(
             Row("train", args.method, args.batch, args.seq, args.remat, fit, floor, flops,
                 time.perf_counter() - start)

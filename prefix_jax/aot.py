@@ -30,8 +30,15 @@ from prefix_jax import decode, sharding
 from prefix_jax.experiment import build_method
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
+from prefix_jax.models.seq2seq import Seq2SeqConfig
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, Transformer
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, with_shardings
+from prefix_jax.train_step import (
+    OptimConfig,
+    Trainer,
+    make_optimizer,
+    seq2seq_loss,
+    with_shardings,
+)
 
 GiB = 2**30
 
@@ -232,16 +239,35 @@ def abstract_method_model(
     return lm, found["trainable"]
 
 
-def abstract_batch(batch: int, length: int, mesh: Mesh | None) -> dict[str, jax.ShapeDtypeStruct]:
-    """A training batch's shapes (every position scored: the largest logits), sharded."""
+def abstract_batch(
+    batch: int, length: int, mesh: Mesh | None, target_length: int | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training batch's shapes (every position scored: the largest logits), sharded.
+
+    With `target_length`, an encoder-decoder's batch: sources of `length` tokens, targets
+    of `target_length`.
+    """
     where = sharding.batch_sharding(mesh) if mesh is not None else None
-    dtypes = {
-        "tokens": jnp.int32,
-        "attention_mask": jnp.bool_,
-        "loss_mask": jnp.int32,
-        "score_positions": jnp.int32,
+    if target_length is None:
+        dtypes = {
+            "tokens": jnp.int32,
+            "attention_mask": jnp.bool_,
+            "loss_mask": jnp.int32,
+            "score_positions": jnp.int32,
+        }
+        lengths = dict.fromkeys(dtypes, length)
+    else:
+        dtypes = {
+            "source": jnp.int32,
+            "source_mask": jnp.bool_,
+            "target": jnp.int32,
+            "labels": jnp.int32,
+            "target_mask": jnp.bool_,
+        }
+        lengths = {k: length if k.startswith("source") else target_length for k in dtypes}
+    return {
+        k: jax.ShapeDtypeStruct((batch, lengths[k]), d, sharding=where) for k, d in dtypes.items()
     }
-    return {k: jax.ShapeDtypeStruct((batch, length), d, sharding=where) for k, d in dtypes.items()}
 
 
 def compile_train_step(
@@ -257,8 +283,10 @@ def compile_train_step(
     remat_policy: str | None = None,
     constrain_activations: bool = True,
     attention: str = "auto",
+    target_length: int | None = None,
 ) -> Fit:
-    """The project's own train step (`Trainer`) compiled for `mesh`'s devices."""
+    """The project's own train step (`Trainer`) compiled for `mesh`'s devices; for an
+    encoder-decoder, `length` source and `target_length` (default: `length`) target tokens."""
     lm, trainable = abstract_method_model(
         config,
         settings,
@@ -271,9 +299,14 @@ def compile_train_step(
         attention=attention,
     )
     tx = make_optimizer(OptimConfig(), trainable)
-    trainer = Trainer(lm, tx, trainable, mesh=mesh, rules=rules)
+    seq2seq = isinstance(config, Seq2SeqConfig)
+    loss_fn = seq2seq_loss if seq2seq else None
+    trainer = Trainer(lm, tx, trainable, loss_fn=loss_fn, mesh=mesh, rules=rules)
     state_bytes = shard_bytes(trainer.state) + shard_bytes(trainer.state.params)
-    return compile_fit(trainer.lower_step(abstract_batch(batch, length, mesh)), state_bytes)
+    if seq2seq:
+        target_length = target_length or length
+    shapes = abstract_batch(batch, length, mesh, target_length if seq2seq else None)
+    return compile_fit(trainer.lower_step(shapes), state_bytes)
 
 
 def compile_decode_step(
@@ -321,7 +354,7 @@ def _axis(mesh_shape: dict[str, int], *names: str) -> int:
     return math.prod(mesh_shape.get(n, 1) for n in names)
 
 
-def largest_weight(c: ModelConfig) -> int:
+def largest_weight(c: ModelConfig | Seq2SeqConfig) -> int:
     """Elements of the largest single weight matrix (one layer's MLP or attention, or the
     vocabulary projection)."""
     d = c.hidden_size
@@ -369,6 +402,39 @@ def train_floor(
         "saved layer inputs": c.num_layers * rows * length * d * dtype_bytes,
         "attention scores": scores if dense_attention else 0.0,
         "logits": rows * length * v / tensor * 4,
+    }
+
+
+def seq2seq_train_floor(
+    c: Seq2SeqConfig,
+    mesh_shape: dict[str, int],
+    batch: int,
+    source_length: int,
+    target_length: int,
+    *,
+    trainable_state_bytes: int,
+    prefix_length: int = 0,
+    dtype_bytes: int = 2,
+    dense_attention: bool = True,
+) -> dict[str, float]:
+    """`train_floor` for an encoder-decoder: layer inputs saved in both stacks (and the
+    encoder output every cross-attention reads), the largest layer's f32 attention scores
+    (encoder self, decoder self or cross, each over a p-token prefix) and the targets'
+    logits."""
+    rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
+    tensor = _axis(mesh_shape, "tensor")
+    S, T, p, d = source_length, target_length, prefix_length, c.hidden_size
+    keys_x_queries = max(S * (p + S), T * (p + T), T * (p + S))
+    saved = c.num_encoder_layers * S + c.num_decoder_layers * T + S
+    return {
+        "weights shard": c.num_params() * dtype_bytes / _axis(mesh_shape, "fsdp", "tensor"),
+        "trainable state": trainable_state_bytes,
+        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
+        "saved layer inputs": saved * rows * d * dtype_bytes,
+        "attention scores": rows * c.num_heads / tensor * keys_x_queries * 4
+        if dense_attention
+        else 0.0,
+        "logits": rows * T * c.vocab_size / tensor * 4,
     }
 
 
@@ -420,6 +486,30 @@ def train_flops(
     forward = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
     forward += 4 * tokens * keys * c.num_heads * c.head_dim * c.num_layers
     return (3 if method == "full" else 2) * forward + (forward if remat else 0)
+
+
+def seq2seq_train_flops(
+    c: Seq2SeqConfig,
+    batch: int,
+    source_length: int,
+    target_length: int,
+    *,
+    prefix_length: int = 0,
+    remat: bool = False,
+) -> float:
+    """`train_flops` of an encoder-decoder with prefixes of `prefix_length` in every
+    attention (frozen weights: backward = one forward)."""
+    S, T, p, d, f = source_length, target_length, prefix_length, c.hidden_size, c.intermediate_size
+    attn_dim = c.num_heads * c.head_dim
+    projections = 4 * d * attn_dim
+    mlp = d * f * (3 if c.gated_mlp else 2)
+    encoder = 2 * batch * S * c.num_encoder_layers * (projections + mlp)
+    encoder += 4 * batch * S * (p + S) * attn_dim * c.num_encoder_layers
+    decoder = 2 * batch * T * c.num_decoder_layers * (projections + 2 * d * attn_dim + mlp)
+    decoder += 2 * batch * S * c.num_decoder_layers * 2 * d * attn_dim  # cross keys/values
+    decoder += 4 * batch * T * ((p + T) + (p + S)) * attn_dim * c.num_decoder_layers
+    forward = encoder + decoder + 2 * batch * T * d * c.vocab_size
+    return 2 * forward + (forward if remat else 0)
 
 
 def decode_flops(c: ModelConfig, batch: int, keys: int) -> float:

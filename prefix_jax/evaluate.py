@@ -28,9 +28,11 @@ from tqdm import tqdm
 
 from prefix_jax import experiment, metrics
 from prefix_jax.data import eval_batches, group_references
+from prefix_jax.data.pairs import pair_eval_batches
 from prefix_jax.data.tasks import TASKS, DataError, EvalGroup, load_task
 from prefix_jax.decode import beam_search
-from prefix_jax.trained import load_trained
+from prefix_jax.seq2seq_decode import beam_search_seq2seq
+from prefix_jax.trained import Trained, load_trained
 
 SPLITS = ("validation", "train")
 
@@ -130,21 +132,13 @@ def evaluate(
     generated, start = 0, time.perf_counter()
     label = split if data is None else Path(data).name
     bar = tqdm(total=len(groups), desc=f"decode {label}", unit="src", dynamic_ncols=True)
-    batches = eval_batches(groups, tokenizer, d.batch_size, config=experiment.encode_config(config))
+    encoding = experiment.encode_config(config)
+    if experiment.is_encoder_decoder(model):
+        batches = pair_eval_batches(groups, tokenizer, d.batch_size, config=encoding)
+    else:
+        batches = eval_batches(groups, tokenizer, d.batch_size, config=encoding)
     for batch in batches:
-        sequences, _ = beam_search(
-            trained.model,
-            batch["tokens"],
-            batch["attention_mask"],
-            beam_size=d.beam_size,
-            max_new_tokens=d.max_new_tokens,
-            prefix=trained.prefix,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=pad_id,
-            length_penalty=d.length_penalty,
-            min_new_tokens=d.min_new_tokens,
-            banned_ids=banned,
-        )
+        sequences = decode_batch(trained, batch, d, tokenizer.eos_token_id, pad_id, banned)
         sequences = np.asarray(jax.device_get(sequences))
         for row in np.flatnonzero(batch["valid"]):
             ids = _until_eos(sequences[row], tokenizer.eos_token_id)
@@ -181,6 +175,37 @@ def evaluate(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def decode_batch(
+    trained: Trained,
+    batch: dict,
+    d: ml_collections.ConfigDict,
+    eos_id: int | None,
+    pad_id: int,
+    banned: tuple[int, ...],
+) -> jax.Array:
+    """Beam search of one evaluation batch: prompts of a decoder-only model, or the
+    sources (`source`, `source_mask`) of an encoder-decoder."""
+    options = {
+        "beam_size": d.beam_size,
+        "max_new_tokens": d.max_new_tokens,
+        "prefix": trained.prefix,
+        "eos_id": eos_id,
+        "pad_id": pad_id,
+        "length_penalty": d.length_penalty,
+        "min_new_tokens": d.min_new_tokens,
+        "banned_ids": banned,
+    }
+    if "source" in batch:
+        sequences, _ = beam_search_seq2seq(
+            trained.model, batch["source"], batch["source_mask"], **options
+        )
+    else:
+        sequences, _ = beam_search(
+            trained.model, batch["tokens"], batch["attention_mask"], **options
+        )
+    return sequences
 
 
 def _meteor_jar(config: ml_collections.ConfigDict) -> tuple[Path | None, list[str]]:

@@ -11,7 +11,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prefix_jax import sharding
-from prefix_jax.data import EncodeConfig, Example, load_task, split_by_source
+from prefix_jax.data import (
+    BatchIterator,
+    EncodeConfig,
+    EncodedDataset,
+    Example,
+    encode_examples,
+    load_task,
+    split_by_source,
+)
+from prefix_jax.data.pairs import EncodedPairs, PairBatchIterator, encode_pairs
 from prefix_jax.methods import (
     FinetuneConfig,
     LoraConfig,
@@ -23,17 +32,20 @@ from prefix_jax.methods import (
     PromptConfig,
     PromptLM,
     PromptParam,
+    Seq2SeqPrefixLM,
     create_finetune,
     create_lora,
     create_prefix,
     create_prompt,
 )
 from prefix_jax.models import Transformer, load
+from prefix_jax.models.seq2seq import EncoderDecoder
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 METHODS = ("prefix", "prompt", "lora", "full")
+ENCODER_DECODER_METHODS = ("prefix",)
 
 
 def dtype(name: str):
@@ -75,6 +87,28 @@ def encode_config(config: ml_collections.ConfigDict) -> EncodeConfig:
         max_source_tokens=d.max_source_tokens,
         max_target_tokens=d.max_target_tokens,
     )
+
+
+def is_encoder_decoder(model) -> bool:
+    """Whether `model` (a base model or a method's wrapper around one) is an encoder-decoder."""
+    return isinstance(getattr(model, "base", model), EncoderDecoder)
+
+
+def encode_data(
+    config: ml_collections.ConfigDict, model, tokenizer, examples: list[Example]
+) -> EncodedDataset | EncodedPairs:
+    """Training sequences for a decoder-only model, (source, target) pairs for an
+    encoder-decoder."""
+    if is_encoder_decoder(model):
+        start = getattr(model, "base", model).config.decoder_start_id
+        return encode_pairs(examples, tokenizer, start, encode_config(config))
+    return encode_examples(examples, tokenizer, encode_config(config))
+
+
+def batch_iterator(data: EncodedDataset | EncodedPairs, batch_size: int, **kw) -> BatchIterator:
+    """The resumable, bucketed batch order of either kind of data."""
+    cls = PairBatchIterator if isinstance(data, EncodedPairs) else BatchIterator
+    return cls(data, batch_size, **kw)
 
 
 def load_splits(config: ml_collections.ConfigDict) -> tuple[list[Example], list[Example]]:
@@ -180,16 +214,24 @@ def prefix_config(config: ml_collections.ConfigDict) -> PrefixConfig:
     return method_config(config, "prefix", PrefixConfig)
 
 
-def build_method(config: ml_collections.ConfigDict, model: Transformer, tokenizer):
+def build_method(config: ml_collections.ConfigDict, model: Transformer | EncoderDecoder, tokenizer):
     """(trainable model, trainable filter, init info) for `config.method`.
 
     prefix, prompt and lora wrap the frozen model with their own variable type; full
-    fine-tunes every weight, or only the last `config.finetune.top_layers` layers.
+    fine-tunes every weight, or only the last `config.finetune.top_layers` layers. An
+    encoder-decoder takes prefix-tuning (Li & Liang's three prefixes, `config.prefix.parts`).
     """
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
+    if isinstance(model, EncoderDecoder) and config.method not in ENCODER_DECODER_METHODS:
+        raise ValueError(
+            f"method {config.method!r} is not implemented for encoder-decoder models; "
+            f"they take: {', '.join(ENCODER_DECODER_METHODS)}"
+        )
     if config.method == "prefix":
         prefix, info = create_prefix(model, prefix_config(config), tokenizer)
+        if isinstance(model, EncoderDecoder):
+            return Seq2SeqPrefixLM(model, prefix), PrefixParam, info
         return PrefixLM(model, prefix), PrefixParam, info
     if config.method == "prompt":
         prompt, info = create_prompt(

@@ -27,11 +27,18 @@ from tqdm import tqdm
 
 from prefix_jax import experiment, export, sharding
 from prefix_jax.checkpoint import Checkpointer
-from prefix_jax.data import BatchIterator, encode_examples
+from prefix_jax.data import BatchIterator
 from prefix_jax.methods import count_params, lora, prompt
 from prefix_jax.methods.common import gather
 from prefix_jax.models import Transformer
-from prefix_jax.train_step import OptimConfig, Trainer, learning_rate_schedule, make_optimizer
+from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.train_step import (
+    OptimConfig,
+    Trainer,
+    learning_rate_schedule,
+    make_optimizer,
+    seq2seq_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +88,24 @@ def evaluate_loss(trainer: Trainer, iterator: BatchIterator) -> float:
     return total / max(count, 1.0)
 
 
+# Attention masks go to devices as booleans; everything else in a batch as int32.
+BOOLEAN_KEYS = ("attention_mask", "source_mask", "target_mask")
+
+
 def to_device(batch: dict[str, np.ndarray], mesh=None) -> dict[str, jax.Array]:
     """This process's rows -> the (global, sharded when a mesh is given) device batch."""
     device_batch = {
-        "tokens": batch["tokens"].astype(np.int32),
-        "attention_mask": batch["attention_mask"].astype(bool),
-        "loss_mask": batch["loss_mask"].astype(np.int32),
+        key: value.astype(bool if key in BOOLEAN_KEYS else np.int32) for key, value in batch.items()
     }
-    if "score_positions" in batch:
-        device_batch["score_positions"] = batch["score_positions"].astype(np.int32)
     if mesh is None:
         return {k: jnp.asarray(v) for k, v in device_batch.items()}
     return sharding.global_batch(device_batch, mesh)
+
+
+def real_tokens(batch: dict[str, np.ndarray]) -> float:
+    """Tokens the step reads (padding excluded): sequences, or sources and targets."""
+    masks = [k for k in BOOLEAN_KEYS if k in batch]
+    return float(sum(batch[k].sum() for k in masks))
 
 
 class _NullWriter:
@@ -115,24 +128,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     mesh = experiment.make_mesh(config)
     model, tokenizer = experiment.load_model(config, mesh)
     train_examples, eval_examples = experiment.load_splits(config)
-    encoding = experiment.encode_config(config)
-    train_data = encode_examples(train_examples, tokenizer, encoding)
-    buckets = tuple(config.data.buckets) if config.data.buckets else None
-    batches = BatchIterator(
-        train_data,
+    batching = {
+        "buckets": tuple(config.data.buckets) if config.data.buckets else None,
+        "seed": config.seed,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+    }
+    batches = experiment.batch_iterator(
+        experiment.encode_data(config, model, tokenizer, train_examples),
         config.batch_size,
-        buckets=buckets,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        **batching,
     )
-    eval_batches = BatchIterator(
-        encode_examples(eval_examples, tokenizer, encoding),
+    eval_batches = experiment.batch_iterator(
+        experiment.encode_data(config, model, tokenizer, eval_examples),
         config.batch_size,
-        buckets=buckets,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        **batching,
     )
     total_steps = config.max_steps or config.epochs * batches.steps_per_epoch
 
@@ -140,7 +150,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     counts = count_params(lm, trainable)
     optim = OptimConfig(total_steps=total_steps, **config.optim.to_dict())
     rules = experiment.sharding_rules(config)
-    trainer = Trainer(lm, make_optimizer(optim, trainable), trainable, mesh=mesh, rules=rules)
+    loss_fn = seq2seq_loss if experiment.is_encoder_decoder(model) else None
+    tx = make_optimizer(optim, trainable)
+    trainer = Trainer(lm, tx, trainable, loss_fn=loss_fn, mesh=mesh, rules=rules)
     if is_main:
         save_config(config, workdir)
     schedule = learning_rate_schedule(optim)
@@ -177,7 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                 step += 1
                 first_nonfinite = _track_nonfinite(first_nonfinite, metrics, step)
                 start += 1
-                tokens_seen += float(batch["attention_mask"].sum())  # host-side, no sync
+                tokens_seen += real_tokens(batch)  # host-side, no sync
                 bar.update()
                 at_end = step >= total_steps
                 if step % config.log_every == 0 or at_end:
@@ -231,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 def export_artifacts(
     method: str,
     trainer: Trainer,
-    model: Transformer,
+    model: Transformer | EncoderDecoder,
     training: dict,
     workdir: Path,
     write: bool,
@@ -249,7 +261,11 @@ def export_artifacts(
     if method == "prefix":
         exported = export.collapse(lm.prefix, model, training)
         writers = {"export": lambda d: export.save(exported, d)}
-        if exported.positions_after_prefix:
+        after_prefix = all(
+            e.positions_after_prefix
+            for e in getattr(exported, "parts", {"decoder": exported}).values()
+        )
+        if export.peft_exportable(exported) and after_prefix:
             writers["export_peft"] = lambda d: export.save_peft(exported, d)
     elif method == "prompt":
         writers = {

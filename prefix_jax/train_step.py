@@ -235,3 +235,15 @@ def _default_loss(model, batch, dropout_key):
     if "score_positions" in batch:
         return lm_loss_at(model.unembed, hidden, batch)
     return lm_loss(model.unembed(hidden), batch["tokens"], batch["loss_mask"])
+
+
+def seq2seq_loss(model, batch, dropout_key):
+    """Teacher-forced cross-entropy of an encoder-decoder over its `labels`."""
+    logits = model(
+        batch["source"],
+        batch["source_mask"],
+        batch["target"],
+        batch["target_mask"],
+        dropout_key=dropout_key,
+    )
+    return _mean_nll(logits, batch["labels"], batch["target_mask"].astype(jnp.float32))

@@ -9,6 +9,8 @@ from prefix_jax.methods.prefix import (
     PrefixConfig,
     PrefixLM,
     PrefixParam,
+    PrefixParts,
+    Seq2SeqPrefixLM,
     create_prefix,
 )
 from prefix_jax.methods.prompt import PromptConfig, PromptLM, PromptParam, SoftPrompt, create_prompt
@@ -24,9 +26,11 @@ __all__ = [
     "PrefixConfig",
     "PrefixLM",
     "PrefixParam",
+    "PrefixParts",
     "PromptConfig",
     "PromptLM",
     "PromptParam",
+    "Seq2SeqPrefixLM",
     "SoftPrompt",
     "TopLayerParam",
     "count_params",

@@ -3,7 +3,8 @@
 A method's trainable model wraps the frozen base `Transformer` and is callable like it
 (plus `dropout_key=`), and it also exposes the base's decoding interface (`config`,
 `init_cache`, `hidden_states`, `unembed`), so `prefix_jax.decode` and the train step take
-it unchanged.
+it unchanged. Around an `EncoderDecoder` the same holds with its interface (`encode`,
+`init_cache`, `decode`; `prefix_jax.seq2seq_decode`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
 from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqDeltas
 from prefix_jax.models.transformer import KVCache, Transformer
 
 Array = jax.Array
@@ -71,6 +73,62 @@ class WrappedLM(nnx.Module):
         """Logits [B, T, vocab] (float32) and the advanced cache, as the base model."""
         hidden, cache = self.hidden_states(tokens, attention_mask, dropout_key=dropout_key, **kw)
         return self.unembed(hidden), cache
+
+
+class Seq2SeqWrapped(nnx.Module):
+    """Base class of method wrappers around a frozen `EncoderDecoder`.
+
+    Training calls it like the base (`__call__` with `dropout_key=`), adding whatever
+    `forward_kwargs` returns (a `Seq2SeqPrefix` as `prefix`, `Seq2SeqDeltas` as `deltas`).
+    Decoding calls `encode` / `init_cache` / `decode`, which add the method's `deltas()`;
+    a prefix is passed to decoding explicitly, as for the decoder-only model.
+    """
+
+    base: EncoderDecoder
+
+    @property
+    def config(self) -> Seq2SeqConfig:
+        return self.base.config
+
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        """Extra base-model arguments; dropout applies only when a key (training) is given."""
+        del dropout_key
+        return {}
+
+    def deltas(self, dropout_key: Array | None = None) -> Seq2SeqDeltas:
+        """Low-rank updates of each stack (none unless the method has them)."""
+        del dropout_key
+        return Seq2SeqDeltas()
+
+    def encode(self, tokens: Array, attention_mask: Array | None = None, **kw) -> Array:
+        return self.base.encode(tokens, attention_mask, deltas=self.deltas().encoder, **kw)
+
+    def init_cache(self, encoded: Array, encoded_mask: Array, max_len: int, **kw):
+        return self.base.init_cache(
+            encoded, encoded_mask, max_len, deltas=self.deltas().decoder, **kw
+        )
+
+    def decode(self, tokens: Array, attention_mask: Array | None, encoded, encoded_mask, **kw):
+        return self.base.decode(
+            tokens, attention_mask, encoded, encoded_mask, deltas=self.deltas().decoder, **kw
+        )
+
+    def unembed(self, hidden: Array) -> Array:
+        return self.base.unembed(hidden)
+
+    def __call__(
+        self,
+        source: Array,
+        source_mask: Array | None,
+        target: Array,
+        target_mask: Array | None,
+        *,
+        dropout_key: Array | None = None,
+    ) -> Array:
+        """Teacher-forced logits [B, T, vocab] (float32), as the base model."""
+        return self.base(
+            source, source_mask, target, target_mask, **self.forward_kwargs(dropout_key)
+        )
 
 
 def gather(x: Array) -> Array:

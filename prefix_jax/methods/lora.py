@@ -94,7 +94,11 @@ class LoraConfig:
 
     def target_names(self, model: ModelConfig) -> tuple[str, ...]:
         """Our weight names the targets select in this model, in layer order."""
-        available = [n for n in PROJECTIONS if n != "gate" or model.gated_mlp]
+        available = [  # a decoder-only model has no cross-attention
+            n
+            for n in PROJECTIONS
+            if not n.startswith("cross_") and (n != "gate" or model.gated_mlp)
+        ]
         chosen = set()
         for pattern in self.targets:
             names = PEFT_NAMES.get(pattern) or [n for n in available if re.fullmatch(pattern, n)]

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM
+from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM
 from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV, Transformer
 
 Array = jax.Array
@@ -49,6 +50,23 @@ class PrefixShape:
     @property
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+
+def prefix_shapes(config: ModelConfig | Seq2SeqConfig) -> dict[str, PrefixShape]:
+    """Every prefix a model can take, by part: a decoder's self-attention, or an
+    encoder-decoder's encoder self-attention, decoder self- and cross-attention."""
+    if not isinstance(config, Seq2SeqConfig):
+        return {"decoder": PrefixShape(**{f: getattr(config, f) for f in _SHAPE_FIELDS})}
+    c = config
+
+    def stack(layers: int) -> PrefixShape:
+        return PrefixShape(layers, c.num_kv_heads, c.head_dim, c.hidden_size)
+
+    decoder = stack(c.num_decoder_layers)
+    return {"encoder": stack(c.num_encoder_layers), "decoder": decoder, "cross": decoder}
+
+
+_SHAPE_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "hidden_size")
 
 
 class PrefixParam(nnx.Param):
@@ -213,6 +231,44 @@ class PrefixLM(WrappedLM):
         return {"prefix": self.prefix(dropout_key)}
 
 
+class PrefixParts(nnx.Module):
+    """Li & Liang's prefixes of an encoder-decoder: one `Prefix` per part (`encoder`,
+    `decoder`, `cross`), each with its own table or MLP, all of one `PrefixConfig`."""
+
+    def __init__(self, shapes: dict[str, PrefixShape], config: PrefixConfig):
+        self.config = config
+        self.parts = tuple(part for part in PARTS if part in shapes)
+        for part in self.parts:  # a seed per part, so the parts start different
+            rngs = nnx.Rngs(config.seed * len(PARTS) + PARTS.index(part))
+            setattr(self, part, Prefix(shapes[part], config, rngs=rngs))
+
+    def __call__(self, dropout_key: Array | None = None) -> Seq2SeqPrefix:
+        """Each part's keys/values; dropout (an independent mask per part) only with a key."""
+        kv = {}
+        for i, part in enumerate(self.parts):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            kv[part] = getattr(self, part)(key)
+        return Seq2SeqPrefix(**kv)
+
+
+class Seq2SeqPrefixLM(Seq2SeqWrapped):
+    """A frozen encoder-decoder plus trainable prefixes; callable like the base model."""
+
+    def __init__(self, base: EncoderDecoder, prefix: PrefixParts):
+        shapes = prefix_shapes(base.config)
+        for part in prefix.parts:
+            got = getattr(prefix, part).model_config
+            if got != shapes[part]:
+                raise ValueError(
+                    f"{part} prefix built for {got} does not match the model's {shapes[part]}"
+                )
+        self.base = base
+        self.prefix = prefix
+
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        return {"prefix": self.prefix(dropout_key)}
+
+
 def activations_table(model: Transformer, tokens: Array, length: int) -> Array:
     """Each layer's keys/values of real tokens, as a [length, layers*2*kv_dim] table.
 
@@ -244,14 +300,24 @@ def init_tokens(config: PrefixConfig, model: Transformer, tokenizer=None) -> Arr
 
 
 def create_prefix(
-    model: Transformer, config: PrefixConfig, tokenizer=None
-) -> tuple[Prefix, dict[str, float]]:
+    model: Transformer | EncoderDecoder, config: PrefixConfig, tokenizer=None
+) -> tuple[Prefix | PrefixParts, dict[str, float]]:
     """Build and initialize a prefix for `model`; returns it and init diagnostics.
 
     With `mlp` and an activation init, the MLP is fitted to the activations by a short
     Adam regression on all MLP weights (the original code's approach), so the initial
-    collapsed prefix reproduces them up to the reported relative error.
+    collapsed prefix reproduces them up to the reported relative error. An encoder-decoder
+    gets `PrefixParts` (the parts `config.parts` selects), initialized at random.
     """
+    if isinstance(model, EncoderDecoder):
+        shapes = prefix_shapes(model.config)
+        parts = config.selected_parts(tuple(shapes))
+        if config.init != "random":
+            raise ValueError(
+                f"prefix init {config.init!r} (from activations of real words) exists for "
+                "decoder-only models; use prefix.init='random' for an encoder-decoder"
+            )
+        return PrefixParts({part: shapes[part] for part in parts}, config), {}
     config.selected_parts(("decoder",))  # a decoder-only model has its self-attention alone
     prefix = Prefix(model.config, config, rngs=nnx.Rngs(config.seed))
     tokens = init_tokens(config, model, tokenizer)

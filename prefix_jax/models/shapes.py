@@ -4,7 +4,10 @@ Each entry is the model's public Hugging Face `config.json` (the fields this pro
 reads), translated by the same `config_from_hf` as a real checkpoint directory:
 - `smollm2-135m`: HuggingFaceTB/SmolLM2-135M-Instruct (the project's test model);
 - `llama-3-8b`, `llama-3-70b`: meta-llama/Meta-Llama-3-8B and Meta-Llama-3-70B;
-- `phi-3-mini-4k`: microsoft/Phi-3-mini-4k-instruct (fused weights, split when loaded).
+- `phi-3-mini-4k`: microsoft/Phi-3-mini-4k-instruct (fused weights, split when loaded);
+- encoder-decoders (`seq2seq_config_from_hf`): `bart-large` (facebook/bart-large, Li &
+  Liang's summarization model), `t5-base` (google-t5/t5-base, Lester et al.'s smallest
+  prompt-tuning model family) and `flan-t5-base` (google/flan-t5-base, T5 v1.1 layout).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefix_jax.models.config import ModelConfig, config_from_hf
+from prefix_jax.models.seq2seq import SEQ2SEQ_ARCHITECTURES, Seq2SeqConfig, seq2seq_config_from_hf
 
 _LLAMA_3 = {
     "model_type": "llama",
@@ -75,11 +79,57 @@ PUBLIC_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_config(name_or_path: str) -> ModelConfig:
-    """A ModelConfig from a public name (case-insensitive), a `config.json` or its directory."""
+_T5 = {
+    "model_type": "t5",
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "num_layers": 12,
+    "num_heads": 12,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+PUBLIC_CONFIGS.update(
+    {
+        "bart-large": {
+            "model_type": "bart",
+            "vocab_size": 50265,
+            "d_model": 1024,
+            "encoder_layers": 12,
+            "decoder_layers": 12,
+            "encoder_attention_heads": 16,
+            "decoder_attention_heads": 16,
+            "encoder_ffn_dim": 4096,
+            "decoder_ffn_dim": 4096,
+            "max_position_embeddings": 1024,
+            "activation_function": "gelu",
+            "scale_embedding": False,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 2,
+        },
+        "t5-base": {**_T5, "d_ff": 3072, "feed_forward_proj": "relu"},
+        "flan-t5-base": {
+            **_T5,
+            "d_ff": 2048,
+            "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False,
+        },
+    }
+)
+
+
+def model_config(name_or_path: str) -> ModelConfig | Seq2SeqConfig:
+    """A model config from a public name (case-insensitive), a `config.json` or its
+    directory: a `Seq2SeqConfig` for BART / T5, else a `ModelConfig`."""
     key = name_or_path.lower()
     if key in PUBLIC_CONFIGS:
-        return config_from_hf(PUBLIC_CONFIGS[key], name=key)
+        return _from_hf(PUBLIC_CONFIGS[key], key)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         path = path / "config.json"
@@ -88,4 +138,10 @@ def model_config(name_or_path: str) -> ModelConfig:
             f"{name_or_path!r} is neither a known architecture ({', '.join(PUBLIC_CONFIGS)}) "
             "nor a config.json file or a directory holding one"
         )
-    return config_from_hf(json.loads(path.read_text()), name=path.parent.name)
+    return _from_hf(json.loads(path.read_text()), path.parent.name)
+
+
+def _from_hf(hf: dict[str, Any], name: str) -> ModelConfig | Seq2SeqConfig:
+    if hf.get("model_type") in SEQ2SEQ_ARCHITECTURES:
+        return seq2seq_config_from_hf(hf, name=name)
+    return config_from_hf(hf, name=name)

@@ -1,0 +1,231 @@
+"""Prefix-tuning an encoder-decoder: Li & Liang's three prefixes as one trainable partition,
+their export, and an XSum-format run through `train` and `evaluate`.
+
+The end-to-end run uses a tiny BART whose weights are drawn with std 0.5 (transformers'
+default 0.02 leaves logits nearly uniform whatever the prefix does, so no loss could fall)
+and a word-level tokenizer saved beside it; the documents are 8 random words and each
+summary their first two.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import word_tokenizer
+from flax import nnx
+
+from configs import xsum_prefix
+from prefix_jax import experiment, export
+from prefix_jax.evaluate import evaluate
+from prefix_jax.methods import PrefixConfig, PrefixParam, PrefixParts, Seq2SeqPrefixLM
+from prefix_jax.methods.prefix import create_prefix, prefix_shapes
+from prefix_jax.models import load
+from prefix_jax.train import train
+from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
+
+WORDS = [f"w{i}" for i in range(57)]  # 4 special tokens + 57 words = the tiny vocab of 61
+
+
+def batch(rng: np.random.Generator, vocab: int, rows: int = 3) -> dict[str, jax.Array]:
+    """Right-padded sources and targets, one short row of each."""
+    source = rng.integers(3, vocab, (rows, 7))
+    target = rng.integers(3, vocab, (rows, 5))
+    source_mask = np.ones((rows, 7), bool)
+    target_mask = np.ones((rows, 5), bool)
+    source_mask[0, 4:] = False
+    target_mask[1, 3:] = False
+    return {
+        "source": jnp.asarray(source, jnp.int32),
+        "source_mask": jnp.asarray(source_mask),
+        "target": jnp.asarray(target, jnp.int32),
+        "labels": jnp.asarray(np.roll(target, -1, axis=1), jnp.int32),
+        "target_mask": jnp.asarray(target_mask),
+    }
+
+
+def prefix_lm(path: Path, **prefix) -> Seq2SeqPrefixLM:
+    model, _ = load(str(path), with_tokenizer=False)
+    parts, _ = create_prefix(model, PrefixConfig(length=3, hidden=16, **prefix))
+    return Seq2SeqPrefixLM(model, parts)
+
+
+@pytest.mark.parametrize("kind", ["bart", "t5_v11"])
+def test_one_partition_holds_the_three_prefixes_and_each_learns(tiny_seq2seq_checkpoints, kind):
+    lm = prefix_lm(tiny_seq2seq_checkpoints[kind], init_scale=0.5)
+    c = lm.config
+    counts = {
+        part: PrefixConfig(length=3, hidden=16).num_params(s)
+        for part, s in prefix_shapes(c).items()
+    }
+    params = nnx.state(lm, PrefixParam)
+    assert sum(x.size for x in jax.tree.leaves(params)) == sum(counts.values())
+    frozen_before = jax.tree.map(np.asarray, nnx.state(lm, nnx.Not(PrefixParam)))
+
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, total_steps=3), PrefixParam)
+    trainer = Trainer(lm, tx, PrefixParam, loss_fn=seq2seq_loss)
+    before = jax.tree.map(np.asarray, trainer.state.params)
+    data = batch(np.random.default_rng(0), c.vocab_size)
+    for _ in range(3):
+        metrics = trainer.step(data, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"]))
+    after = trainer.state.params
+    for part in ("encoder", "decoder", "cross"):  # every part's MLP received a gradient
+        moved = jax.tree.map(
+            lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+            after["prefix"][part],
+            before["prefix"][part],
+        )
+        assert min(jax.tree.leaves(moved)) > 0, part
+    frozen_after = jax.tree.map(np.asarray, nnx.state(trainer.model(), nnx.Not(PrefixParam)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, frozen_before, frozen_after))
+
+
+@pytest.mark.parametrize("parts", ["encoder,decoder,cross", "cross"])
+def test_collapsed_export_gives_the_same_logits(tiny_seq2seq_checkpoints, tmp_path, parts):
+    lm = prefix_lm(tiny_seq2seq_checkpoints["bart"], parts=parts, init_scale=0.5)
+    data = batch(np.random.default_rng(1), lm.config.vocab_size)
+    args = (data["source"], data["source_mask"], data["target"], data["target_mask"])
+    with_mlp = np.asarray(lm(*args))
+
+    exported = export.collapse(lm.prefix, lm.base, {"steps": 0})
+    export.save(exported, tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "prefix_config.json").read_text())
+    assert sorted(meta["parts"]) == sorted(parts.split(","))
+    loaded = export.load(tmp_path / "export", lm.base)
+    collapsed = np.asarray(lm.base(*args, prefix=loaded.to_prefix_kv(lm.base)))
+    bare = np.asarray(lm.base(*args))
+    assert np.abs(collapsed - with_mlp).max() <= 1e-5
+    assert np.abs(bare - with_mlp).max() > 1e-3  # the prefixes change the logits (measured 6e-3)
+
+
+def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp_path):
+    model, _ = load(str(tiny_seq2seq_checkpoints["t5_v1"]), with_tokenizer=False)
+    parts, _ = create_prefix(model, PrefixConfig(length=2, hidden=8, parts="cross, encoder"))
+    assert isinstance(parts, PrefixParts) and parts.parts == ("encoder", "cross")
+    with pytest.raises(ValueError, match="parts are encoder, decoder, cross"):
+        PrefixConfig(parts="decoder,memory")
+    with pytest.raises(ValueError, match="use prefix.init='random' for an encoder-decoder"):
+        create_prefix(model, PrefixConfig(length=2, init="vocab"))
+    decoder_only, _ = load(str(tiny_checkpoints["llama"]), with_tokenizer=False)
+    with pytest.raises(ValueError, match=r"\['encoder'\] do not exist in this model"):
+        create_prefix(decoder_only, PrefixConfig(length=2, parts="encoder"))
+    config = xsum_prefix.get_config()
+    config.method = "full"
+    with pytest.raises(ValueError, match="not implemented for encoder-decoder"):
+        experiment.build_method(config, model, None)
+    # A decoder-only prefix does not load into an encoder-decoder, nor parts into a decoder.
+    lm = prefix_lm(tiny_seq2seq_checkpoints["t5_v1"])
+    export.save(export.collapse(lm.prefix, lm.base), tmp_path / "parts")
+    with pytest.raises(export.PrefixMismatchError, match="the model is decoder-only"):
+        export.load(tmp_path / "parts", decoder_only)
+
+
+@pytest.fixture(scope="module")
+def xsum_like(tmp_path_factory) -> dict[str, Path]:
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("xsum")
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=4 + len(WORDS),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=40,
+        init_std=0.5,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        decoder_start_token_id=1,
+        forced_eos_token_id=1,
+    )
+    model_dir = root / "bart"
+    transformers.BartForConditionalGeneration(config).save_pretrained(model_dir)
+    word_tokenizer(WORDS, "<s> $A </s>").save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    data = root / "xsum.jsonl"
+    with data.open("w") as f:
+        for _ in range(12):
+            doc = [WORDS[j] for j in rng.choice(len(WORDS), 8, replace=False)]
+            f.write(json.dumps({"document": " ".join(doc), "summary": " ".join(doc[:2])}) + "\n")
+    return {"model": model_dir, "data": data}
+
+
+def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
+    c = xsum_prefix.get_config("local")
+    c.mesh = ()
+    c.model, c.data.path = str(xsum_like["model"]), str(xsum_like["data"])
+    c.data.eval_sources = 2
+    c.data.max_source_tokens, c.data.max_target_tokens, c.data.buckets = 16, 8, (16,)
+    c.max_steps, c.batch_size, c.checkpoint_every, c.log_every = 60, 4, 30, 5
+    c.prefix.length, c.prefix.hidden = 4, 32
+    c.optim.learning_rate, c.optim.warmup_steps = 1e-2, 2
+    c.decode.beam_size, c.decode.max_new_tokens, c.decode.batch_size = 2, 6, 2
+    summary = train(c, tmp_path)
+
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in logged if "loss" in m]
+    assert losses[-1] < losses[0] / 4, losses  # measured: 7.6 -> 1.4
+    model, _ = load(c.model, with_tokenizer=False)
+    shapes = prefix_shapes(model.config)
+    prefix = experiment.prefix_config(c)
+    assert summary["params_trainable"] == sum(prefix.num_params(s) for s in shapes.values())
+    assert summary["exports"] == ["export"]  # PEFT has no format for the three parts
+
+    results = evaluate(c, tmp_path, split="train", max_groups=4)
+    assert set(results["metrics"]) == {"ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    lines = (tmp_path / "eval_train" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == results["num_sources"] == 4
+    assert results["weights"] == str(tmp_path / "export")
+
+
+def test_decoder_prefix_round_trips_through_peft(tiny_seq2seq_checkpoints, tmp_path):
+    """PEFT prefixes BART's decoder self-attention alone, its positions after the prefix:
+    such a prefix exports to PEFT, which then computes our logits, and imports back."""
+    import peft
+    import transformers
+    from test_seq2seq import _batch, _hf_logits
+
+    path = tiny_seq2seq_checkpoints["bart"]
+    lm = prefix_lm(path, parts="decoder", positions="after_prefix", init_scale=0.5)
+    exported = export.collapse(lm.prefix, lm.base)
+    assert export.peft_exportable(exported)
+    export.save_peft(exported, tmp_path / "peft", base_model_name_or_path=str(path))
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+
+    src, src_mask, tgt, tgt_mask = _batch(seed=3)
+    theirs = _hf_logits(peft_model, src, src_mask, tgt, tgt_mask)
+    args = [jnp.asarray(a) for a in (src, src_mask, tgt, tgt_mask)]
+    ours = np.asarray(lm(*args))
+    real = tgt_mask.astype(bool)
+    assert np.abs(ours[real] - theirs[real]).max() < 1e-4
+
+    back = export.load(tmp_path / "peft", lm.base)
+    assert isinstance(back, export.ExportedParts) and list(back.parts) == ["decoder"]
+    assert np.array_equal(back.parts["decoder"].table, exported.parts["decoder"].table)
+    three = export.collapse(prefix_lm(path).prefix, lm.base)
+    with pytest.raises(ValueError, match="PEFT prefixes only an encoder-decoder's decoder"):
+        export.save_peft(three, tmp_path / "no")
+    even = export.ExportedParts(
+        {"decoder": export.ExportedPrefix(np.zeros((2, 2 * 2 * 8)), 2, 2, 4, True, {})}, {}
+    )
+    assert not export.peft_exportable(even)
+    with pytest.raises(ValueError, match="decoder layers i and i \\+ L/2 one prefix"):
+        export.save_peft(even, tmp_path / "even")
+    assert export.peft_seq2seq_slots(3) == [0, 2, 1] and export.peft_seq2seq_slots(4) == [
+        0,
+        2,
+        0,
+        2,
+    ]
