@@ -32,7 +32,9 @@ from prefix_jax.methods import (
     PromptConfig,
     PromptLM,
     PromptParam,
+    Seq2SeqLoraLM,
     Seq2SeqPrefixLM,
+    Seq2SeqPromptLM,
     create_finetune,
     create_lora,
     create_prefix,
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 METHODS = ("prefix", "prompt", "lora", "full")
-ENCODER_DECODER_METHODS = ("prefix",)
+ENCODER_DECODER_METHODS = ("prefix", "prompt", "lora")
 
 
 def dtype(name: str):
@@ -219,7 +221,8 @@ def build_method(config: ml_collections.ConfigDict, model: Transformer | Encoder
 
     prefix, prompt and lora wrap the frozen model with their own variable type; full
     fine-tunes every weight, or only the last `config.finetune.top_layers` layers. An
-    encoder-decoder takes prefix-tuning (Li & Liang's three prefixes, `config.prefix.parts`).
+    encoder-decoder takes prefix-tuning (Li & Liang's three prefixes, `config.prefix.parts`),
+    prompt tuning (on the encoder input, Lester et al.'s setting) and LoRA (both stacks).
     """
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
@@ -228,19 +231,18 @@ def build_method(config: ml_collections.ConfigDict, model: Transformer | Encoder
             f"method {config.method!r} is not implemented for encoder-decoder models; "
             f"they take: {', '.join(ENCODER_DECODER_METHODS)}"
         )
+    seq2seq = isinstance(model, EncoderDecoder)
     if config.method == "prefix":
         prefix, info = create_prefix(model, prefix_config(config), tokenizer)
-        if isinstance(model, EncoderDecoder):
-            return Seq2SeqPrefixLM(model, prefix), PrefixParam, info
-        return PrefixLM(model, prefix), PrefixParam, info
+        return (Seq2SeqPrefixLM if seq2seq else PrefixLM)(model, prefix), PrefixParam, info
     if config.method == "prompt":
         prompt, info = create_prompt(
             model, method_config(config, "prompt", PromptConfig), tokenizer
         )
-        return PromptLM(model, prompt), PromptParam, info
+        return (Seq2SeqPromptLM if seq2seq else PromptLM)(model, prompt), PromptParam, info
     if config.method == "lora":
         lora, info = create_lora(model, method_config(config, "lora", LoraConfig))
-        return LoraLM(model, lora), LoraParam, info
+        return (Seq2SeqLoraLM if seq2seq else LoraLM)(model, lora), LoraParam, info
     finetune = method_config(config, "finetune", FinetuneConfig)
     lm, info = create_finetune(model, finetune)
     return lm, finetune.trainable, info

@@ -17,8 +17,9 @@ from flax import nnx
 
 from prefix_jax import experiment, export
 from prefix_jax.checkpoint import Checkpointer
-from prefix_jax.methods import LoraLM, PromptLM, lora, prompt
+from prefix_jax.methods import LoraLM, PromptLM, Seq2SeqLoraLM, Seq2SeqPromptLM, lora, prompt
 from prefix_jax.models import Transformer
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV
 from prefix_jax.train_step import OptimConfig, initial_state, make_optimizer
 
@@ -29,14 +30,14 @@ class Trained:
     prefix-tuning run (passed to the decoder), and where the weights came from."""
 
     model: nnx.Module
-    prefix: PrefixKV | None
+    prefix: PrefixKV | Seq2SeqPrefix | None
     source: str
 
 
 def load_trained(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
-    model: Transformer,
+    model: Transformer | EncoderDecoder,
     tokenizer=None,
     artifact: str | Path | None = "",
 ) -> Trained:
@@ -52,10 +53,13 @@ def load_trained(
     directory = Path(artifact or Path(workdir) / "export")
     if method == "prefix":
         return Trained(model, export.load(directory, model).to_prefix_kv(model), str(directory))
+    seq2seq = isinstance(model, EncoderDecoder)
     if method == "prompt":
-        return Trained(PromptLM(model, prompt.load(directory, model)), None, str(directory))
+        wrapper = Seq2SeqPromptLM if seq2seq else PromptLM
+        return Trained(wrapper(model, prompt.load(directory, model)), None, str(directory))
     if method == "lora":
-        return Trained(LoraLM(model, lora.load(directory, model)), None, str(directory))
+        wrapper = Seq2SeqLoraLM if seq2seq else LoraLM
+        return Trained(wrapper(model, lora.load(directory, model)), None, str(directory))
     raise ValueError(f"unknown method {method!r}; known: {', '.join(experiment.METHODS)}")
 
 

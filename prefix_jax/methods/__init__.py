@@ -2,7 +2,15 @@
 variable type (full fine-tuning: every `nnx.Param`)."""
 
 from prefix_jax.methods.finetune import FinetuneConfig, FinetuneLM, TopLayerParam, create_finetune
-from prefix_jax.methods.lora import Lora, LoraConfig, LoraLM, LoraParam, create_lora
+from prefix_jax.methods.lora import (
+    Lora,
+    LoraConfig,
+    LoraLM,
+    LoraParam,
+    Seq2SeqLora,
+    Seq2SeqLoraLM,
+    create_lora,
+)
 from prefix_jax.methods.partition import count_params
 from prefix_jax.methods.prefix import (
     Prefix,
@@ -13,7 +21,14 @@ from prefix_jax.methods.prefix import (
     Seq2SeqPrefixLM,
     create_prefix,
 )
-from prefix_jax.methods.prompt import PromptConfig, PromptLM, PromptParam, SoftPrompt, create_prompt
+from prefix_jax.methods.prompt import (
+    PromptConfig,
+    PromptLM,
+    PromptParam,
+    Seq2SeqPromptLM,
+    SoftPrompt,
+    create_prompt,
+)
 
 __all__ = [
     "FinetuneConfig",
@@ -30,7 +45,10 @@ __all__ = [
     "PromptConfig",
     "PromptLM",
     "PromptParam",
+    "Seq2SeqLora",
+    "Seq2SeqLoraLM",
     "Seq2SeqPrefixLM",
+    "Seq2SeqPromptLM",
     "SoftPrompt",
     "TopLayerParam",
     "count_params",

@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
+from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqDeltas
 from prefix_jax.models.transformer import (
     PROJECTIONS,
     LowRankDeltas,
@@ -93,23 +94,28 @@ class LoraConfig:
         return self.alpha / self.rank
 
     def target_names(self, model: ModelConfig) -> tuple[str, ...]:
-        """Our weight names the targets select in this model, in layer order."""
+        """Our weight names the targets select in this decoder-only model, in layer order."""
         available = [  # a decoder-only model has no cross-attention
             n
             for n in PROJECTIONS
             if not n.startswith("cross_") and (n != "gate" or model.gated_mlp)
         ]
-        chosen = set()
-        for pattern in self.targets:
-            names = PEFT_NAMES.get(pattern) or [n for n in available if re.fullmatch(pattern, n)]
-            names = [n for n in names if n in available]
+        chosen = self.matches(available)
+        for pattern, names in chosen.items():
             if not names:
                 raise ValueError(
                     f"lora target {pattern!r} matches no weight of this {model.family} model; "
                     f"weights: {', '.join(available)} (or PEFT names: {', '.join(PEFT_NAMES)})"
                 )
-            chosen.update(names)
-        return tuple(n for n in available if n in chosen)
+        return _in_order(available, chosen)
+
+    def matches(self, available: list[str]) -> dict[str, list[str]]:
+        """Each target pattern's matches among the `available` weight names."""
+        out = {}
+        for pattern in self.targets:
+            names = PEFT_NAMES.get(pattern) or [n for n in available if re.fullmatch(pattern, n)]
+            out[pattern] = [n for n in names if n in available]
+        return out
 
     def num_params(self, model: ModelConfig) -> int:
         """Trainable parameter count: layers * r * (fan_in + fan_out) per target weight."""
@@ -127,15 +133,31 @@ class LoraConfig:
         return sum(L * self.rank * sum(fans[n]) for n in self.target_names(model))
 
 
-class Lora(nnx.Module):
-    """The stacked A/B factors of every target weight (`<name>_a`, `<name>_b`)."""
+def _in_order(available: list[str], chosen: dict[str, list[str]]) -> tuple[str, ...]:
+    picked = {n for names in chosen.values() for n in names}
+    return tuple(n for n in available if n in picked)
 
-    def __init__(self, model: Transformer, config: LoraConfig, *, rngs: nnx.Rngs):
+
+class Lora(nnx.Module):
+    """The stacked A/B factors of every target weight (`<name>_a`, `<name>_b`) of one stack
+    of layers (`model.layers`, or `stack`, e.g. an encoder-decoder's `decoder_layers`, with
+    the weight names `targets`)."""
+
+    def __init__(
+        self,
+        model: Transformer | EncoderDecoder,
+        config: LoraConfig,
+        *,
+        rngs: nnx.Rngs,
+        stack: str = "layers",
+        targets: tuple[str, ...] | None = None,
+    ):
         self.config = config
-        self.targets = config.target_names(model.config)
+        self.targets = config.target_names(model.config) if targets is None else targets
         r = config.rank
+        weights = getattr(model, stack)
         for name in self.targets:
-            weight = getattr(model.layers, name)
+            weight = getattr(weights, name)
             axes = weight.get_metadata("logical_axes")  # (layers, *in, *out)
             n_in = projection_in_dims(name)
             layers, ins, outs = (
@@ -189,28 +211,89 @@ class LoraLM(WrappedLM):
         return {"deltas": self.lora(dropout_key)}
 
 
-def create_lora(model: Transformer, config: LoraConfig) -> tuple[Lora, dict[str, float]]:
+class Seq2SeqLora(nnx.Module):
+    """LoRA on both stacks of an encoder-decoder: `encoder` and `decoder` (the decoder's
+    targets may include the cross-attention's `cross_q`, `cross_k`, `cross_v`, `cross_o`).
+    A target pattern must match a weight of at least one stack."""
+
+    def __init__(self, model: EncoderDecoder, config: LoraConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        stacks = {}
+        for stack in ("encoder", "decoder"):
+            layers = getattr(model, f"{stack}_layers")
+            available = [n for n in PROJECTIONS if isinstance(getattr(layers, n, None), nnx.Param)]
+            stacks[stack] = (available, config.matches(available))
+        for pattern in config.targets:
+            if not any(chosen[pattern] for _, chosen in stacks.values()):
+                raise ValueError(
+                    f"lora target {pattern!r} matches no weight of this {model.config.family} "
+                    f"model; weights: {', '.join(stacks['decoder'][0])}"
+                )
+        for stack, (available, chosen) in stacks.items():
+            targets = _in_order(available, chosen)
+            lora = Lora(model, config, rngs=rngs, stack=f"{stack}_layers", targets=targets)
+            setattr(self, stack, lora)
+
+    def __call__(self, dropout_key: Array | None = None) -> Seq2SeqDeltas:
+        """Each stack's deltas (None for a stack without targets); dropout only with a key."""
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        return Seq2SeqDeltas(
+            encoder=self.encoder(keys[0]) if self.encoder.targets else None,
+            decoder=self.decoder(keys[1]) if self.decoder.targets else None,
+        )
+
+
+class Seq2SeqLoraLM(Seq2SeqWrapped):
+    """A frozen encoder-decoder with LoRA updates on its target weights."""
+
+    def __init__(self, base: EncoderDecoder, lora: Seq2SeqLora):
+        self.base = base
+        self.lora = lora
+
+    def deltas(self, dropout_key: Array | None = None) -> Seq2SeqDeltas:
+        return self.lora(dropout_key)
+
+    def forward_kwargs(self, dropout_key: Array | None) -> dict:
+        return {"deltas": self.lora(dropout_key)}
+
+
+def create_lora(
+    model: Transformer | EncoderDecoder, config: LoraConfig
+) -> tuple[Lora | Seq2SeqLora, dict[str, float]]:
     """LoRA factors for `model` (B = 0, so the model starts as the base); and init info."""
+    if isinstance(model, EncoderDecoder):
+        return Seq2SeqLora(model, config, rngs=nnx.Rngs(config.seed)), {}
     return Lora(model, config, rngs=nnx.Rngs(config.seed)), {}
 
 
 # --- export -------------------------------------------------------------------------------
 
 
+def _stacks(lora: Lora | Seq2SeqLora) -> dict[str, Lora]:
+    """The LoRA of each stack by tensor-name prefix: "" for a decoder-only model."""
+    if isinstance(lora, Seq2SeqLora):
+        return {"encoder.": lora.encoder, "decoder.": lora.decoder}
+    return {"": lora}
+
+
 def save(
-    lora: Lora, model: Transformer, directory: str | Path, training: dict | None = None
+    lora: Lora | Seq2SeqLora,
+    model: Transformer | EncoderDecoder,
+    directory: str | Path,
+    training: dict | None = None,
 ) -> Path:
-    """Our format: `lora.safetensors` (`<name>.a`, `<name>.b`, stacked as in `Lora`) and
-    `lora_config.json`."""
+    """Our format: `lora.safetensors` (`<name>.a`, `<name>.b`, stacked as in `Lora`; an
+    encoder-decoder's prefixed `encoder.` / `decoder.`) and `lora_config.json`."""
     tensors = {}
-    for name, (a, b) in lora.factors().items():
-        tensors[f"{name}.a"], tensors[f"{name}.b"] = np.asarray(a), np.asarray(b)
+    for stack, part in _stacks(lora).items():
+        for name, (a, b) in part.factors().items():
+            tensors[f"{stack}{name}.a"], tensors[f"{stack}{name}.b"] = np.asarray(a), np.asarray(b)
     meta = {
         "format": "prefix_jax.lora",
         "version": FORMAT_VERSION,
         "rank": lora.config.rank,
         "alpha": lora.config.alpha,
-        "targets": list(lora.targets),
+        "targets": list(lora.config.targets if isinstance(lora, Seq2SeqLora) else lora.targets),
         "layout": "a: [layers, *weight input dims, rank]; b: [layers, rank, *weight output dims]",
         "model": model_identity(model),
         "training": {"lora": dataclasses.asdict(lora.config), **(training or {})},
@@ -218,24 +301,25 @@ def save(
     return write_artifact(directory, "lora.safetensors", tensors, "lora_config.json", meta)
 
 
-def load(directory: str | Path, model: Transformer) -> Lora:
+def load(directory: str | Path, model: Transformer | EncoderDecoder) -> Lora | Seq2SeqLora:
     """The LoRA factors `save` wrote (dropout off: for evaluation), checked against `model`."""
     tensors, meta = read_artifact(
         directory, "lora.safetensors", "lora_config.json", "prefix_jax.lora"
     )
     config = LoraConfig(rank=meta["rank"], alpha=meta["alpha"], targets=tuple(meta["targets"]))
-    lora = Lora(model, config, rngs=nnx.Rngs(0))
-    for name in lora.targets:
-        for part in ("a", "b"):
-            param = getattr(lora, f"{name}_{part}")
-            value = tensors.get(f"{name}.{part}")
-            if value is None or value.shape != param.shape:
-                got = "missing" if value is None else f"shape {value.shape}"
-                raise ValueError(
-                    f"{directory}: LoRA factor {name}.{part} is {got}; this model needs "
-                    f"{param.shape} (was it exported for another model?)"
-                )
-            param[...] = jnp.asarray(value)
+    lora, _ = create_lora(model, config)
+    for stack, part in _stacks(lora).items():
+        for name in part.targets:
+            for factor in ("a", "b"):
+                param = getattr(part, f"{name}_{factor}")
+                value = tensors.get(f"{stack}{name}.{factor}")
+                if value is None or value.shape != param.shape:
+                    got = "missing" if value is None else f"shape {value.shape}"
+                    raise ValueError(
+                        f"{directory}: LoRA factor {stack}{name}.{factor} is {got}; this model "
+                        f"needs {param.shape} (was it exported for another model?)"
+                    )
+                param[...] = jnp.asarray(value)
     return lora
 
 

@@ -12,6 +12,10 @@ Deep prompt tuning (P-tuning v2, trainable vectors at every layer) is prefix-tun
 unchanged. For decoding with a KV cache, `PromptLM.init_cache` returns a cache already
 holding the soft prompt, so `prefix_jax.decode.greedy`/`beam_search` take the wrapper as
 the model.
+
+On an encoder-decoder (T5, Lester et al.'s setting) the soft prompt goes in front of the
+encoder's input: `Seq2SeqPromptLM.encode` returns p + S encoder states, and the decoder's
+cross-attention sees the prompt's states as always valid.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
+from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
+from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.models.transformer import KVCache, Transformer
 
 Array = jax.Array
@@ -141,7 +146,64 @@ class PromptLM(WrappedLM):
         return hidden[:, p:], None
 
 
-def init_embeddings(config: PromptConfig, model: Transformer, tokenizer=None) -> Array | None:
+class Seq2SeqPromptLM(Seq2SeqWrapped):
+    """A frozen encoder-decoder with a soft prompt in front of every encoder input."""
+
+    def __init__(self, base: EncoderDecoder, prompt: SoftPrompt):
+        if prompt.model_config.hidden_size != base.config.hidden_size:
+            raise ValueError(
+                f"soft prompt width {prompt.model_config.hidden_size} does not match the "
+                f"model's hidden size {base.config.hidden_size}"
+            )
+        self.base = base
+        self.prompt = prompt
+
+    def prompted_mask(self, source_mask: Array) -> Array:
+        """The encoder states' mask: the p prompt positions are always valid."""
+        ones = jnp.ones((source_mask.shape[0], self.prompt.length), bool)
+        return jnp.concatenate([ones, source_mask.astype(bool)], axis=1)
+
+    def encode(self, tokens: Array, attention_mask: Array | None = None, **kw) -> Array:
+        """Encoder states [B, p + S, d] of the soft prompt followed by the source."""
+        b, s = tokens.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, s), bool)
+        p, d = self.prompt.embedding.shape
+        prompt = jnp.broadcast_to(self.prompt.embedding[...].astype(self.base.dtype), (b, p, d))
+        embeds = jnp.concatenate([prompt, self.base.embed_tokens(tokens)], axis=1)
+        return self.base.encode(
+            jnp.concatenate([jnp.zeros((b, p), tokens.dtype), tokens], axis=1),
+            self.prompted_mask(attention_mask),
+            input_embeds=embeds,
+            **kw,
+        )
+
+    def _encoded_mask(self, encoded: Array, encoded_mask: Array) -> Array:
+        if encoded.shape[1] == encoded_mask.shape[1] + self.prompt.length:
+            return self.prompted_mask(encoded_mask)  # the source's mask: add the prompt's
+        return encoded_mask
+
+    def init_cache(self, encoded: Array, encoded_mask: Array, max_len: int, **kw):
+        return super().init_cache(encoded, self._encoded_mask(encoded, encoded_mask), max_len, **kw)
+
+    def decode(self, tokens, attention_mask, encoded, encoded_mask, **kw):
+        if encoded is not None:
+            encoded_mask = self._encoded_mask(encoded, encoded_mask)
+        return super().decode(tokens, attention_mask, encoded, encoded_mask, **kw)
+
+    def __call__(self, source, source_mask, target, target_mask, *, dropout_key=None) -> Array:
+        """Teacher-forced logits [B, T, vocab] of the targets (prompt tuning has no dropout)."""
+        del dropout_key
+        if source_mask is None:
+            source_mask = jnp.ones(source.shape, bool)
+        encoded = self.encode(source, source_mask)
+        logits, _ = self.decode(target, target_mask, encoded, self.prompted_mask(source_mask))
+        return logits
+
+
+def init_embeddings(
+    config: PromptConfig, model: Transformer | EncoderDecoder, tokenizer=None
+) -> Array | None:
     """Initial [p, d] vectors from vocabulary embeddings, or None for a random init.
 
     `vocab` samples p token ids uniformly (PEFT's SAMPLE_VOCAB); `text:` tokenizes the
@@ -161,11 +223,12 @@ def init_embeddings(config: PromptConfig, model: Transformer, tokenizer=None) ->
             raise ValueError(f"prompt init {config.init!r} tokenizes to no tokens")
         reps = -(-config.length // len(words))
         ids = jnp.asarray((list(words) * reps)[: config.length], jnp.int32)
-    return jnp.take(model.embed[...], ids, axis=0).astype(jnp.float32)
+    scale = getattr(model.config, "embed_scale", 1.0)  # BART's scale_embedding
+    return jnp.take(model.embed[...], ids, axis=0).astype(jnp.float32) * scale
 
 
 def create_prompt(
-    model: Transformer, config: PromptConfig, tokenizer=None
+    model: Transformer | EncoderDecoder, config: PromptConfig, tokenizer=None
 ) -> tuple[SoftPrompt, dict[str, float]]:
     """Build and initialize a soft prompt for `model`; returns it and (no) init diagnostics."""
     prompt = SoftPrompt(model.config, config, rngs=nnx.Rngs(config.seed))

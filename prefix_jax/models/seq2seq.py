@@ -425,13 +425,15 @@ class EncoderDecoder(nnx.Module):
         out = _norm_apply(x, scale, None if bias is None else bias[...], self.config)
         return out.astype(self.dtype)
 
+    def embed_tokens(self, tokens: Array) -> Array:
+        """Token embeddings as the stacks read them (BART's `scale_embedding` applied)."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        return x * self.config.embed_scale
+
     def _embed(self, tokens: Array, input_embeds: Array | None, stack: str, positions: Array):
         """Token (or given) embeddings plus, for BART, learned positions and their norm."""
         c = self.config
-        if input_embeds is not None:
-            x = input_embeds.astype(self.dtype)
-        else:
-            x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype) * c.embed_scale
+        x = self.embed_tokens(tokens) if input_embeds is None else input_embeds.astype(self.dtype)
         if c.positions == "learned":
             table = getattr(self, f"{stack}_pos_embed")[...]
             x = x + jnp.take(table, positions + c.position_offset, axis=0).astype(self.dtype)
