@@ -77,12 +77,16 @@ def cached_case(rng, p: int, batch=3, new=5, cache=48, index=29):
     return (jnp.asarray(x, jnp.float32) for x in (q, k, v)), mask
 
 
-def float64_reference(q, k, v, mask: AttentionMask) -> np.ndarray:
-    """Softmax attention in float64 NumPy; zero at padding queries."""
+def float64_reference(q, k, v, mask: AttentionMask, scale=None, softcap=0.0) -> np.ndarray:
+    """Softmax attention in float64 NumPy (scores scaled, then soft-capped); zero at padding
+    queries."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     group = q.shape[2] // k.shape[2]
     k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
-    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    scores = np.einsum("bthd,bshd->bhts", q, k) * scale
+    if softcap:
+        scores = softcap * np.tanh(scores / softcap)
     visible = np.asarray(mask.dense())[:, None]
     scores = np.where(visible, scores, -np.inf)
     scores -= scores.max(-1, keepdims=True)
@@ -191,6 +195,94 @@ def test_sliding_window_keeps_the_prefix_visible(small_flash_blocks):
     got = jax.grad(weighted_sum("flash", mask), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# Gemma 2's attention: scale 24 ** -0.5 (not head_dim's), logits capped at 2 (these scores
+# of N(0, 1) inputs reach about 4x the cap, so a missing cap shows).
+SCALE, CAP = 24**-0.5, 2.0
+
+
+def assert_grads_equal(got, want, atol=1e-5):
+    for name, a, b in zip("qkv", got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol, err_msg=f"d{name}")
+
+
+def test_soft_cap_and_scale_in_every_kernel(small_flash_blocks):
+    """xla, flash and splash (interpreted) equal the float64 reference with a scale and a
+    soft-cap, forward; flash's custom VJP and splash's gradients equal xla's autodiff."""
+    (q, k, v), mask = self_attention_case(np.random.default_rng(8), 7, "left", True, batch=2)
+    kw = dict(scale=SCALE, softcap=CAP)
+    want = float64_reference(q, k, v, mask, **kw)
+    assert np.abs(float64_reference(q, k, v, mask, scale=SCALE) - want).max() > 0.1
+    for kind in ("xla", "flash"):
+        np.testing.assert_allclose(attention(q, k, v, mask, kind, **kw), want, atol=1e-5)
+
+    def splash_sum(q, k, v):
+        out = att.splash(q, k, v, mask, None, True, **kw)
+        out = jnp.where(mask.query_valid[:, :, None, None], out, 0)
+        return (out * jnp.sin(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))).sum()
+
+    splash_out = jnp.where(
+        mask.query_valid[:, :, None, None], att.splash(q, k, v, mask, None, True, **kw), 0
+    )
+    np.testing.assert_allclose(splash_out, want, atol=1e-5)
+    dense = jax.grad(weighted_sum("xla", mask, **kw), argnums=(0, 1, 2))(q, k, v)
+    assert_grads_equal(
+        jax.grad(weighted_sum("flash", mask, **kw), argnums=(0, 1, 2))(q, k, v), dense
+    )
+    assert_grads_equal(jax.grad(splash_sum, argnums=(0, 1, 2))(q, k, v), dense)
+    # cuDNN's API has no soft-cap: `attention` runs flash for it (on CPU too, hence this).
+    np.testing.assert_allclose(attention(q, k, v, mask, "cudnn", **kw), want, atol=1e-5)
+
+
+WINDOWS = (5, 0, 3)  # a scan over local and global layers (0 = global)
+
+
+def scanned(implementation: str, mask: AttentionMask, softcap: float = CAP, **kw):
+    """Attention of each layer of a scan whose window is a traced per-layer input."""
+
+    def run(q, k, v):
+        def layer(_, window):
+            layer_mask = mask.replace(window=window)
+            if implementation == "cudnn_via_xla":
+                return None, att.cudnn(q, k, v, layer_mask, implementation="xla", scale=SCALE)
+            out = attention(q, k, v, layer_mask, implementation, scale=SCALE, softcap=softcap)
+            return None, out
+
+        outs = jax.lax.scan(layer, None, jnp.asarray(WINDOWS, jnp.int32))[1]
+        return jnp.where(mask.query_valid[None, :, :, None, None], outs, 0)
+
+    return run
+
+
+@pytest.mark.parametrize("case", ["self", "cached"])
+def test_traced_per_layer_window_in_every_kernel(case, small_flash_blocks):
+    """Each layer of the scan equals the float64 reference with that window as a static
+    int; the prefix stays visible under every window; flash's gradients (tile skipping by
+    the traced window) equal xla's."""
+    rng = np.random.default_rng(9)
+    if case == "self":
+        (q, k, v), mask = self_attention_case(rng, 7, "left", mixed=True, batch=2)
+    else:
+        (q, k, v), mask = cached_case(rng, p=7, batch=2)
+    kinds = [("xla", CAP), ("flash", CAP), ("cudnn_via_xla", 0.0)]
+    kinds += [("splash", CAP)] if case == "self" else []  # a window: splash runs flash
+    for kind, cap in kinds:
+        outs = scanned(kind, mask, cap)(q, k, v)
+        for out, window in zip(outs, WINDOWS, strict=True):
+            want = float64_reference(q, k, v, mask.replace(window=window), SCALE, cap)
+            np.testing.assert_allclose(out, want, atol=1e-5, err_msg=f"{kind}, window {window}")
+
+    def total(kind):
+        def f(q, k, v):
+            outs = scanned(kind, mask)(q, k, v)
+            return (
+                outs * jnp.sin(jnp.arange(outs.size, dtype=jnp.float32).reshape(outs.shape))
+            ).sum()
+
+        return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    assert_grads_equal(total("flash"), total("xla"))
 
 
 def test_splash_refuses_cached_layouts():

@@ -7,6 +7,11 @@ Which key a query may see is described by `AttentionMask`, a few vectors rather 
 stock causal masks, which are aligned top-left (`tril(ones(T, S))`) and would hide the last
 p tokens' keys from the first p queries.
 
+Every kernel takes the score `scale` (default head_dim ** -0.5) and an optional logit
+soft-cap (Gemma 2: scores -> cap * tanh(scores / cap), before the mask). A sliding window
+(`AttentionMask.window`) is a static int or a traced per-layer scalar (0 = global), so a
+layer scan can carry each layer's window.
+
 Kernels (`implementation`):
 - `xla`: the dense reference; keeps float32 scores and probabilities [B, H, T, S] for the
   backward pass.
@@ -15,9 +20,12 @@ Kernels (`implementation`):
   recomputes the tiles from the saved log-sum-exp. Runs on every platform.
 - `splash`: TPU Pallas splash attention with `CausalMask(offset=p)`; padding and per-row
   prefix masks become segment ids. Needs keys laid out as [prefix, the queries' own tokens]
-  and full attention; cached steps (keys from a cache) and sliding windows use `flash`.
+  and full attention; cached steps (keys from a cache) and sliding windows (static or
+  traced, even a traced 0) use `flash`. The soft-cap is the kernel's own
+  `attn_logits_soft_cap`.
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` with the explicit mask
   (cuDNN turns it into a [B, 1, T, S] bias: no per-head scores, but not O(T) either).
+  That API has no soft-cap argument, so soft-capped attention runs `flash` instead.
 - `auto`: `splash` on TPU; elsewhere `flash` for long sequences and `xla` for short ones,
   where one flash tile would hold every score anyway (see `resolve`).
 
@@ -27,12 +35,13 @@ valid key, so each kernel would otherwise fill them differently.
 Encoder-decoder models add two things (`AttentionMask.causal`, `AttentionMask.bias`): a
 bidirectional mask (encoder self-attention, cross-attention) and T5's relative position
 bias, a learned [buckets, heads] table looked up by the bucket of `key_slot - query_slot`.
-`xla` adds the dense bias to the scores; `flash` computes it per tile from the slots, in the
-forward pass and in the recomputing backward pass. Neither differentiates the table: it
-belongs to the frozen base model. Prefix keys (slot -1) get no bias, as they have no
-position. `splash` handles neither (its mask is `CausalMask` and it takes no bias), and
-`cudnn` would need the bias materialized as a dense [1, H, T, S] array, the memory flash
-avoids; both fall back to `flash`.
+The bias is added to the scaled (and, were a cap given, soft-capped) scores, as
+transformers adds its position bias with the mask. `xla` adds the dense bias to the scores;
+`flash` computes it per tile from the slots, in the forward pass and in the recomputing
+backward pass. Neither differentiates the table: it belongs to the frozen base model.
+Prefix keys (slot -1) get no bias, as they have no position. `splash` handles neither (its
+mask is `CausalMask` and it takes no bias), and `cudnn` would need the bias materialized as
+a dense [1, H, T, S] array, the memory flash avoids; both fall back to `flash`.
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ class AttentionMask(struct.PyTreeNode):
 
     The first `prefix_length` keys are the prefix (slot -1). `self_aligned` says that the
     keys after the prefix are the queries' own tokens (no cache), i.e. the mask is causal
-    with offset p, which the splash kernel needs to know statically.
+    with offset p, which the splash kernel needs to know statically. `window` is a pytree
+    leaf: a Python int (static; 0 = none) or a traced int32 scalar (0 = global layer).
     """
 
     query_slots: Array  # [T] int32
@@ -75,10 +85,15 @@ class AttentionMask(struct.PyTreeNode):
     query_valid: Array  # [B, T] bool
     prefix_length: int = struct.field(pytree_node=False, default=0)
     self_aligned: bool = struct.field(pytree_node=False, default=False)
-    window: int = struct.field(pytree_node=False, default=0)  # sliding window; 0 = none
+    window: int | Array = 0  # sliding window; 0 = none
     # False: every query sees every valid key (encoder self-attention, cross-attention).
     causal: bool = struct.field(pytree_node=False, default=True)
     bias: RelativeBias | None = None  # T5's relative position bias, by slot distance
+
+    @property
+    def has_window(self) -> bool:
+        """Whether a window may apply (statically: a traced window may be 0 at run time)."""
+        return not (isinstance(self.window, int) and self.window == 0)
 
     def dense(self) -> Array:
         """The [B, T, S] boolean mask."""
@@ -129,20 +144,23 @@ def relative_buckets(
 
 
 def slots_visible(
-    query_slots: Array, key_slots: Array, window: int = 0, causal: bool = True
+    query_slots: Array, key_slots: Array, window: int | Array = 0, causal: bool = True
 ) -> Array:
     """[T, S]: causal, and with a sliding `window` only the last `window` token slots up to
     the query's own (as Mistral: key > query - window). Prefix keys (slot < 0) stay visible
-    to every query: the prefix has no position, so no window slides past it. Not `causal`:
-    every key is visible.
+    to every query: the prefix has no position, so no window slides past it. A traced
+    `window` of 0 means no window (a global layer in a scan over local and global layers).
+    Not `causal`: every key is visible (no window either).
     """
     if not causal:
         return jnp.ones((query_slots.shape[0], key_slots.shape[0]), bool)
     seen = key_slots[None, :] <= query_slots[:, None]
-    if window:
-        recent = key_slots[None, :] > query_slots[:, None] - window
-        seen &= recent | (key_slots[None, :] < 0)
-    return seen
+    if isinstance(window, int) and window == 0:
+        return seen
+    recent = (key_slots[None, :] > query_slots[:, None] - window) | (key_slots[None, :] < 0)
+    if not isinstance(window, int):
+        recent |= window <= 0
+    return seen & recent
 
 
 def resolve(implementation: str, platform: str | None = None, scores: int = 0) -> str:
@@ -181,39 +199,61 @@ def attention(
     mask: AttentionMask,
     implementation: str = "xla",
     where: ActivationSharding | None = None,
+    *,
+    scale: float | None = None,
+    softcap: float = 0.0,
 ) -> Array:
     """Softmax attention. q [B, T, H, hd], k/v [B, S, KV, hd] (H a multiple of KV).
 
-    `where` (the model's activation sharding) is needed by kernels that run per device
-    (splash, under `shard_map`).
+    Scores are `scale * q.k` (default head_dim ** -0.5), soft-capped to (-softcap, softcap)
+    when `softcap` > 0, plus the mask's relative bias if any. `where` (the model's
+    activation sharding) is needed by kernels that run per device (splash, under
+    `shard_map`).
     """
     b, t, h, hd = q.shape
     if k.shape[0] != b or k.shape[2] == 0 or h % k.shape[2] or k.shape != v.shape:
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
+    scale = hd**-0.5 if scale is None else scale
     kind = resolve(implementation, scores=t * k.shape[1])
-    if kind == "splash" and (not mask.self_aligned or mask.window or not mask.causal):
+    if kind == "splash" and (not mask.self_aligned or mask.has_window or not mask.causal):
         kind = "flash"
     if kind in ("splash", "cudnn") and mask.bias is not None:
         kind = "flash"  # see the module docstring
+    if kind == "cudnn" and softcap:
+        kind = "flash"  # jax.nn.dot_product_attention has no soft-cap
     if kind == "xla":
         bias = None if mask.bias is None else mask.bias.scores(mask.query_slots, mask.key_slots)
-        out = _dense(q, k, v, mask.dense(), bias)
+        out = _dense(q, k, v, mask.dense(), scale, softcap, bias)
     elif kind == "flash":
-        out = flash(q, k, v, mask)
+        out = flash(q, k, v, mask, scale=scale, softcap=softcap)
     elif kind == "splash":
-        out = splash(q, k, v, mask, where)
+        out = splash(q, k, v, mask, where, scale=scale, softcap=softcap)
     else:
-        out = cudnn(q, k, v, mask)
+        out = cudnn(q, k, v, mask, scale=scale)
     return jnp.where(mask.query_valid[:, :, None, None], out, 0).astype(q.dtype)
 
 
-def _dense(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None) -> Array:
-    """Reference attention; `bias` [H, T, S] (float32) is added to the scaled scores."""
+def soft_cap(scores: Array, cap: float) -> Array:
+    """cap * tanh(scores / cap): smooth clipping of logits to (-cap, cap); cap 0 = none."""
+    return cap * jnp.tanh(scores / cap) if cap else scores
+
+
+def _dense(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array,
+    scale: float,
+    softcap: float = 0.0,
+    bias: Array | None = None,
+) -> Array:
+    """Reference attention; `bias` [H, T, S] (float32) is added to the scaled, soft-capped
+    scores."""
     b, t, h, hd = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, hd)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(hd)
+    scores = soft_cap(scores * scale, softcap)
     if bias is not None:
         scores = scores + bias.reshape(kv, h // kv, *bias.shape[1:])
     scores = jnp.where(mask[:, None, None], scores, MASKED)
@@ -222,11 +262,21 @@ def _dense(q: Array, k: Array, v: Array, mask: Array, bias: Array | None = None)
     return out.reshape(b, t, h, hd)
 
 
-def cudnn(q: Array, k: Array, v: Array, mask: AttentionMask, implementation="cudnn") -> Array:
-    """`jax.nn.dot_product_attention` with our mask; `implementation="xla"` runs the same
-    call through XLA (how the CPU tests check the arguments we hand cuDNN)."""
+def cudnn(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: AttentionMask,
+    implementation="cudnn",
+    *,
+    scale: float | None = None,
+) -> Array:
+    """`jax.nn.dot_product_attention` with our mask (any window, traced included, is in the
+    explicit mask); `implementation="xla"` runs the same call through XLA (how the CPU
+    tests check the arguments we hand cuDNN). No soft-cap and no relative bias: `attention`
+    runs flash then."""
     return jax.nn.dot_product_attention(
-        q, k, v, mask=mask.dense()[:, None], implementation=implementation
+        q, k, v, mask=mask.dense()[:, None], scale=scale, implementation=implementation
     )
 
 
@@ -252,10 +302,21 @@ def _pad(x: Array, axis: int, to: int, value=0) -> Array:
     return jnp.pad(x, widths, constant_values=value)
 
 
-def flash(q: Array, k: Array, v: Array, mask: AttentionMask, block: int | None = None) -> Array:
+def flash(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: AttentionMask,
+    block: int | None = None,
+    *,
+    scale: float | None = None,
+    softcap: float = 0.0,
+) -> Array:
     """Blockwise attention with O(T) saved state; equal to `_dense` at valid queries.
 
-    Tiles are at most `block` (default `FLASH_BLOCK`) queries by as many keys.
+    Tiles are at most `block` (default `FLASH_BLOCK`) queries by as many keys. The window
+    enters as a traced int32 (0 = none) whether the mask's is static or not; causality,
+    the soft-cap and the bias's bucketing are static (`_Rule`).
     """
     block = block or FLASH_BLOCK
     b, t, h, hd = q.shape
@@ -265,18 +326,20 @@ def flash(q: Array, k: Array, v: Array, mask: AttentionMask, block: int | None =
     # [B, KV, G, T, hd] and [B, KV, S, hd], padded to whole blocks; padded keys are invalid
     # and padded query slots see nothing extra (their rows are cut off below).
     qg = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)
-    qg = _pad(qg * jnp.asarray(1 / math.sqrt(hd), q.dtype), 3, bq * nq)
+    scale = hd**-0.5 if scale is None else scale
+    qg = _pad(qg * jnp.asarray(scale, q.dtype), 3, bq * nq)
     kg = _pad(k.transpose(0, 2, 1, 3), 2, bk * nk)
     vg = _pad(v.transpose(0, 2, 1, 3), 2, bk * nk)
     query_slots = _pad(mask.query_slots.astype(jnp.int32), 0, bq * nq, -2)
     key_slots = _pad(mask.key_slots.astype(jnp.int32), 0, bk * nk, jnp.iinfo(jnp.int32).max)
     key_valid = _pad(mask.key_valid.astype(bool), 1, bk * nk, False)
-    rule = _Rule(mask.window, mask.causal)
+    window = jnp.asarray(mask.window, jnp.int32)
+    rule = _Rule(mask.causal, float(softcap))
     table = jnp.zeros((1, h), jnp.float32)
     if mask.bias is not None:
         rule = rule._replace(bias=(mask.bias.bidirectional, mask.bias.max_distance))
         table = mask.bias.table.astype(jnp.float32)
-    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, table, bq, bk, rule)
+    out = _flash(qg, kg, vg, query_slots, key_slots, key_valid, window, table, bq, bk, rule)
     return out[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -293,40 +356,46 @@ def _merge(x: Array, axis: int) -> Array:
 
 
 class _Rule(NamedTuple):
-    """The static part of a mask for the flash kernel (hashable: a custom-VJP argument)."""
+    """The static part of the flash kernel's scores (hashable: a custom-VJP argument). The
+    window is not here: it may be traced (one per layer), so it is an array argument."""
 
-    window: int = 0
     causal: bool = True
+    softcap: float = 0.0  # cap * tanh(scores / cap); 0: none
     bias: tuple[bool, int] | None = None  # (bidirectional, max_distance) of a RelativeBias
 
 
-def _tile_scores(qi, kj, qs, ks, kv_ok, rule, table):
-    """Masked float32 scores of one tile and whether each entry is visible.
+def _tile_scores(qi, kj, qs, ks, kv_ok, window, rule, table):
+    """Masked float32 scores of one tile, whether each entry is visible, and the soft-cap's
+    derivative d capped / d raw = 1 - tanh^2 (None without a cap), for the backward pass.
 
-    qi [B, KV, G, bq, hd], kj [B, KV, bk, hd], qs [bq], ks [bk], kv_ok [B, bk]; `table`
-    holds the relative position bias when `rule.bias` is set (recomputed per tile).
+    qi [B, KV, G, bq, hd] (already scaled), kj [B, KV, bk, hd], qs [bq], ks [bk],
+    kv_ok [B, bk]; `window` a traced int32 (0 = none); `table` holds the relative position
+    bias when `rule.bias` is set (recomputed per tile, added after the cap).
     """
     scores = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32)
+    slope = None
+    if rule.softcap:
+        tanh = jnp.tanh(scores / rule.softcap)
+        scores, slope = rule.softcap * tanh, 1 - tanh * tanh
     if rule.bias is not None:
         bias = RelativeBias(table, *rule.bias).scores(qs, ks)  # [H, bq, bk]
         scores = scores + bias.reshape(*qi.shape[1:3], *bias.shape[1:])
-    visible = slots_visible(qs, ks, rule.window, rule.causal)[None] & kv_ok[:, None, :]
+    visible = slots_visible(qs, ks, window, rule.causal)[None] & kv_ok[:, None, :]
     visible = visible[:, None, None]
-    return jnp.where(visible, scores, MASKED), visible
+    return jnp.where(visible, scores, MASKED), visible, slope
 
 
-def _any_visible(qs, ks, rule) -> Array:
+def _any_visible(qs, ks, window, rule) -> Array:
     """Whether a tile may hold a visible entry (slots are sorted): some key is not after
-    every query and, with a window, some key is a prefix key or recent enough."""
+    every query and, unless the (traced) window is 0, some key is a prefix key or recent
+    enough. Without causality every tile may."""
     if not rule.causal:
         return jnp.array(True)
-    visible = jnp.min(ks) <= jnp.max(qs)
-    if rule.window:
-        visible &= (jnp.min(ks) < 0) | (jnp.max(ks) > jnp.min(qs) - rule.window)
-    return visible
+    recent = (window <= 0) | (jnp.min(ks) < 0) | (jnp.max(ks) > jnp.min(qs) - window)
+    return (jnp.min(ks) <= jnp.max(qs)) & recent
 
 
-def _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
+def _forward(q, k, v, query_slots, key_slots, key_valid, window, table, bq, bk, rule):
     """Output [B, KV, G, T, hd] and log-sum-exp [B, KV, G, T] (float32)."""
     q_blocks = (_split(q, 3, bq), _split(query_slots, 0, bq))
     k_blocks = (_split(k, 2, bk), _split(v, 2, bk), _split(key_slots, 0, bk))
@@ -340,7 +409,7 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
 
             def update(carry):
                 m, total, acc = carry
-                scores, _ = _tile_scores(qi, kj, qs, ks, kv_ok, rule, table)
+                scores, _, _ = _tile_scores(qi, kj, qs, ks, kv_ok, window, rule, table)
                 m_new = jnp.maximum(m, scores.max(-1))
                 p = jnp.exp(scores - m_new[..., None])
                 rescale = jnp.exp(m - m_new)
@@ -353,7 +422,7 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
                 )
                 return m_new, total, acc * rescale[..., None] + pv
 
-            visible = _any_visible(qs, ks, rule)
+            visible = _any_visible(qs, ks, window, rule)
             return jax.lax.cond(visible, update, lambda c: c, carry), None
 
         stats = qi.shape[:-1]
@@ -370,21 +439,22 @@ def _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
     return _merge(out, 3), _merge(lse, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _flash(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
-    return _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def _flash(q, k, v, query_slots, key_slots, key_valid, window, table, bq, bk, rule):
+    return _forward(q, k, v, query_slots, key_slots, key_valid, window, table, bq, bk, rule)[0]
 
 
-def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule):
-    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, table, bq, bk, rule)
-    return out, (q, k, v, query_slots, key_slots, key_valid, table, out, lse)
+def _flash_fwd(q, k, v, query_slots, key_slots, key_valid, window, table, bq, bk, rule):
+    out, lse = _forward(q, k, v, query_slots, key_slots, key_valid, window, table, bq, bk, rule)
+    return out, (q, k, v, query_slots, key_slots, key_valid, window, table, out, lse)
 
 
 def _flash_bwd(bq, bk, rule, residuals, d_out):
     """FlashAttention-2's backward: per key block, loop over query blocks recomputing the
-    probabilities from the saved log-sum-exp; dq accumulates across key blocks. The bias
+    probabilities from the saved log-sum-exp; dq accumulates across key blocks. With a
+    soft-cap the score gradient is chained through the cap's derivative 1 - tanh^2. The bias
     table gets no gradient (it is a frozen base-model weight)."""
-    q, k, v, query_slots, key_slots, key_valid, table, out, lse = residuals
+    q, k, v, query_slots, key_slots, key_valid, window, table, out, lse = residuals
     delta = jnp.einsum("bkgqd,bkgqd->bkgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
     q_blocks = tuple(_split(x, 3, bq) for x in (q, d_out, lse, delta))
     q_blocks += (_split(query_slots, 0, bq),)
@@ -399,7 +469,7 @@ def _flash_bwd(bq, bk, rule, residuals, d_out):
 
             def grads(carry):
                 dk, dv = carry
-                scores, visible = _tile_scores(qi, kj, qs, ks, kv_ok, rule, table)
+                scores, visible, slope = _tile_scores(qi, kj, qs, ks, kv_ok, window, rule, table)
                 p = jnp.exp(scores - lse_i[..., None])
                 dv = dv + jnp.einsum(
                     "bkgqs,bkgqd->bksd",
@@ -408,7 +478,9 @@ def _flash_bwd(bq, bk, rule, residuals, d_out):
                     preferred_element_type=jnp.float32,
                 )
                 dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
-                ds = jnp.where(visible, p * (dp - delta_i[..., None]), 0).astype(qi.dtype)
+                ds = p * (dp - delta_i[..., None])
+                ds = ds if slope is None else ds * slope
+                ds = jnp.where(visible, ds, 0).astype(qi.dtype)
                 dk = dk + jnp.einsum(
                     "bkgqs,bkgqd->bksd", ds, qi, preferred_element_type=jnp.float32
                 )
@@ -418,7 +490,7 @@ def _flash_bwd(bq, bk, rule, residuals, d_out):
             def skip(carry):
                 return carry, jnp.zeros(qi.shape, jnp.float32)
 
-            return jax.lax.cond(_any_visible(qs, ks, rule), grads, skip, carry)
+            return jax.lax.cond(_any_visible(qs, ks, window, rule), grads, skip, carry)
 
         zeros = jnp.zeros(kj.shape, jnp.float32)
         (dk, dv), dq_parts = jax.lax.scan(step, (zeros, zeros), q_blocks)
@@ -430,6 +502,7 @@ def _flash_bwd(bq, bk, rule, residuals, d_out):
         _merge(dq, 3).astype(q.dtype),
         _merge(dk, 2).astype(k.dtype),
         _merge(dv, 2).astype(v.dtype),
+        None,
         None,
         None,
         None,
@@ -451,8 +524,12 @@ def splash(
     mask: AttentionMask,
     where: ActivationSharding | None = None,
     interpret: bool = False,
+    *,
+    scale: float | None = None,
+    softcap: float = 0.0,
 ) -> Array:
-    """Splash attention over [prefix, tokens] keys (`mask.self_aligned`).
+    """Splash attention over [prefix, tokens] keys (`mask.self_aligned`), causal, no window,
+    no relative bias.
 
     Padding becomes segment ids: real queries (1) see valid prefix and token keys (1);
     padding queries (0) see padding keys (0), at least their own, so no row is empty;
@@ -461,6 +538,10 @@ def splash(
     """
     if not mask.self_aligned:
         raise ValueError("splash attention needs keys laid out as [prefix, the query tokens]")
+    if mask.has_window or not mask.causal or mask.bias is not None:
+        raise ValueError(
+            "splash attention here is causal with no sliding window and no relative bias; use flash"
+        )
     b, t, h, hd = q.shape
     p, kvh = mask.prefix_length, k.shape[2]
     bq = min(SPLASH_BLOCK, -(-t // 128) * 128)
@@ -471,10 +552,18 @@ def splash(
     prefix_ids = jnp.where(mask.key_valid[:, :p], 1, 2)
     token_ids = mask.key_valid[:, p:].astype(jnp.int32)
     kv_ids = _pad(jnp.concatenate([prefix_ids, token_ids], axis=1), 1, s_pad)
-    q = _pad(q * jnp.asarray(1 / math.sqrt(hd), q.dtype), 1, t_pad)
+    scale = hd**-0.5 if scale is None else scale
+    q = _pad(q * jnp.asarray(scale, q.dtype), 1, t_pad)
     k, v = _pad(k, 1, s_pad), _pad(v, 1, s_pad)
     kernel = functools.partial(
-        _splash_per_device, p=p, t_pad=t_pad, s_pad=s_pad, bq=bq, bkv=bkv, interpret=interpret
+        _splash_per_device,
+        p=p,
+        t_pad=t_pad,
+        s_pad=s_pad,
+        bq=bq,
+        bkv=bkv,
+        interpret=interpret,
+        softcap=float(softcap) or None,
     )
     if where is None:
         out = kernel(q, k, v, q_ids, kv_ids)
@@ -495,7 +584,7 @@ def splash(
     return out[:, :t]
 
 
-def _splash_per_device(q, k, v, q_ids, kv_ids, *, p, t_pad, s_pad, bq, bkv, interpret):
+def _splash_per_device(q, k, v, q_ids, kv_ids, *, p, t_pad, s_pad, bq, bkv, interpret, softcap):
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as kernel_lib,
     )
@@ -523,6 +612,7 @@ def _splash_per_device(q, k, v, q_ids, kv_ids, *, p, t_pad, s_pad, bq, bkv, inte
         head_shards=1,
         q_seq_shards=1,
         interpret=interpret,
+        attn_logits_soft_cap=softcap,
     )
 
     def one_row(qr, kr, vr, q_id, kv_id):  # qr [KV, G, T, hd], kr/vr [KV, S, hd]
