@@ -19,6 +19,48 @@ jax.config.update("jax_num_cpu_devices", 8)
 SHARED_DATA = Path(os.environ.get("PREFIX_JAX_DATA", Path(__file__).parents[1] / "../shared/data"))
 
 
+def _tiny_gemma(kind: str):
+    """Gemma 2 / Gemma 3 (text) with a window of 4 tokens, shorter than the tests' rows,
+    head_dim and query_pre_attn_scalar both unlike hidden / heads, soft-caps small enough
+    that a missing cap shows, and random (1 + w) norm weights. Gemma 3's local and global
+    layers have different RoPE bases, the global ones with linear scaling."""
+    import torch
+    import transformers
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        max_position_embeddings=128,
+        final_logit_softcapping=3.0,
+        initializer_range=0.3,  # scores and logits large enough for the caps to bite
+    )
+    if kind == "gemma2":
+        config = transformers.Gemma2Config(**common, attn_logit_softcapping=2.0)
+        model = transformers.Gemma2ForCausalLM(config)
+    else:
+        config = transformers.Gemma3TextConfig(
+            **common,
+            layer_types=["sliding_attention"] * 2 + ["full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0},
+            },
+        )
+        model = transformers.Gemma3ForCausalLM(config)
+    with torch.no_grad():  # random norm weights (HF form: the norm scales by 1 + w)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    return model
+
+
 def _save_tiny(tmp_dir: Path, kind: str) -> Path:
     import torch
     import transformers
@@ -70,6 +112,8 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
             tie_word_embeddings=False,
         )
         model = transformers.MistralForCausalLM(config)
+    elif kind in ("gemma2", "gemma3"):
+        model = _tiny_gemma(kind)
     elif kind == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=None
@@ -110,9 +154,10 @@ def _save_tiny(tmp_dir: Path, kind: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny random checkpoints: gpt2, llama (GQA, untied), llama_tied, llama3_rope, qwen2,
-    qwen3, mistral_window."""
+    qwen3, mistral_window, gemma2, gemma3 (text)."""
     root = tmp_path_factory.mktemp("tiny")
     kinds = ("gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3", "mistral_window")
+    kinds += ("gemma2", "gemma3")
     return {kind: _save_tiny(root, kind) for kind in kinds}
 
 

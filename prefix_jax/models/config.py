@@ -1,7 +1,8 @@
 """One configuration type for every supported decoder family.
 
-GPT-2 and Llama-style checkpoints differ only in a handful of switches (norm, activation,
-positions, biases), so the transformer reads this config instead of branching on names.
+GPT-2, Llama-style and Gemma checkpoints differ only in a handful of switches (norm,
+activation, positions, biases, soft-caps, per-layer windows), so the transformer reads this
+config instead of branching on names.
 """
 
 from __future__ import annotations
@@ -10,11 +11,22 @@ import dataclasses
 import math
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "phi3", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = (
+    "gpt2",
+    "llama",
+    "mistral",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+)
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 # Families whose transformers code applies `sliding_window` from config.json (Qwen2 keeps it
-# behind use_sliding_window, off in released checkpoints).
+# behind use_sliding_window, off in released checkpoints). Gemma reads its own, per layer.
 WINDOWED_FAMILIES = ("mistral", "phi3")
+# Values of HF `layer_types` (per layer) that this decoder implements.
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -72,6 +84,21 @@ class ModelConfig:
     # >0: each token sees only the last `sliding_window` tokens (itself included; Mistral);
     # the prefix stays visible to every token, as it has no position.
     sliding_window: int = 0
+    # Per layer "sliding_attention" | "full_attention" (HF `layer_types`); empty: every layer
+    # slides when `sliding_window` > 0 (Mistral). Gemma alternates local and global layers.
+    layer_types: tuple[str, ...] = ()
+    # RoPE base of the sliding layers (Gemma 3's rope_local_base_freq, no scaling); 0: the
+    # same frequencies as the global layers.
+    rope_local_theta: float = 0.0
+    # Gemma switches. RMSNorm weights are stored as the checkpoint has them (HF form) and
+    # applied as (norm_offset + w): Gemma's (1 + w); GGUF files, which hold 1 + w, are shifted
+    # back at load.
+    norm_offset: float = 0.0
+    post_norms: bool = False  # RMSNorm on the attention and MLP outputs before each residual
+    embed_scale: bool = False  # token embeddings times sqrt(hidden_size)
+    query_pre_attn_scalar: float = 0.0  # attention scale = this ** -0.5; 0: head_dim ** -0.5
+    attn_softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the mask; 0: none
+    final_softcap: float = 0.0  # the same on the output logits
     tie_embeddings: bool = True
     name: str = ""  # model identity recorded in exported prefixes
 
@@ -103,6 +130,19 @@ class ModelConfig:
                 f"rotary_dim must be even and within [0, head_dim={self.head_dim}], "
                 f"got {self.rotary_dim}"
             )
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))  # lists from JSON
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
+            )
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise UnsupportedArchitectureError(
+                f"unknown layer types {unknown}; supported: {', '.join(LAYER_TYPES)}"
+            )
+        for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"ModelConfig.{field} must be >= 0, got {getattr(self, field)}")
         self._check_rope_scaling()
 
     def _check_rope_scaling(self) -> None:
@@ -130,6 +170,19 @@ class ModelConfig:
         """Width of one layer's keys (or values): what a prefix stores per token and layer."""
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def attention_scale(self) -> float:
+        """Factor on q.k: query_pre_attn_scalar ** -0.5 (Gemma), else head_dim ** -0.5."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def layer_windows(self) -> tuple[int, ...]:
+        """Each layer's sliding window (0 = global attention)."""
+        if not self.layer_types:
+            return (self.sliding_window,) * self.num_layers
+        return tuple(
+            self.sliding_window if kind == "sliding_attention" else 0 for kind in self.layer_types
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -149,7 +202,7 @@ class ModelConfig:
         mlp = d * f * (3 if self.gated_mlp else 2)
         mlp += (f + d) if self.mlp_bias else 0
         norm_size = d * (2 if self.norm == "layer" else 1)
-        per_layer = attn + mlp + 2 * norm_size
+        per_layer = attn + mlp + (4 if self.post_norms else 2) * norm_size
         total = L * per_layer + norm_size + self.vocab_size * d
         total += 0 if self.tie_embeddings else self.vocab_size * d
         total += self.max_position_embeddings * d if self.positions == "learned" else 0
@@ -205,9 +258,120 @@ def _rotary_dim_from_hf(hf: dict[str, Any], family: str, head_dim: int) -> int:
     return 0 if dim == head_dim else dim
 
 
+# HF `hidden_activation` values of Gemma checkpoints -> our activations.
+_GEMMA_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+
+
+def _gemma3_rope(hf: dict[str, Any]) -> tuple[float, RopeScaling, float]:
+    """(global theta, global scaling, local theta) of a Gemma 3 config.
+
+    transformers 5.x nests one `rope_parameters` dict per layer type; 4.x has `rope_theta`
+    and `rope_scaling` for the global layers and `rope_local_base_freq` for the local ones.
+    """
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        full = dict(params.get("full_attention") or {})
+        local = dict(params.get("sliding_attention") or {})
+    else:
+        full = {"rope_theta": hf.get("rope_theta"), **(hf.get("rope_scaling") or {})}
+        local = {"rope_theta": hf.get("rope_local_base_freq")}
+    local_type = local.get("rope_type") or local.get("type") or "default"
+    if local_type != "default":
+        raise UnsupportedArchitectureError(
+            f"unsupported rope type {local_type!r} for gemma3_text sliding layers; "
+            "supported: default"
+        )
+    full["rope_theta"] = full.get("rope_theta") or 1_000_000.0  # transformers' defaults
+    # The global layers' RoPE dict in place of the config's own, the rest (contexts) as is.
+    theta, scaling = _rope_scaling_from_hf(
+        {**hf, "rope_scaling": None, "rope_parameters": full}, "gemma3_text"
+    )
+    return theta, scaling, float(local.get("rope_theta") or 10_000.0)
+
+
+def _gemma_layer_types(hf: dict[str, Any], default_pattern: int) -> tuple[str, ...]:
+    """HF `layer_types`, or every `sliding_window_pattern`-th layer global (older configs)."""
+    if hf.get("layer_types"):
+        return tuple(hf["layer_types"])
+    pattern = hf.get("sliding_window_pattern") or default_pattern
+    return tuple(
+        "sliding_attention" if (i + 1) % pattern else "full_attention"
+        for i in range(hf["num_hidden_layers"])
+    )
+
+
+def _gemma_from_hf(hf: dict[str, Any], name: str) -> ModelConfig:
+    """Gemma 2 and Gemma 3 (text): GeGLU, (1 + w) RMSNorms before and after attention and
+    MLP, scaled embeddings, local/global layers; soft-caps (Gemma 2) or q/k norms (Gemma 3)."""
+    model_type = hf["model_type"]
+    gemma3 = model_type == "gemma3_text"
+    if hf.get("use_bidirectional_attention"):
+        raise UnsupportedArchitectureError(
+            f"{model_type} with use_bidirectional_attention is not supported; causal only"
+        )
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in _GEMMA_ACTIVATIONS:
+        raise UnsupportedArchitectureError(
+            f"unsupported hidden_activation {act!r} for {model_type}; supported: "
+            f"{', '.join(_GEMMA_ACTIVATIONS)}"
+        )
+    if gemma3:
+        theta, scaling, local_theta = _gemma3_rope(hf)
+        # transformers' Gemma 3 attention never applies attn_logit_softcapping (llama.cpp's
+        # converter asserts it is unset): Gemma 3 replaced it by the q/k norms.
+        attn_cap, final_cap = 0.0, hf.get("final_logit_softcapping")
+    else:
+        (theta, scaling), local_theta = _rope_scaling_from_hf(hf, "gemma2"), 0.0
+        attn_cap = hf.get("attn_logit_softcapping", 50.0)  # transformers' defaults
+        final_cap = hf.get("final_logit_softcapping", 30.0)
+    max_positions = hf.get("max_position_embeddings", 131_072 if gemma3 else 8192)
+    window = hf.get("sliding_window") or 0
+    if window >= max_positions:
+        window = 0  # a window as long as the context is full attention
+    heads = hf["num_attention_heads"]
+    return ModelConfig(
+        family=model_type,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=max_positions,
+        norm="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        activation=_GEMMA_ACTIVATIONS[act],
+        gated_mlp=True,
+        positions="rope",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        qkv_bias=bool(hf.get("attention_bias", False)),
+        out_bias=bool(hf.get("attention_bias", False)),
+        qk_norm=gemma3,
+        sliding_window=window,
+        layer_types=_gemma_layer_types(hf, 6 if gemma3 else 2),
+        rope_local_theta=local_theta,
+        norm_offset=1.0,
+        post_norms=True,
+        embed_scale=True,
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        attn_softcap=float(attn_cap or 0.0),
+        final_softcap=float(final_cap or 0.0),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        name=name,
+    )
+
+
 def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
     """Translate a Hugging Face `config.json` dict into a ModelConfig."""
     model_type = hf.get("model_type")
+    if model_type == "gemma3":
+        raise UnsupportedArchitectureError(
+            "model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration (vision tower "
+            "and text model in one checkpoint); only the text decoder is supported: use a "
+            "text-only checkpoint (model_type 'gemma3_text', e.g. google/gemma-3-1b-pt)"
+        )
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"unsupported architecture {model_type!r} (architectures={hf.get('architectures')}); "
@@ -237,6 +401,8 @@ def config_from_hf(hf: dict[str, Any], name: str = "") -> ModelConfig:
             tie_embeddings=hf.get("tie_word_embeddings", True),
             name=name,
         )
+    if model_type in ("gemma2", "gemma3_text"):
+        return _gemma_from_hf(hf, name)
     if model_type == "qwen3" and hf.get("use_sliding_window"):
         raise UnsupportedArchitectureError(
             "qwen3 with use_sliding_window is not supported; only full attention"

@@ -416,7 +416,22 @@ def _split_rows(w: np.ndarray, name: str, sizes: list[int], d: int) -> list[np.n
     return [w[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+# Our layer norms <- HF module names. Llama's `post_attention_layernorm` is the norm before
+# the MLP; with Gemma's four norms it is the one on the attention output.
+_HF_NORMS = {
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+}
+_HF_POST_NORMS = {
+    "attn_norm": "input_layernorm",
+    "attn_post_norm": "post_attention_layernorm",
+    "mlp_norm": "pre_feedforward_layernorm",
+    "mlp_post_norm": "post_feedforward_layernorm",
+}
+
+
 def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarray]:
+    """Llama-style HF names (Llama, Mistral, Qwen2/3, Gemma 2/3)."""
     raw = {re.sub(r"^model\.", "", k): v for k, v in raw.items()}
     s = _Stacker(c.num_layers)
     s.top["embed"] = _get(raw, "embed_tokens.weight")
@@ -424,10 +439,11 @@ def _map_llama_hf(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.nd
     if not c.tie_embeddings:
         s.top["lm_head"] = _get(raw, "lm_head.weight").T
     d = c.hidden_size
+    norms = _HF_POST_NORMS if c.post_norms else _HF_NORMS
     for i in range(c.num_layers):
         p = f"layers.{i}."
-        s.put("attn_norm_scale", i, _get(raw, p + "input_layernorm.weight"))
-        s.put("mlp_norm_scale", i, _get(raw, p + "post_attention_layernorm.weight"))
+        for ours, theirs in norms.items():
+            s.put(f"{ours}_scale", i, _get(raw, p + f"{theirs}.weight"))
         for ours, theirs, heads in (
             ("q", "q_proj", c.num_heads),
             ("k", "k_proj", c.num_kv_heads),
@@ -489,7 +505,17 @@ def _map_gpt2(raw: dict[str, np.ndarray], c: ModelConfig) -> dict[str, np.ndarra
 
 # --- GGUF files ---------------------------------------------------------------------------
 
-GGUF_ARCHITECTURES = ("llama", "phi3", "qwen2", "qwen3")
+GGUF_ARCHITECTURES = ("llama", "phi3", "qwen2", "qwen3", "gemma2", "gemma3")
+# Our family for a GGUF architecture name, where they differ.
+_GGUF_FAMILIES = {"gemma3": "gemma3_text"}
+# Our layer norms <- llama.cpp tensor names (`blk.N.<name>.weight`).
+_GGUF_NORMS = {"attn_norm": "attn_norm", "mlp_norm": "ffn_norm"}
+_GGUF_POST_NORMS = {
+    "attn_norm": "attn_norm",
+    "attn_post_norm": "post_attention_norm",
+    "mlp_norm": "ffn_norm",
+    "mlp_post_norm": "post_ffw_norm",
+}
 
 
 def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -508,18 +534,26 @@ def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     if arch == "phi3":
         raw = _unfuse_phi3(raw, config, "blk.{i}.", PHI3_GGUF_FUSED)
     s = _Stacker(config.num_layers)
+
+    def norm(name: str) -> np.ndarray:
+        # llama.cpp's converter stores Gemma's RMSNorm weights as 1 + w (its norm multiplies
+        # by the weight alone); we keep transformers' w and add `norm_offset` when applying.
+        w = _get(raw, name)
+        return w - np.asarray(config.norm_offset, w.dtype) if config.norm_offset else w
+
     s.top["embed"] = _get(raw, "token_embd.weight")
-    s.top["final_norm_scale"] = _get(raw, "output_norm.weight")
+    s.top["final_norm_scale"] = norm("output_norm.weight")
     if not config.tie_embeddings:
         s.top["lm_head"] = _get(raw, "output.weight").T
     d = config.hidden_size
-    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2/3 and phi3 use its
-    # NeoX RoPE (rotate halves, as transformers) and are stored as is.
+    # llama.cpp stores Llama's q/k rows interleaved for its RoPE; qwen2/3, phi3 and Gemma use
+    # its NeoX RoPE (rotate halves, as transformers) and are stored as is.
     unpermute = arch == "llama"
+    norms = _GGUF_POST_NORMS if config.post_norms else _GGUF_NORMS
     for i in range(config.num_layers):
         p = f"blk.{i}."
-        s.put("attn_norm_scale", i, _get(raw, p + "attn_norm.weight"))
-        s.put("mlp_norm_scale", i, _get(raw, p + "ffn_norm.weight"))
+        for ours, theirs in norms.items():
+            s.put(f"{ours}_scale", i, norm(p + f"{theirs}.weight"))
         for ours, heads in (
             ("q", config.num_heads),
             ("k", config.num_kv_heads),
@@ -533,8 +567,8 @@ def _read_gguf(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
             if config.qkv_bias:
                 s.put(f"{ours}_bias", i, _get(raw, p + f"attn_{ours}.bias").reshape(heads, -1))
         if config.qk_norm:
-            s.put("q_norm_scale", i, _get(raw, p + "attn_q_norm.weight"))
-            s.put("k_norm_scale", i, _get(raw, p + "attn_k_norm.weight"))
+            s.put("q_norm_scale", i, norm(p + "attn_q_norm.weight"))
+            s.put("k_norm_scale", i, norm(p + "attn_k_norm.weight"))
         s.put("o", i, _get(raw, p + "attn_output.weight").T.reshape(config.num_heads, -1, d))
         s.put("gate", i, _get(raw, p + "ffn_gate.weight").T)
         s.put("up", i, _get(raw, p + "ffn_up.weight").T)
@@ -559,9 +593,12 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
     head_dim = int(meta.get(f"{arch}.attention.key_length") or d // heads)
     rope_dim = int(meta.get(f"{arch}.rope.dimension_count") or head_dim)
     context = int(key("context_length"))
-    window = int(meta.get(f"{arch}.attention.sliding_window") or 0) if arch == "phi3" else 0
+    gemma = _gguf_gemma(meta, arch, heads, d, head_dim) if arch.startswith("gemma") else {}
+    window = 0  # phi3 slides on every layer, Gemma on its sliding layers (llama.cpp: 4096)
+    if arch == "phi3" or gemma:
+        window = int(meta.get(f"{arch}.attention.sliding_window", 4096 if gemma else 0) or 0)
     return ModelConfig(
-        family=arch,
+        family=_GGUF_FAMILIES.get(arch, arch),
         vocab_size=int(raw["token_embd.weight"].shape[0]),
         hidden_size=d,
         num_layers=int(key("block_count")),
@@ -574,11 +611,12 @@ def _gguf_config(meta: dict, arch: str, raw: dict[str, np.ndarray], name: str) -
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         rope_scaling=_gguf_rope_scaling(meta, arch, raw),
         qkv_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "gemma3"),
         rotary_dim=0 if rope_dim == head_dim else rope_dim,
         sliding_window=0 if window >= context else window,
         tie_embeddings="output.weight" not in raw,
         name=name,
+        **gemma,
     )
 
 
@@ -601,6 +639,39 @@ def _gguf_rope_scaling(meta: dict, arch: str, raw: dict[str, np.ndarray]) -> Rop
     if scaling != "none":
         raise UnsupportedArchitectureError(f"unsupported GGUF rope scaling {scaling!r}")
     return RopeScaling()
+
+
+def _gguf_gemma(meta: dict, arch: str, heads: int, d: int, head_dim: int) -> dict:
+    """Gemma 2/3 switches of a GGUF (the window size aside), read or defaulted as llama.cpp's
+    loader does: sliding layers every other layer (Gemma 2) or 5 of every 6 (Gemma 3)
+    unless the file lists them; the local RoPE base 10000 (Gemma 3); the attention scale
+    1/sqrt(head_dim), but 1/sqrt(hidden / heads) for the 27B models (46 or 62 layers), which
+    GGUF does not store."""
+    layers = int(meta[f"{arch}.block_count"])
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+    if isinstance(pattern, list):
+        sliding = [bool(x) for x in pattern]
+    else:
+        sliding = [i % int(pattern) < int(pattern) - 1 for i in range(layers)]
+    big = layers == (46 if arch == "gemma2" else 62)
+    default_softcaps = (50.0, 30.0) if arch == "gemma2" else (0.0, 0.0)
+    return {
+        "activation": "gelu_tanh",
+        "layer_types": tuple("sliding_attention" if x else "full_attention" for x in sliding),
+        "rope_local_theta": (
+            float(meta.get(f"{arch}.rope.freq_base_swa", 10_000.0)) if arch == "gemma3" else 0.0
+        ),
+        "norm_offset": 1.0,
+        "post_norms": True,
+        "embed_scale": True,
+        "query_pre_attn_scalar": float(d // heads if big else head_dim),
+        "attn_softcap": (
+            float(meta.get(f"{arch}.attn_logit_softcapping", default_softcaps[0]))
+            if arch == "gemma2"
+            else 0.0
+        ),
+        "final_softcap": float(meta.get(f"{arch}.final_logit_softcapping", default_softcaps[1])),
+    }
 
 
 def model_identity(model: Transformer | EncoderDecoder) -> dict:

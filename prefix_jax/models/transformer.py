@@ -1,8 +1,9 @@
-"""A decoder-only transformer in Flax NNX covering the GPT-2 and Llama families.
+"""A decoder-only transformer in Flax NNX covering the GPT-2, Llama and Gemma 2/3 families.
 
 Layer weights are stacked along a leading `layers` axis and the forward pass is a
 `jax.lax.scan` over them: one layer is traced and compiled once, whatever the depth, and
-per-layer inputs (prefix keys/values, KV-cache slices) ride along the same scan.
+per-layer inputs (prefix keys/values, KV-cache slices, RoPE frequencies, and the sliding
+window where local and global layers alternate, as in Gemma) ride along the same scan.
 
 Every attention layer can attend to an optional prefix of keys/values that sits in front
 of the token keys. The prefix has no position: real tokens are numbered from 0 whatever
@@ -28,7 +29,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from prefix_jax.models.attention import HEAD_AXES, KV_AXES, AttentionMask, attention, resolve
+from prefix_jax.models.attention import (
+    HEAD_AXES,
+    KV_AXES,
+    AttentionMask,
+    attention,
+    resolve,
+    soft_cap,
+)
 from prefix_jax.models.config import ModelConfig, RopeScaling
 from prefix_jax.sharding import ActivationSharding, constrain
 
@@ -135,6 +143,20 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+def layer_rope(c: ModelConfig, length: Array | int | None = None) -> tuple[Array, Array]:
+    """Each layer's RoPE: inverse frequencies [layers, rope_dim / 2] and the factor on cos and
+    sin [layers]. Sliding layers use `rope_local_theta` without scaling when it is set
+    (Gemma 3), the others `rope_theta` with the checkpoint's scaling (LongRoPE: its factors
+    picked by `length`, and its attention factor)."""
+    full = rope_inverse_frequencies(c.rope_dim, c.rope_theta, c.rope_scaling, length)
+    scale = jnp.full((c.num_layers,), c.rope_scaling.attention_factor, jnp.float32)
+    if not c.rope_local_theta:
+        return jnp.broadcast_to(full, (c.num_layers, *full.shape)), scale
+    local = rope_inverse_frequencies(c.rope_dim, c.rope_local_theta, RopeScaling())
+    is_local = jnp.asarray([w > 0 for w in c.layer_windows()])
+    return jnp.where(is_local[:, None], local, full), jnp.where(is_local, 1.0, scale)
+
+
 def rope_inverse_frequencies(
     dim: int, theta: float, scaling: RopeScaling, length: Array | int | None = None
 ) -> Array:
@@ -169,7 +191,7 @@ def rope_inverse_frequencies(
     return inv
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array, scale: float = 1.0) -> Array:
+def apply_rope(x: Array, positions: Array, inv_freq: Array, scale: float | Array = 1.0) -> Array:
     """Rotate halves (the Hugging Face Llama layout). x: [B, T, heads, hd], positions [B, T].
 
     Only the first 2 * len(inv_freq) dims rotate (partial rotary); the rest pass through.
@@ -217,7 +239,7 @@ class Transformer(nnx.Module):
         if c.positions == "learned":
             self.pos_embed = _param(rngs, (c.max_position_embeddings, d), (None, "embed"), pd)
         self.layers = DecoderLayers(c, rngs=rngs, param_dtype=pd)
-        self.final_norm_scale = _const((d,), ("embed",), pd, 1.0)
+        self.final_norm_scale = _const((d,), ("embed",), pd, 1.0 - c.norm_offset)
         if c.norm == "layer":
             self.final_norm_bias = _const((d,), ("embed",), pd, 0.0)
         if not c.tie_embeddings:
@@ -237,7 +259,12 @@ class Transformer(nnx.Module):
         )
 
     def embed_tokens(self, tokens: Array) -> Array:
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        """Token embeddings in the compute dtype; with `embed_scale` times sqrt(hidden),
+        the factor rounded to the compute dtype first (as transformers' Gemma does)."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        if self.config.embed_scale:
+            x = x * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
+        return x
 
     def __call__(
         self,
@@ -267,6 +294,7 @@ class Transformer(nnx.Module):
         logits = jnp.einsum(
             "btd,dv->btv", hidden, w.astype(self.dtype), preferred_element_type=jnp.float32
         )
+        logits = soft_cap(logits, self.config.final_softcap)
         return constrain(logits, self.activation_sharding, "batch", "length", "vocab")
 
     def hidden_states(
@@ -313,6 +341,7 @@ class Transformer(nnx.Module):
             query_slots = cache.index + jnp.arange(t, dtype=jnp.int32)
             key_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
             key_slots = jnp.where(key_slots < cache.prefix_length, -1, key_slots)
+        windows = c.layer_windows()
         mask = AttentionMask(
             query_slots=query_slots,
             key_slots=key_slots,
@@ -320,7 +349,7 @@ class Transformer(nnx.Module):
             query_valid=attention_mask,
             prefix_length=0 if cache is None else cache.prefix_length,
             self_aligned=cache is None,
-            window=c.sliding_window,
+            window=windows[0] if len(set(windows)) == 1 else 0,  # else per layer, below
         )
         if prefix is not None:
             p = prefix.length
@@ -341,16 +370,16 @@ class Transformer(nnx.Module):
         if c.positions == "learned":
             x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(self.dtype)
         x = constrain(x, where, *HIDDEN_AXES)
-        inv_freq = rope_inverse_frequencies(
-            c.rope_dim, c.rope_theta, c.rope_scaling, jnp.max(positions) + 1
-        )
-        rope_scale = c.rope_scaling.attention_factor
 
         per_layer = {
             "params": self.layers.stacked(self.dtype),
             "layer": jnp.arange(c.num_layers, dtype=jnp.int32),
             **delta_inputs(deltas, c.num_layers, self.dtype),
         }
+        if c.positions == "rope":  # LongRoPE's choice of factors goes by the call's length
+            per_layer["inv_freq"], per_layer["rope_scale"] = layer_rope(c, jnp.max(positions) + 1)
+        if len(set(windows)) > 1:  # local and global layers: a traced window per layer
+            per_layer["window"] = jnp.asarray(windows, jnp.int32)
         if prefix is not None:
             per_layer["prefix"] = (prefix.keys.astype(self.dtype), prefix.values.astype(self.dtype))
 
@@ -366,8 +395,8 @@ class Transformer(nnx.Module):
             h = _norm(x, params, "attn_norm", c)
             q, k, v = _qkv(h, params, project, c)
             if c.positions == "rope":
-                q = apply_rope(q, positions, inv_freq, rope_scale)
-                k = apply_rope(k, positions, inv_freq, rope_scale)
+                q = apply_rope(q, positions, xs["inv_freq"], xs["rope_scale"])
+                k = apply_rope(k, positions, xs["inv_freq"], xs["rope_scale"])
             q = constrain(q, where, *HEAD_AXES)
             k = constrain(k, where, *KV_AXES)
             v = constrain(v, where, *KV_AXES)
@@ -387,14 +416,28 @@ class Transformer(nnx.Module):
                 pv = jnp.broadcast_to(pv, (b, *pv.shape[1:]))
                 k = constrain(jnp.concatenate([pk, k], axis=1), where, *KV_AXES)
                 v = constrain(jnp.concatenate([pv, v], axis=1), where, *KV_AXES)
-            attn = attention(q, k, v, mask, self.attention, where)
+            layer_mask = mask.replace(window=xs["window"]) if "window" in xs else mask
+            attn = attention(
+                q,
+                k,
+                v,
+                layer_mask,
+                self.attention,
+                where,
+                scale=c.attention_scale,
+                softcap=c.attn_softcap,
+            )
             attn = constrain(attn, where, *HEAD_AXES)
             out = project("o", attn)
             if c.out_bias:
                 out = out + params["o_bias"]
+            if c.post_norms:
+                out = _norm(out, params, "attn_post_norm", c)
             x = constrain(x + out, where, *HIDDEN_AXES)
-            x = x + _mlp(_norm(x, params, "mlp_norm", c), params, project, c, where)
-            return (constrain(x, where, *HIDDEN_AXES), kv), None
+            out = _mlp(_norm(x, params, "mlp_norm", c), params, project, c, where)
+            if c.post_norms:
+                out = _norm(out, params, "mlp_post_norm", c)
+            return (constrain(x + out, where, *HIDDEN_AXES), kv), None
 
         if self.remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy(self.remat_policy))
@@ -503,9 +546,15 @@ def check_prefix(prefix: PrefixKV, c: ModelConfig, batch: int) -> None:
 
 
 def _norm_apply(x: Array, scale: Array, bias: Array | None, c: ModelConfig) -> Array:
+    """LayerNorm, or RMSNorm times `scale` (Llama: in x's dtype) or times
+    `norm_offset + scale` (Gemma: all in float32, as transformers computes it). Also serves
+    the encoder-decoder's `Seq2SeqConfig`, which has no `norm_offset`."""
     x32 = x.astype(jnp.float32)
     if c.norm == "rms":
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + c.norm_eps)
+        offset = getattr(c, "norm_offset", 0.0)
+        if offset:
+            return (offset + scale.astype(jnp.float32)) * y
         return scale * y.astype(x.dtype)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -554,9 +603,12 @@ class DecoderLayers(nnx.Module):
             c.head_dim,
             c.intermediate_size,
         )
-        pd = param_dtype
-        self.attn_norm_scale = _const((L, d), ("layers", "embed"), pd, 1.0)
-        self.mlp_norm_scale = _const((L, d), ("layers", "embed"), pd, 1.0)
+        pd, one = param_dtype, 1.0 - c.norm_offset  # norm weights that scale by 1
+        self.attn_norm_scale = _const((L, d), ("layers", "embed"), pd, one)
+        self.mlp_norm_scale = _const((L, d), ("layers", "embed"), pd, one)
+        if c.post_norms:
+            self.attn_post_norm_scale = _const((L, d), ("layers", "embed"), pd, one)
+            self.mlp_post_norm_scale = _const((L, d), ("layers", "embed"), pd, one)
         if c.norm == "layer":
             self.attn_norm_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
             self.mlp_norm_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
@@ -571,8 +623,8 @@ class DecoderLayers(nnx.Module):
         if c.out_bias:
             self.o_bias = _const((L, d), ("layers", "embed"), pd, 0.0)
         if c.qk_norm:
-            self.q_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, 1.0)
-            self.k_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, 1.0)
+            self.q_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, one)
+            self.k_norm_scale = _const((L, hd), ("layers", "head_dim"), pd, one)
         if c.gated_mlp:
             self.gate = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
         self.up = _param(rngs, (L, d, F), ("layers", "embed", "mlp"), pd)
