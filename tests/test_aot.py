@@ -116,6 +116,32 @@ def test_public_shapes_have_the_published_sizes():
     assert model_config("llama-3-8b").num_params() == 8_030_261_248
     assert model_config("Llama-3-70B").num_params() == 70_553_706_496
     assert model_config("smollm2-135m").num_params() == 134_515_008
+    assert model_config("gemma-2-2b").num_params() == 2_614_341_888  # 4 norms per layer
+    assert model_config("gemma-3-1b").num_params() == 999_885_952  # and q/k norms
+
+
+def test_gemma_steps_compile_with_per_layer_windows():
+    """Gemma 2's switches (local/global layers as a traced window per layer, soft-caps,
+    post-norms) through the AOT path: abstract model, train and decode steps on 2 devices."""
+    import dataclasses
+
+    gemma = dataclasses.replace(
+        model_config("gemma-2-2b"),
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=("sliding_attention", "full_attention") * 2,
+    )
+    train = aot.compile_train_step(gemma, cpu_mesh(2), 4, 64, method_config("prefix", 4))
+    assert gemma.num_params() * 2 / 2 <= train.memory.arguments  # bf16 weights, FSDP 2
+    decode = aot.compile_decode_step(gemma, cpu_mesh(2), 4, 64)
+    assert decode.memory.arguments > 0
+    assert aot.train_floor(gemma, {"fsdp": 2}, 4, 64, trainable_state_bytes=0)["logits"] > 0
 
 
 def test_model_config_reads_a_config_json(tmp_path):

@@ -5,6 +5,7 @@ reads), translated by the same `config_from_hf` as a real checkpoint directory:
 - `smollm2-135m`: HuggingFaceTB/SmolLM2-135M-Instruct (the project's test model);
 - `llama-3-8b`, `llama-3-70b`: meta-llama/Meta-Llama-3-8B and Meta-Llama-3-70B;
 - `phi-3-mini-4k`: microsoft/Phi-3-mini-4k-instruct (fused weights, split when loaded);
+- `gemma-2-2b`, `gemma-3-1b`: google/gemma-2-2b and google/gemma-3-1b-pt;
 - encoder-decoders (`seq2seq_config_from_hf`): `bart-large` (facebook/bart-large, Li &
   Liang's summarization model), `t5-base` (google-t5/t5-base, Lester et al.'s smallest
   prompt-tuning model family) and `flan-t5-base` (google/flan-t5-base, T5 v1.1 layout).
@@ -75,6 +76,46 @@ PUBLIC_CONFIGS: dict[str, dict[str, Any]] = {
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
         "hidden_act": "silu",
+    },
+    "gemma-2-2b": {
+        "model_type": "gemma2",
+        "vocab_size": 256000,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True,
+    },
+    "gemma-3-1b": {
+        "model_type": "gemma3_text",
+        "vocab_size": 262144,
+        "hidden_size": 1152,
+        "intermediate_size": 6912,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 512,
+        "sliding_window_pattern": 6,
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True,
     },
 }
 
