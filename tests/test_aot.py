@@ -65,10 +65,10 @@ def train_temporaries(fsdp: int, method: str, remat: str | None) -> int:
     [
         ("prefix", None),
         ("prefix", "full"),
-        ("prompt", None),
+        pytest.param("prompt", None, marks=pytest.mark.slow),  # the prefix's path, p longer
         ("lora", None),
         ("full", None),
-        ("top2", None),
+        pytest.param("top2", None, marks=pytest.mark.slow),  # full's path on 2 layers
     ],
 )
 def test_fsdp_8_train_step_needs_a_quarter_of_the_temporaries(method, remat):

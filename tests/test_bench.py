@@ -49,6 +49,7 @@ def test_step_flops_count_methods():
     assert full == 3 * (matmuls + attention * 4)  # weight gradients: a third matmul pass
 
 
+@pytest.mark.slow  # a benchmark smoke run (tens of seconds): -m slow
 def test_accelerator_script_runs_quick_on_cpu():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.bench.gpu", "--quick", "--repeats", "1"],
@@ -67,6 +68,7 @@ def test_accelerator_script_runs_quick_on_cpu():
     assert float(parity.split("=")[-1]) < 5e-2, parity  # bf16 vs float32 logits
 
 
+@pytest.mark.slow  # a benchmark smoke run (tens of seconds): -m slow
 def test_attention_benchmark_runs_quick_on_cpu():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.bench.attention", "--quick", "--repeats", "1"],

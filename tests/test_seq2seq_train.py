@@ -54,7 +54,7 @@ def prefix_lm(path: Path, **prefix) -> Seq2SeqPrefixLM:
     return Seq2SeqPrefixLM(model, parts)
 
 
-@pytest.mark.parametrize("kind", ["bart", "t5_v11"])
+@pytest.mark.parametrize("kind", [pytest.param("bart", marks=pytest.mark.slow), "t5_v11"])
 def test_one_partition_holds_the_three_prefixes_and_each_learns(tiny_seq2seq_checkpoints, kind):
     lm = prefix_lm(tiny_seq2seq_checkpoints[kind], init_scale=0.5)
     c = lm.config
@@ -85,7 +85,9 @@ def test_one_partition_holds_the_three_prefixes_and_each_learns(tiny_seq2seq_che
     assert jax.tree.all(jax.tree.map(np.array_equal, frozen_before, frozen_after))
 
 
-@pytest.mark.parametrize("parts", ["encoder,decoder,cross", "cross"])
+@pytest.mark.parametrize(
+    "parts", ["encoder,decoder,cross", pytest.param("cross", marks=pytest.mark.slow)]
+)
 def test_collapsed_export_gives_the_same_logits(tiny_seq2seq_checkpoints, tmp_path, parts):
     lm = prefix_lm(tiny_seq2seq_checkpoints["bart"], parts=parts, init_scale=0.5)
     data = batch(np.random.default_rng(1), lm.config.vocab_size)

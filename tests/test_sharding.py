@@ -117,7 +117,10 @@ def test_sharded_decoding_equals_unsharded(shardable_checkpoint):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 2, 2), pytest.param((1, 8, 1), marks=pytest.mark.slow)],  # 2x2x2: every axis
+)
 def test_flash_attention_sharded_equals_dense(shardable_checkpoint, shape, monkeypatch):
     """The blockwise kernel under a mesh (tiles of 8, so rows span several) against the
     dense kernel on one device: logits and the prefix's gradients."""

@@ -223,8 +223,9 @@ def init_embeddings(
             raise ValueError(f"prompt init {config.init!r} tokenizes to no tokens")
         reps = -(-config.length // len(words))
         ids = jnp.asarray((list(words) * reps)[: config.length], jnp.int32)
-    scale = getattr(model.config, "embed_scale", 1.0)  # BART's scale_embedding
-    return jnp.take(model.embed[...], ids, axis=0).astype(jnp.float32) * scale
+    # The vectors the model reads for those tokens (Gemma's and BART's embedding scale
+    # applied): the soft prompt enters after that scaling.
+    return model.embed_tokens(ids).astype(jnp.float32)
 
 
 def create_prompt(
