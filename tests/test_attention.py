@@ -336,7 +336,10 @@ def model_prefix(model, p: int, batch: int, mixed: bool, seed=0) -> PrefixKV:
 
 
 # Every prefix length and both paddings (the kernel tests above take the full grid).
-@pytest.mark.parametrize(("p", "padding"), [(0, "right"), (1, "left"), (7, "right"), (64, "left")])
+@pytest.mark.parametrize(
+    ("p", "padding"),
+    [(0, "right"), (1, "left"), (7, "right"), pytest.param(64, "left", marks=pytest.mark.slow)],
+)
 def test_model_logits_and_prefix_gradients_equal_dense(models, p, padding, small_flash_blocks):
     rng = np.random.default_rng(p)
     tokens_mask = token_mask(3, 29, padding)

@@ -291,7 +291,9 @@ def test_peft_export_warns_about_position_convention(tiny_checkpoints, tmp_path)
 # --- decoding with a prefix -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "mistral_window"])
+@pytest.mark.parametrize(
+    "kind", [pytest.param("gpt2", marks=pytest.mark.slow), "llama", "mistral_window"]
+)
 def test_greedy_with_prefix_equals_stepwise_full_forward(tiny_checkpoints, kind):
     """Cached greedy decoding (the prefix in the cache) against full forwards; with a
     sliding window of 4 the 10-token rows also check that the prefix stays visible."""

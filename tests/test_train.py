@@ -326,6 +326,7 @@ def test_rerun_of_finished_run_trains_no_more(tiny, reference, tmp_path, monkeyp
     np.testing.assert_array_equal(exported_table(workdir), reference[3])
 
 
+@pytest.mark.slow  # 30 s; the exception-crash resume test above stays in the default run
 def test_sigkill_at_random_moment_then_restart_is_bitwise_exact(
     tiny, reference, tmp_path, compilation_cache
 ):
