@@ -163,19 +163,13 @@ class PairBatchIterator(BatchIterator):
 
     dataset: EncodedPairs
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} not in [0, {self.steps_per_epoch}]")
-        rows = self.batch_size // self.process_count
-        first = self.process_index * rows
-        source_lengths, label_lengths = self.dataset.source_lengths, self.dataset.label_lengths
-        for indices in self.plan(epoch)[start_step:]:
-            real = indices[indices >= 0]
-            source_len = pick_bucket(int(source_lengths[real].max()), self.buckets)
-            target_len = pick_bucket(int(label_lengths[real].max()), self.buckets)
-            yield self._assemble_pairs(indices[first : first + rows], source_len, target_len)
+    def _shape(self, real: np.ndarray) -> tuple[int, int]:
+        """(source bucket, target bucket) of the global batch of examples `real`."""
+        data = self.dataset
+        source_len = pick_bucket(int(data.source_lengths[real].max()), self.buckets)
+        return source_len, pick_bucket(int(data.label_lengths[real].max()), self.buckets)
 
-    def _assemble_pairs(
+    def _assemble(
         self, indices: np.ndarray, source_len: int, target_len: int
     ) -> dict[str, np.ndarray]:
         data = self.dataset

@@ -275,11 +275,14 @@ class BatchIterator:
         rows = self.batch_size // self.process_count
         first = self.process_index * rows
         for indices in self.plan(epoch)[start_step:]:
-            real = indices[indices >= 0]
-            length = pick_bucket(int(self._lengths[real].max()), self.buckets)
-            targets = self._lengths[real] - self.dataset.prompt_lengths[real]
-            width = min(pick_bucket(max(int(targets.max()), 1), self.buckets), length)
-            yield self._assemble(indices[first : first + rows], length, width)
+            shape = self._shape(indices[indices >= 0])
+            yield self._assemble(indices[first : first + rows], *shape)
+
+    def _shape(self, real: np.ndarray) -> tuple[int, int]:
+        """(sequence bucket, score-positions bucket) of the global batch of examples `real`."""
+        length = pick_bucket(int(self._lengths[real].max()), self.buckets)
+        targets = self._lengths[real] - self.dataset.prompt_lengths[real]
+        return length, min(pick_bucket(max(int(targets.max()), 1), self.buckets), length)
 
     def _assemble(self, indices: np.ndarray, length: int, width: int) -> dict[str, np.ndarray]:
         data = self.dataset

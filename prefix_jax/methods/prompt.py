@@ -85,15 +85,19 @@ class SoftPrompt(nnx.Module):
         return self.config.length
 
 
+def _check_width(prompt: SoftPrompt, base: Transformer | EncoderDecoder) -> None:
+    if prompt.model_config.hidden_size != base.config.hidden_size:
+        raise ValueError(
+            f"soft prompt width {prompt.model_config.hidden_size} does not match the "
+            f"model's hidden size {base.config.hidden_size}"
+        )
+
+
 class PromptLM(WrappedLM):
     """A frozen base model with a soft prompt in front of every sequence."""
 
     def __init__(self, base: Transformer, prompt: SoftPrompt):
-        if prompt.model_config.hidden_size != base.config.hidden_size:
-            raise ValueError(
-                f"soft prompt width {prompt.model_config.hidden_size} does not match the "
-                f"model's hidden size {base.config.hidden_size}"
-            )
+        _check_width(prompt, base)
         self.base = base
         self.prompt = prompt
 
@@ -150,11 +154,7 @@ class Seq2SeqPromptLM(Seq2SeqWrapped):
     """A frozen encoder-decoder with a soft prompt in front of every encoder input."""
 
     def __init__(self, base: EncoderDecoder, prompt: SoftPrompt):
-        if prompt.model_config.hidden_size != base.config.hidden_size:
-            raise ValueError(
-                f"soft prompt width {prompt.model_config.hidden_size} does not match the "
-                f"model's hidden size {base.config.hidden_size}"
-            )
+        _check_width(prompt, base)
         self.base = base
         self.prompt = prompt
 
