@@ -15,6 +15,10 @@ from its checkpoint, a finished training is not repeated). A failing command is 
 launcher goes on with the next trial; it exits with status 1 if any trial failed. Command
 output goes to `T/logs/<step>.log`.
 
+Each local launch appends a `launch` event to `launch.jsonl` with its command, the git
+commit (and whether tracked files differed from it) and the machine, and each completed
+command a `step` event with its seconds: the report's provenance section reads them.
+
 `--backend=print` writes one self-contained shell line per trial (same skip logic, writes
 `FAILED` on error) for any scheduler, e.g. a Slurm array:
 `sed -n "${SLURM_ARRAY_TASK_ID}p" trials.sh | bash`. `--backend=tpu-pod` prints (or with
@@ -38,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from experiments import provenance
 from experiments.sweeps import Point, Sweep, Trial, available, format_value, load_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +280,7 @@ def run_trials(
                 failed = error
                 break
             echo(f"    {step.name}: ok ({seconds} s)")
+            _log_event(status_log, trial=name, event="step", step=step.name, seconds=seconds)
         if failed is None:
             _log_event(status_log, trial=name, event="finished")
             outcome["finished"].append(name)
@@ -487,6 +493,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.workdir)
     write_sweep_json(root, sweep, plans, sets)
     status_log = root / "launch.jsonl"
+    command = shlex.join(["python", "-m", "experiments.launch", *(argv or sys.argv[1:])])
+    _log_event(
+        status_log,
+        event="launch",
+        command=command,
+        **provenance.git_commit(REPO_ROOT),
+        machine=provenance.machine(),
+    )
     try:
         outcome = run_trials(plans, status_log, timeout=args.timeout, skip_failed=args.skip_failed)
     except KeyboardInterrupt:

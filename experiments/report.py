@@ -16,6 +16,11 @@ overrides, `train_summary.json`, `eval_<split>/results.json`, `metrics.jsonl`, `
   with error bars over seeds; `metric_by_setting.png` when no key is numeric;
 - `train_loss.png`: training loss against step for every trial, coloured by setting.
 
+`report.md` ends with how the results were made, from the launcher's `launch.jsonl`: the
+launch commands, the commit each trial started at, the machines, the devices trials
+trained on (`train_summary.json`) and the compute time; `trials.csv` has each trial's
+commit and time.
+
 Test-set uncertainty: where a trial's `eval_<split>/predictions.jsonl` exists (evaluate writes
 source, prediction and references per line) and its results have BLEU, the report adds a
 bootstrap 95% interval of corpus BLEU over the evaluated sources: 1000 resamples of the
@@ -40,13 +45,16 @@ import csv
 import itertools
 import json
 import math
+import shlex
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from experiments.provenance import describe_machine
 from experiments.sweeps import format_value
 from prefix_jax.metrics.bleu import bleu_of_sums, bleu_segment_stats
 
@@ -212,7 +220,109 @@ def read_trial(tdir: Path, split: str = "validation") -> dict:
         record["bleu_stats"] = read_bleu_stats(tdir / f"eval_{split}" / "predictions.jsonl")
     for key in (*SUMMARY_FIELDS, "wall_s"):
         record[key] = _number(summary.get(key))
+    record["accelerator"] = summary.get("device_kind") or summary.get("platform")
     return record
+
+
+def _commit_label(launch: dict | None) -> str:
+    """`abc123def456`, with `+dirty` when tracked files differed; `not recorded` for trials
+    started by a launcher that did not log its commit."""
+    if launch is None:
+        return "not recorded"
+    label = (launch.get("commit") or "unknown")[:12]
+    return label + ("+dirty" if launch.get("dirty") else "")
+
+
+def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
+    """The launcher's `launch` events (command, commit, machine), and per trial the commits
+    its starts ran at and the seconds of its completed commands (`launch.jsonl`)."""
+    launches: list[dict] = []
+    per_trial: dict[str, dict] = {}
+    path = root / "launch.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    current = None
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed launcher
+        kind = event.get("event")
+        if kind == "launch":
+            launches.append(event)
+            current = event
+            continue
+        if "trial" not in event:
+            continue
+        record = per_trial.setdefault(event["trial"], {"commits": [], "seconds": {}})
+        if kind == "started" and _commit_label(current) not in record["commits"]:
+            record["commits"].append(_commit_label(current))
+        elif kind == "step":
+            record["seconds"][event.get("step")] = _number(event.get("seconds"))
+    return launches, per_trial
+
+
+def add_provenance(trials: Sequence[dict], per_trial: dict[str, dict]) -> None:
+    """Each trial's `commit` and `compute_s`: the seconds of its train and evaluate commands
+    where the launcher logged them, else training wall time plus decoding time."""
+    for t in trials:
+        logged = per_trial.get(t["name"], {"commits": [], "seconds": {}})
+        t["commits"] = logged["commits"] or ["not recorded"]
+        seconds = logged["seconds"]
+        if t["status"] != "finished":
+            t["compute_s"] = None
+        elif seconds.get("train") is not None and seconds.get("evaluate") is not None:
+            t["compute_s"] = seconds["train"] + seconds["evaluate"]
+        else:
+            parts = [t.get("wall_s"), t.get("decode_s")]
+            t["compute_s"] = None if None in parts else sum(parts)
+
+
+def provenance_markdown(
+    trials: Sequence[dict], launches: Sequence[dict], command: str | None
+) -> list[str]:
+    """The report's "How this was made" section: commands, commits, machines, time."""
+    lines = ["## How this was made", ""]
+    commands = list(dict.fromkeys(e.get("command") for e in launches if e.get("command")))
+    if commands:
+        lines.append(f"- Launched ({len(launches)} launches) with:")
+        lines += [f"  - `{c}`" for c in commands]
+    else:
+        lines.append("- Launch commands: not recorded (launched before the launcher logged them).")
+    if command:
+        lines.append(f"- Report: `{command}`")
+    started = [t for t in trials if t["status"] != "missing"]
+    # In the order the code ran: trials from before commits were logged, then each launch.
+    commits = {label: 0 for label in ["not recorded", *map(_commit_label, launches)]}
+    for t in started:
+        for label in t.get("commits") or ["not recorded"]:
+            commits[label] = commits.get(label, 0) + 1
+    if any(commits.values()):
+        lines.append(
+            "- Code (trials started at each commit; a resumed trial counts at each): "
+            + ", ".join(
+                f"`{c}` {n}" if c != "not recorded" else f"{c} {n}" for c, n in commits.items() if n
+            )
+        )
+    machines = list(
+        dict.fromkeys(describe_machine(e["machine"]) for e in launches if e.get("machine"))
+    )
+    lines += [f"- Machine: {m}" for m in machines]
+    accelerators: dict[str, int] = {}
+    for t in started:
+        if t.get("accelerator"):
+            accelerators[t["accelerator"]] = accelerators.get(t["accelerator"], 0) + 1
+    if accelerators:
+        lines.append(
+            "- Devices trained on: "
+            + ", ".join(f"{k} ({n} trial{'s' * (n != 1)})" for k, n in accelerators.items())
+        )
+    times = [t["compute_s"] for t in trials if t.get("compute_s") is not None]
+    if times:
+        lines.append(
+            f"- Compute: {sum(times) / 3600:.2f} h over {len(times)} finished trials "
+            f"(train and evaluate commands; {statistics.median(times) / 60:.1f} min median)."
+        )
+    return lines
 
 
 def collect(root: str | Path, split: str = "validation") -> tuple[list[dict], dict]:
@@ -353,7 +463,7 @@ def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequenc
     intervals = _interval_metrics(trials)
     header = ["trial", "status", *axes, "seed", *metrics]
     header += [f"{m}_ci_{end}" for m in intervals for end in ("low", "high")]
-    header += [*fields, "error"]
+    header += [*fields, "compute_s", "accelerator", "commit", "error"]
     rows = []
     for t in trials:
         o = t["overrides"]
@@ -368,6 +478,9 @@ def trials_table(trials: Sequence[dict], axes: Sequence[str], seed_keys: Sequenc
                 *(t["metrics"].get(m) for m in metrics),
                 *ci,
                 *(t.get(f) for f in fields),
+                t.get("compute_s"),
+                t.get("accelerator"),
+                " ".join(t.get("commits") or []),
                 t["error"],
             ]
         )
@@ -422,9 +535,10 @@ def markdown(
     *,
     samples: int = BOOTSTRAP_SAMPLES,
     selection: Sequence[dict] = (),
+    provenance: Sequence[str] = (),
 ) -> str:
     """report.md: the settings table (mean ± std over seeds, bootstrap interval), the
-    selection by validation loss, problems, plots."""
+    selection by validation loss, how it was made, problems, plots."""
     metrics = _metric_names(groups)
     intervals = _interval_metrics(groups)
     columns = [c for m in metrics for c in (m, *([f"{m} 95% CI"] if m in intervals else []))]
@@ -466,6 +580,8 @@ def markdown(
         ]
     if selection:
         lines += ["", *selection_markdown(selection)]
+    if provenance:
+        lines += ["", *provenance]
     problems = [t for t in trials if t["status"] != "finished"]
     if problems:
         lines += ["", "## Trials without results", ""]
@@ -737,10 +853,12 @@ def report(
     split: str = "validation",
     bootstrap: int = BOOTSTRAP_SAMPLES,
     select: str | None = "optim.learning_rate",
+    command: str | None = None,
 ) -> dict[str, Path]:
     """Write the CSVs, report.md and PNGs for the sweep under `root`; returns their paths.
     `bootstrap` resamples for the BLEU interval (0: none); `select` the key to choose by
-    validation loss (None or a key that no setting varies: no selection)."""
+    validation loss (None or a key that no setting varies: no selection); `command` the
+    command line that made the report, quoted in it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -749,6 +867,8 @@ def report(
     trials, sweep = collect(root, split)
     if not trials:
         raise FileNotFoundError(f"no trial directories under {root}")
+    launches, per_trial = read_launch_log(root)
+    add_provenance(trials, per_trial)
     seed_keys = seed_keys_of(trials, sweep)
     groups, axes = group_trials(trials, seed_keys)
     add_intervals(trials, groups, bootstrap)
@@ -789,7 +909,17 @@ def report(
     written.update({p.stem: p for p in plots})
 
     title = f"Sweep `{name}` ({root})"
-    text = markdown(groups, axes, trials, title, plots, samples=bootstrap, selection=selection)
+    provenance = provenance_markdown(trials, launches, command)
+    text = markdown(
+        groups,
+        axes,
+        trials,
+        title,
+        plots,
+        samples=bootstrap,
+        selection=selection,
+        provenance=provenance,
+    )
     (out / "report.md").write_text(text)
     written["report_md"] = out / "report.md"
     return written
@@ -828,6 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=args.split,
             bootstrap=args.bootstrap,
             select=args.select or None,
+            command=shlex.join(["python", "-m", "experiments.report", *(argv or sys.argv[1:])]),
         )
     except FileNotFoundError as e:
         parser.error(str(e))

@@ -228,6 +228,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         "eval_examples": len(eval_examples),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
         **{f"params_{k}": v for k, v in counts.items()},
         "exports": exports,
     }

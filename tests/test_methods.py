@@ -470,6 +470,8 @@ def test_train_runs_each_method(tiny, tmp_path, method):  # noqa: F811 - `tiny` 
         overrides["finetune__top_layers"] = 1
     summary = train(make_config(tiny, **overrides), tmp_path)
     assert summary["steps"] == 2 and np.isfinite(summary["eval_loss"])
+    assert summary["platform"] == jax.default_backend()  # what the report says it ran on
+    assert summary["device_kind"] == jax.devices()[0].device_kind
     c = load(str(tiny["model"]), with_tokenizer=False)[0].config
     expected = {
         "prompt": PromptConfig(length=2).num_params(c),

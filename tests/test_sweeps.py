@@ -4,7 +4,9 @@ trial program, the print and tpu-pod backends, and the report on synthetic resul
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import launch, report
+from experiments import launch, provenance, report
 from experiments.sweeps import (
     Sweep,
     available,
@@ -334,7 +336,7 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "1 skipped, 1 failed" in out and f"FAILED {_trial(5)}: ValueError: boom" in out
     events = [json.loads(x) for x in (root / "launch.jsonl").read_text().splitlines()]
-    assert {(e["trial"], e["event"]) for e in events} >= {
+    assert {(e.get("trial"), e["event"]) for e in events} >= {
         (_trial(1), "skipped"),
         (_trial(5), "failed"),
         (_trial(10), "finished"),
@@ -548,6 +550,93 @@ def test_report_without_numeric_axis_draws_bars_and_cli(tmp_path, capsys):
     assert not (out / "train_loss.png").exists()  # no metrics.jsonl: no curves
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "nothing")])
+
+
+def test_launcher_logs_command_commit_machine_and_step_times(fake):
+    assert fake("--only", "length=5,") == 0
+    events = [json.loads(x) for x in (fake.root / "launch.jsonl").read_text().splitlines()]
+    launch_event = events[0]
+    assert launch_event["event"] == "launch"
+    assert launch_event["command"].startswith("python -m experiments.launch ")
+    assert "--only length=5," in launch_event["command"]
+    expected = provenance.git_commit(launch.REPO_ROOT)
+    assert launch_event["commit"] == expected["commit"]
+    assert launch_event["dirty"] == expected["dirty"]
+    assert launch_event["machine"]["cpus"] == os.cpu_count()
+    assert launch_event["machine"]["packages"]["jax"] == importlib.metadata.version("jax")
+    steps = [(e["step"], e["seconds"]) for e in events if e["event"] == "step"]
+    assert [s for s, _ in steps] == ["train", "evaluate"]
+    assert all(seconds >= 0 for _, seconds in steps)
+
+
+def test_git_commit_outside_a_repository_is_unknown(tmp_path):
+    assert provenance.git_commit(tmp_path) == {"commit": None, "dirty": None}
+
+
+def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
+    root = tmp_path / "pl"
+    old = _write_trial(root, 1, "mlp", 0, 0.5)  # started before the launcher logged commits
+    results = {"metrics": {"BLEU": 0.5}, "decode_s": 2.0}
+    (root / old / "eval_validation" / "results.json").write_text(json.dumps(results))
+    resumed = _write_trial(root, 5, "mlp", 0, 0.6)
+    fresh = _write_trial(root, 10, "mlp", 0, 0.7)
+    summary = json.loads((root / fresh / "train_summary.json").read_text())
+    (root / fresh / "train_summary.json").write_text(
+        json.dumps({**summary, "platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"})
+    )
+    machine = {"cpus": 2, "cpu": "AMD EPYC", "packages": {"jax": "0.10.2"}}
+    events = [
+        {"trial": old, "event": "started"},
+        {"trial": old, "event": "finished"},
+        {
+            "event": "launch",
+            "command": "python -m experiments.launch pl --workdir r",
+            "commit": "a" * 40,
+            "dirty": False,
+            "machine": machine,
+        },
+        {"trial": resumed, "event": "started"},
+        {
+            "event": "launch",
+            "command": "python -m experiments.launch pl --workdir r",
+            "commit": "b" * 40,
+            "dirty": True,
+            "machine": machine,
+        },
+        {"trial": resumed, "event": "started", "resumed": True},
+        {"trial": resumed, "event": "step", "step": "train", "seconds": 100.0},
+        {"trial": resumed, "event": "step", "step": "evaluate", "seconds": 20.0},
+        {"trial": fresh, "event": "started"},
+        {"trial": fresh, "event": "step", "step": "train", "seconds": 40.0},
+        {"trial": fresh, "event": "step", "step": "evaluate", "seconds": 5.0},
+    ]
+    lines = [json.dumps(e) for e in events]
+    (root / "launch.jsonl").write_text("\n".join(lines) + '\n{"cut sh')
+
+    report.report(root, command="python -m experiments.report pl")
+
+    with open(root / "trials.csv") as f:
+        trials = {r["trial"]: r for r in csv.DictReader(f)}
+    assert trials[old]["commit"] == "not recorded"
+    assert trials[resumed]["commit"] == "aaaaaaaaaaaa bbbbbbbbbbbb+dirty"
+    assert trials[fresh]["commit"] == "bbbbbbbbbbbb+dirty"
+    assert float(trials[resumed]["compute_s"]) == 120.0
+    wall_plus_decode = float(trials[old]["wall_s"]) + float(trials[old]["decode_s"])
+    assert float(trials[old]["compute_s"]) == pytest.approx(wall_plus_decode)
+    assert trials[fresh]["accelerator"] == "NVIDIA H100 80GB HBM3"
+
+    md = (root / "report.md").read_text()
+    section = md[md.index("## How this was made") :]
+    assert (
+        "- Launched (2 launches) with:\n  - `python -m experiments.launch pl --workdir r`"
+        in section
+    )
+    assert "- Report: `python -m experiments.report pl`" in section
+    assert "not recorded 1, `aaaaaaaaaaaa` 1, `bbbbbbbbbbbb+dirty` 2" in section
+    assert "- Machine: 2 x AMD EPYC, jax 0.10.2" in section
+    assert "- Devices trained on: NVIDIA H100 80GB HBM3 (1 trial)" in section
+    total = (120 + 45 + wall_plus_decode) / 3600
+    assert f"- Compute: {total:.2f} h over 3 finished trials" in section
 
 
 def test_launch_then_report_end_to_end(fake):
