@@ -163,7 +163,7 @@ def test_sweep_trials_cross_seeds_outermost():
     [
         (
             "prefix_length",
-            (5 + 2) * 3,
+            (5 + 2 + 2) * 3,
             [
                 "--config=configs/e2e_prefix.py",
                 "--config.prefix.length=1",
@@ -180,7 +180,6 @@ def test_sweep_trials_cross_seeds_outermost():
             3 * 5 * 3,
             ["--config.data.train_examples=50", "--config.prefix.init=text:table-to-text:"],
         ),
-        ("reparam", 4 * 3, ["--config.prefix.reparam=mlp", "--config.prefix.length=10"]),
         ("method", 4 * 3, ["--config=configs/e2e_prefix.py", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
@@ -893,7 +892,7 @@ def test_a_learning_rate_fixed_per_method_is_not_an_x_axis(tmp_path):
 
 # ------------------------------------------------------------------- study sweeps (issue 16)
 
-STUDIES = ("lr_select", "low_data", "prefix_length", "reparam")
+STUDIES = ("lr_select", "low_data", "prefix_length")
 
 
 def _rate_key(overrides: dict) -> str:
@@ -928,7 +927,7 @@ def test_study_sweeps_share_data_budget_and_held_out_set():
 def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
     from experiments.sweeps import _learning_rates as rates
 
-    for name in ("low_data", "prefix_length", "reparam"):
+    for name in ("low_data", "prefix_length"):
         for trial in load_sweep(name).trials():
             rate = trial.overrides["optim.learning_rate"]
             assert rate == rates.LEARNING_RATES[_rate_key(trial.overrides)], trial.name
@@ -936,8 +935,8 @@ def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
     monkeypatch.setitem(rates.LEARNING_RATES, rates.PREFIX_DIRECT, 5e-3)
     low = [t.overrides for t in load_sweep("low_data").trials() if t.overrides["method"] == "lora"]
     assert len(low) == 9 and {o["optim.learning_rate"] for o in low} == {7e-4}
-    direct = [t.overrides for t in load_sweep("reparam").trials()]
-    assert {o["optim.learning_rate"] for o in direct if o["prefix.reparam"] == "none"} == {5e-3}
+    direct = [t.overrides for t in load_sweep("prefix_length").trials()]
+    assert {o["optim.learning_rate"] for o in direct if o.get("prefix.reparam") == "none"} == {5e-3}
     # The rate is a trial axis: --set cannot silently replace it.
     with pytest.raises(ValueError, match="sweep's own axis"):
         launch.plan_trials(
@@ -963,12 +962,10 @@ def test_study_sweep_grids():
     }
     assert {o["seed"] for o in low} == {0, 1, 2} and all(o["lora.seed"] == o["seed"] for o in low)
     length = [t.overrides for t in load_sweep("prefix_length").trials(seeds=[0])]
-    assert [o.get("prefix.length") for o in length] == [1, 5, 10, 20, 40, None, None]
+    assert [o.get("prefix.length") for o in length] == [1, 5, 10, 20, 40, 10, 10, None, None]
     assert [o["method"] for o in length[-2:]] == ["prompt", "lora"]
-    reparam = [t.overrides for t in load_sweep("reparam").trials(seeds=[0])]
-    assert [(o["prefix.reparam"], o["prefix.init"]) for o in reparam] == [
-        ("mlp", "random"),
-        ("mlp", TEXT_INIT),
+    assert [(o["prefix.reparam"], o["prefix.init"]) for o in length[:-2]] == [
+        *[("mlp", "random")] * 5,
         ("none", "vocab"),
         ("none", TEXT_INIT),
     ]

@@ -1,32 +1,40 @@
-"""Li & Liang Fig. 4 at a fixed budget: prefix length p in {1, 5, 10, 20, 40}.
+"""Li & Liang Fig. 4 and Sec. 7.4 at a fixed budget: prefix length and reparameterization.
 
     python -m experiments.launch prefix_length --workdir runs/prefix_length
     python -m experiments.report runs/prefix_length --out experiments/results/prefix_length
 
-Prefix-tuning with the MLP reparameterization (random init, the config default) at each
-p, with prompt tuning (p=10) and LoRA as reference lines (dashed in the report's
-metric_vs_prefix_length.png); every method at its rate from `_learning_rates.py`, the
-whole training pool of 447 MRs, the same 200 steps of batch 8 for every p; 3 seeds: 21
-trials. The direct prefix is in `reparam.py`. For the paper's full-E2E setting (lr 8e-5 is
-theirs, so rerun lr_select first) see the `--set` flags in `_study.py`.
+- Prefix length: the MLP prefix (hidden 512, random init, the config default) at p in
+  {1, 5, 10, 20, 40}.
+- Reparameterization at p=10: the same MLP prefix against the prefix learned directly
+  (`prefix.reparam=none`) from the keys and values of sampled vocabulary tokens (`vocab`)
+  and of real words (`text:table-to-text:`); a random N(0, 1) direct prefix diverges
+  (`experiments/results/small_cpu`). The MLP at p=10 is shared by both questions, which
+  is why they are one sweep.
+- Prompt tuning (p=10) and LoRA as reference lines (dashed in the report's
+  metric_vs_prefix_length.png).
+
+Every method at its rate from `_learning_rates.py`, the whole training pool of 447 MRs,
+200 steps of batch 8 for every setting (`_study.py`, with the `--set` flags for a GPU or
+the paper's full-E2E setting, whose rates need lr_select rerun); 3 seeds: 27 trials.
 """
 
 from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, product, sweep
-from experiments.sweeps._learning_rates import LORA, PREFIX_MLP, PROMPT, lr
-from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS
+from experiments.sweeps._learning_rates import LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT, lr
+from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 LENGTHS = (1, 5, 10, 20, 40)
+REPARAM_LENGTH = 10
 
 
 def get_sweep() -> Sweep:
+    mlp = {"method": "prefix", "prefix.reparam": "mlp", "prefix.init": "random"}
+    direct = {"method": "prefix", "prefix.reparam": "none", "prefix.length": REPARAM_LENGTH}
     return Sweep(
         name="prefix_length",
         config="configs/e2e_{method}.py",
         grid=chain(
-            product(
-                [{"method": "prefix", **lr(PREFIX_MLP)}],  # MLP: the config default
-                sweep("prefix.length", LENGTHS),
-            ),
+            product([{**mlp, **lr(PREFIX_MLP)}], sweep("prefix.length", LENGTHS)),
+            product([{**direct, **lr(PREFIX_DIRECT)}], sweep("prefix.init", ["vocab", TEXT_INIT])),
             [{"method": "prompt", **lr(PROMPT)}, {"method": "lora", **lr(LORA)}],
         ),
         seeds=SEEDS,
