@@ -28,8 +28,7 @@ real tokens are numbered from 0 (unless `positions_after_prefix`, which moves BA
 learned positions by p as PEFT does). PEFT/transformers would instead place the prefix at
 positions 0..p-1, so under T5 its keys would get relative-position biases.
 
-T5 scores are unscaled; our kernels divide by sqrt(head_dim), so queries are multiplied
-by sqrt(head_dim) first (exact when head_dim is a power of 4, e.g. 64).
+T5 scores are unscaled: its attention passes `scale=1.0` to the kernels.
 """
 
 from __future__ import annotations
@@ -458,20 +457,15 @@ class EncoderDecoder(nnx.Module):
             x = x + sublayer(_norm(x, params, norm, c))
         return constrain(x, where, *HIDDEN_AXES)
 
-    def _scale_queries(self, q: Array) -> Array:
-        """T5 scores are unscaled: undo the kernels' 1/sqrt(head_dim) on the queries."""
-        if self.config.scale_attention:
-            return q
-        return q * jnp.asarray(math.sqrt(self.config.head_dim), q.dtype)
-
     def _attend(self, q, k, v, mask: AttentionMask, prefix_kv, out_name, xs, project) -> Array:
         """Attention of q over [prefix, k/v] and the output projection (with its bias)."""
         where = self.activation_sharding
-        q = constrain(self._scale_queries(q), where, *HEAD_AXES)
+        q = constrain(q, where, *HEAD_AXES)
         if prefix_kv is not None:
             k, v = _prepend(prefix_kv, k, v)
         k, v = constrain(k, where, *KV_AXES), constrain(v, where, *KV_AXES)
-        out = attention(q, k, v, mask, self.attention, where)
+        scale = None if self.config.scale_attention else 1.0  # T5 scores are unscaled
+        out = attention(q, k, v, mask, self.attention, where, scale=scale)
         out = project(out_name, constrain(out, where, *HEAD_AXES))
         if self.config.out_bias:
             out = out + xs["params"][f"{out_name}_bias"]
