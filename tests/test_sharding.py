@@ -99,9 +99,18 @@ def test_sharded_steps_match_one_device(shardable_checkpoint, reference, shape):
     assert model.layers.k[...].sharding.spec == P(None, want_fsdp, kv_axis, None)
     assert model.layers.down[...].sharding.spec == P(None, want_tensor, want_fsdp)
     assert model.lm_head[...].sharding.spec == P(want_fsdp, want_tensor)
-    # The prefix and its optimizer state are replicated.
+    # The prefix's last layer (its layers x 2 x kv_dim width) and that layer's gradient
+    # moments are split over fsdp like the weights; the rest of the prefix is replicated.
+    width = trainer.model().prefix.w2[...].shape[1]
+    split = 0
     for leaf in jax.tree.leaves(trainer.state):
-        assert leaf.sharding.is_fully_replicated
+        spec = tuple(leaf.sharding.spec) + (None,) * (leaf.ndim - len(leaf.sharding.spec))
+        if leaf.ndim and leaf.shape[-1] == width:
+            assert spec == (None,) * (leaf.ndim - 1) + (want_fsdp,)
+            split += 1
+        else:
+            assert leaf.sharding.is_fully_replicated
+    assert split == 2 * 3  # w2 and b2: parameter, Adam's two moments
 
 
 def test_sharded_decoding_equals_unsharded(shardable_checkpoint):
