@@ -279,8 +279,6 @@ def export_artifacts(
             "export": lambda d: lora.save(lm.lora, model, d, training),
             "export_peft": lambda d: lora.save_peft(lm.lora, model, d),
         }
-    if method != "prefix" and isinstance(model, EncoderDecoder):
-        del writers["export_peft"]  # PEFT's prompt / LoRA layouts of BART and T5: not written
     if write:
         for name, save in writers.items():
             save(workdir / name)

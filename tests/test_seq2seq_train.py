@@ -265,6 +265,54 @@ def test_t5_prompt_tuning_matches_transformers_with_the_prompt_embedded(tiny_seq
     assert np.abs(ours[real] - theirs[real]).max() < 1e-4
 
 
+@pytest.mark.parametrize(
+    "kind,method",
+    [("bart", "lora"), ("t5_v11", "lora"), ("bart", "prompt"), ("t5_v1", "prompt")],
+)
+def test_prompt_and_lora_export_to_peft_with_our_logits(
+    tiny_seq2seq_checkpoints, tmp_path, kind, method
+):
+    """PEFT's SEQ_2_SEQ_LM adapters of the baselines, loaded by PeftModel onto the
+    transformers model, compute our logits: LoRA on every weight of both stacks (the
+    cross-attention and T5's gated feed-forward included), the soft prompt in front of the
+    encoder input (BART's embeddings scaled)."""
+    import peft
+    import transformers
+    from test_seq2seq import _batch, _hf_logits
+
+    from prefix_jax.methods import lora as lora_method
+    from prefix_jax.methods import prompt as prompt_method
+
+    path = tiny_seq2seq_checkpoints[kind]
+    model, _ = load(str(path), with_tokenizer=False)
+    rng = np.random.default_rng(5)
+    if method == "lora":
+        adapter, _ = lora_method.create_lora(model, lora_method.LoraConfig(rank=2, targets=(".*",)))
+        for part in (adapter.encoder, adapter.decoder):
+            for name in part.targets:  # B starts at zero: draw it, so every update shows
+                b = getattr(part, f"{name}_b")
+                b[...] = jnp.asarray(rng.normal(0, 0.1, b.shape), jnp.float32)
+        lm = lora_method.Seq2SeqLoraLM(model, adapter)
+        lora_method.save_peft(adapter, model, tmp_path / "peft")
+        names = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+        assert ("fc1" in names["target_modules"]) == (kind == "bart")
+    else:
+        config = prompt_method.PromptConfig(length=4, init="random", init_scale=2.0, seed=2)
+        adapter, _ = prompt_method.create_prompt(model, config)
+        lm = prompt_method.Seq2SeqPromptLM(model, adapter)
+        prompt_method.save_peft(adapter, model, tmp_path / "peft")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+
+    src, src_mask, tgt, tgt_mask = _batch(seed=6)
+    theirs = _hf_logits(peft_model, src, src_mask, tgt, tgt_mask)
+    ours = np.asarray(lm(*(jnp.asarray(a) for a in (src, src_mask, tgt, tgt_mask))))
+    base = np.asarray(model(*(jnp.asarray(a) for a in (src, src_mask, tgt, tgt_mask))))
+    real = tgt_mask.astype(bool)
+    assert np.abs(ours[real] - base[real]).max() > 1e-3  # the adapter matters
+    assert np.abs(ours[real] - theirs[real]).max() < 1e-4
+
+
 def greedy_matches_teacher_forcing(lm, source, source_mask, eos: int) -> None:
     """Cached greedy decoding through the wrapper equals the argmax of its full forward."""
     from prefix_jax.seq2seq_decode import greedy_seq2seq
@@ -305,7 +353,8 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     expected = 3 * 32 if method == "prompt" else 2 * 2 * 64 + 3 * 2 * 64 * 2
     assert sum(x.size for x in jax.tree.leaves(trainer.state.params)) == expected
 
-    assert export_artifacts(method, trainer, model, {}, tmp_path, write=True) == ["export"]
+    exports = export_artifacts(method, trainer, model, {}, tmp_path, write=True)
+    assert exports == ["export", "export_peft"]
     trained = load_trained(config, tmp_path, model)
     args = (data["source"], data["source_mask"], data["target"], data["target_mask"])
     trained_logits = np.asarray(trainer.model()(*args))

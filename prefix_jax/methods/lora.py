@@ -15,6 +15,9 @@ GPT-2's fused c_attn is one module in PEFT, with one A shared by q, k and v: LoR
 c_attn is a rank-r update of the fused [d, 3d] weight, ours on q, k, v three rank-r
 updates (4dr vs 6dr parameters per layer). Ours exports to PEFT exactly as a rank-3r LoRA
 on c_attn (stacked A, block-diagonal B, alpha scaled by 3 to keep alpha / r).
+
+An encoder-decoder's LoRA (both stacks, cross-attention included) exports to PEFT's
+SEQ_2_SEQ_LM layout under BART's or T5's module names.
 """
 
 from __future__ import annotations
@@ -377,13 +380,62 @@ def peft_tensors(lora: Lora, model: Transformer) -> tuple[dict[str, np.ndarray],
     return tensors, extra
 
 
-def save_peft(lora: Lora, model: Transformer, directory: str | Path) -> Path:
+_BART_MODULES = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.out_proj",
+    "cross_q": "encoder_attn.q_proj",
+    "cross_k": "encoder_attn.k_proj",
+    "cross_v": "encoder_attn.v_proj",
+    "cross_o": "encoder_attn.out_proj",
+    "up": "fc1",
+    "down": "fc2",
+}
+
+
+def _t5_modules(stack: str, gated: bool) -> dict[str, str]:
+    """T5's module names under a block: the decoder's feed-forward is sublayer 2."""
+    ff = f"layer.{2 if stack == 'decoder' else 1}.DenseReluDense"
+    names = {n: f"layer.0.SelfAttention.{n}" for n in ("q", "k", "v", "o")}
+    names |= {f"cross_{n}": f"layer.1.EncDecAttention.{n}" for n in ("q", "k", "v", "o")}
+    if gated:
+        return names | {"gate": f"{ff}.wi_0", "up": f"{ff}.wi_1", "down": f"{ff}.wo"}
+    return names | {"up": f"{ff}.wi", "down": f"{ff}.wo"}
+
+
+def peft_seq2seq_tensors(
+    lora: Seq2SeqLora, model: EncoderDecoder
+) -> tuple[dict[str, np.ndarray], dict]:
+    """PEFT's LoRA state dict of BART or T5 (`base_model.model.[model.]<stack>.<layers>.<i>.
+    <module>.lora_A/B.weight`) and its `target_modules`, the module names below a layer."""
+    c, r = model.config, lora.config.rank
+    tensors, modules = {}, set()
+    for stack, part in (("encoder", lora.encoder), ("decoder", lora.decoder)):
+        if c.family == "bart":
+            prefix, names = f"base_model.model.model.{stack}.layers", _BART_MODULES
+        else:
+            prefix, names = f"base_model.model.{stack}.block", _t5_modules(stack, c.gated_mlp)
+        for name, (a, b) in part.factors().items():
+            a, b = np.asarray(a), np.asarray(b)
+            modules.add(names[name])
+            for layer in range(len(a)):
+                key = f"{prefix}.{layer}.{names[name]}"
+                tensors[f"{key}.lora_A.weight"] = a[layer].reshape(-1, r).T
+                tensors[f"{key}.lora_B.weight"] = b[layer].reshape(r, -1).T
+    return tensors, {"target_modules": sorted(modules), "fan_in_fan_out": False}
+
+
+def save_peft(
+    lora: Lora | Seq2SeqLora, model: Transformer | EncoderDecoder, directory: str | Path
+) -> Path:
     """A PEFT LORA adapter (`adapter_config.json`, `adapter_model.safetensors`) that
     `peft.PeftModel.from_pretrained` loads onto the Hugging Face model."""
-    tensors, extra = peft_tensors(lora, model)
+    seq2seq = isinstance(lora, Seq2SeqLora)
+    tensors, extra = peft_seq2seq_tensors(lora, model) if seq2seq else peft_tensors(lora, model)
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
         "r": lora.config.rank,
         "lora_alpha": lora.config.alpha,
         "lora_dropout": lora.config.dropout,

@@ -283,17 +283,22 @@ def _config_fields(meta: dict) -> dict:
     return {k: saved[k] for k in ("init", "init_scale", "seed") if k in saved}
 
 
-def save_peft(prompt: SoftPrompt, model: Transformer, directory: str | Path) -> Path:
-    """A PEFT PROMPT_TUNING adapter (`prompt_embeddings` [p, d]) that PeftModel loads."""
+def save_peft(
+    prompt: SoftPrompt, model: Transformer | EncoderDecoder, directory: str | Path
+) -> Path:
+    """A PEFT PROMPT_TUNING adapter (`prompt_embeddings` [p, d]) that PeftModel loads. For
+    an encoder-decoder, one transformer submodule: PEFT then puts the prompt in front of
+    the encoder's input alone, as `Seq2SeqPromptLM` does."""
     c = model.config
+    seq2seq = isinstance(model, EncoderDecoder)
     config = {
         "peft_type": "PROMPT_TUNING",
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
         "num_virtual_tokens": prompt.length,
         "token_dim": c.hidden_size,
         "num_transformer_submodules": 1,
         "num_attention_heads": c.num_heads,
-        "num_layers": c.num_layers,
+        "num_layers": c.num_decoder_layers if seq2seq else c.num_layers,
         "prompt_tuning_init": "RANDOM",
         "inference_mode": True,
         "base_model_name_or_path": c.name,
