@@ -13,12 +13,13 @@ source length and `--target-seq` the target length, and the prefix is Li & Liang
 (encoder, decoder, cross-attention), each `--prefix-length` long. `--topology` is a TPU slice
 (`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
 simulated CPU devices). `--decode-batch B --cache-length S` also compiles one greedy
-decode step with an S-token cache (plus the prefix). Prints per-chip memory from XLA's
-`memory_analysis()` (arguments, temporaries, total) against the chip's HBM and the
-analytic floor (`prefix_jax.aot.train_floor`), the analytic FLOPs per chip
-(`prefix_jax.aot.train_flops`) and XLA's compiled count beside them (XLA counts the body of
-the layer scan once, so its number is about one layer's share); `--json FILE` appends each
-row as a JSON line.
+decode step with an S-token cache (plus the prefix; for an encoder-decoder S target slots
+beside the cross keys/values of `--seq` encoded source tokens and the cross prefix).
+Prints per-chip memory from XLA's `memory_analysis()` (arguments, temporaries, total)
+against the chip's HBM and the analytic floor (`prefix_jax.aot.train_floor`), the analytic
+FLOPs per chip (`prefix_jax.aot.train_flops`) and XLA's compiled count beside them (XLA
+counts the body of the layer scan once, so its number is about one layer's share);
+`--json FILE` appends each row as a JSON line.
 """
 
 from __future__ import annotations
@@ -112,8 +113,6 @@ def main(argv=None) -> None:
 
     config = model_config(args.model)
     seq2seq = isinstance(config, Seq2SeqConfig)
-    if seq2seq and args.decode_batch:
-        raise SystemExit("the decode-step fit check is not implemented for encoder-decoders")
     target_seq = args.target_seq or args.seq
     topo = aot.topology(args.topology)
     mesh = sharding.make_mesh(args.mesh, aot.devices(topo))
@@ -177,22 +176,28 @@ def main(argv=None) -> None:
         )  # fmt: skip
     if args.decode_batch:
         start = time.perf_counter()
-        fit = aot.compile_decode_step(
-            config, mesh, args.decode_batch, args.cache_length,
-            prefix_length=args.prefix_length, param_dtype=dt, dtype=dt,
-            attention=args.attention,
-        )  # fmt: skip
-        floor = aot.decode_floor(
-            config,
-            mesh_shape,
-            args.decode_batch,
-            args.cache_length,
-            prefix_length=args.prefix_length,
-            dtype_bytes=dtype_bytes,
-        )
-        flops = aot.decode_flops(config, args.decode_batch, args.prefix_length + args.cache_length)
+        p, batch, cache = args.prefix_length, args.decode_batch, args.cache_length
+        if seq2seq:
+            fit = aot.compile_seq2seq_decode_step(
+                config, mesh, batch, cache, args.seq,
+                prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
+            )  # fmt: skip
+            floor = aot.seq2seq_decode_floor(
+                config, mesh_shape, batch, cache, args.seq,
+                prefix_length=p, dtype_bytes=dtype_bytes,
+            )  # fmt: skip
+            flops = aot.seq2seq_decode_flops(config, batch, p + cache, p + args.seq)
+        else:
+            fit = aot.compile_decode_step(
+                config, mesh, batch, cache,
+                prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
+            )  # fmt: skip
+            floor = aot.decode_floor(
+                config, mesh_shape, batch, cache, prefix_length=p, dtype_bytes=dtype_bytes
+            )
+            flops = aot.decode_flops(config, batch, p + cache)
         rows.append(
-            Row("decode", "prefix", args.decode_batch, args.cache_length, "-", fit, floor, flops,
+            Row("decode", "prefix", batch, cache, "-", fit, floor, flops,
                 time.perf_counter() - start)
         )  # fmt: skip
     for row in rows:

@@ -26,12 +26,12 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prefix_jax import decode, sharding
+from prefix_jax import decode, seq2seq_decode, sharding
 from prefix_jax.experiment import build_method
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
-from prefix_jax.models.seq2seq import Seq2SeqConfig
-from prefix_jax.models.transformer import CACHE_AXES, KVCache, Transformer
+from prefix_jax.models.seq2seq import Seq2SeqCache, Seq2SeqConfig
+from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
 from prefix_jax.train_step import (
     OptimConfig,
     Trainer,
@@ -347,6 +347,66 @@ def compile_decode_step(
     return compile_fit(jitted.lower(state, cache, last))
 
 
+def compile_seq2seq_decode_step(
+    config: Seq2SeqConfig,
+    mesh: Mesh,
+    batch: int,
+    cache_length: int,
+    source_length: int,
+    *,
+    prefix_length: int = 10,
+    rules=sharding.DEFAULT_RULES,
+    param_dtype=jnp.bfloat16,
+    dtype=jnp.bfloat16,
+    attention: str = "auto",
+) -> Fit:
+    """One step of `seq2seq_decode.greedy_seq2seq` once the sources are encoded: the cache
+    holds the decoder prefix and `cache_length` target slots, and every decoder layer's
+    cross keys/values of the cross prefix and `source_length` encoder states."""
+    model = abstract_model(
+        config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
+    )
+    graphdef, state = nnx.split(model)
+    where = model.activation_sharding
+    state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
+    L, H, hd = config.num_decoder_layers, config.num_heads, config.head_dim
+
+    def empty_cache(state) -> Seq2SeqCache:
+        prefix = None
+        if prefix_length:
+            zeros = jnp.zeros((L, 1, prefix_length, H, hd), dtype)
+            prefix = PrefixKV(zeros, zeros)
+        encoded = jnp.zeros((batch, source_length, config.hidden_size), dtype)
+        mask = jnp.ones((batch, source_length), bool)
+        return nnx.merge(graphdef, state).init_cache(
+            encoded, mask, cache_length, cross_prefix=prefix, self_prefix=prefix, dtype=dtype
+        )
+
+    cache = jax.eval_shape(empty_cache, state)
+    valid_axes = ("batch", "cache_length")
+    cache_sharding = cache.replace(
+        self_attn=cache.self_attn.replace(
+            keys=where.spec(cache.self_attn.keys.shape, CACHE_AXES),
+            values=where.spec(cache.self_attn.values.shape, CACHE_AXES),
+            valid=where.spec(cache.self_attn.valid.shape, valid_axes),
+            index=NamedSharding(mesh, PartitionSpec()),
+            next_position=where.spec(cache.self_attn.next_position.shape, ("batch",)),
+        ),
+        cross_keys=where.spec(cache.cross_keys.shape, CACHE_AXES),
+        cross_values=where.spec(cache.cross_values.shape, CACHE_AXES),
+        cross_valid=where.spec(cache.cross_valid.shape, valid_axes),
+    )
+    cache = with_shardings(cache, cache_sharding)
+    last = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=where.spec((batch,), ("batch",)))
+
+    def step(state, cache, last):
+        logits, cache = seq2seq_decode.decoder_step(nnx.merge(graphdef, state), last, cache)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+    jitted = jax.jit(step, out_shardings=(last.sharding, cache_sharding), donate_argnums=(1,))
+    return compile_fit(jitted.lower(state, cache, last))
+
+
 # --- analytic floors ----------------------------------------------------------------------
 
 
@@ -461,6 +521,42 @@ def decode_floor(
     }
 
 
+def seq2seq_step_weights(c: Seq2SeqConfig) -> int:
+    """Weights one cached decoding step reads: the decoder's layers but for the cross keys
+    and values projections (their outputs are cached), and the vocabulary once."""
+    cross_kv = 2 * c.hidden_size * c.num_heads * c.head_dim
+    layer = c.layer_params(cross=True) - cross_kv
+    return c.num_decoder_layers * layer + c.vocab_size * c.hidden_size
+
+
+def seq2seq_decode_floor(
+    c: Seq2SeqConfig,
+    mesh_shape: dict[str, int],
+    batch: int,
+    cache_length: int,
+    source_length: int,
+    *,
+    prefix_length: int = 0,
+    dtype_bytes: int = 2,
+) -> dict[str, float]:
+    """`decode_floor` of an encoder-decoder: the weights a decoding step reads
+    (`seq2seq_step_weights`), the decoder's self-attention cache (prefix and targets) and its
+    cross keys/values (cross prefix and sources)."""
+    rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
+    tensor = _axis(mesh_shape, "tensor")
+    heads = tensor if c.num_heads % tensor == 0 else 1
+    slots = 2 * prefix_length + cache_length + source_length
+    per_slot = 2 * c.num_decoder_layers * rows * c.num_heads * c.head_dim / heads
+    return {
+        "weights shard": seq2seq_step_weights(c)
+        * dtype_bytes
+        / _axis(mesh_shape, "fsdp", "tensor"),
+        "cache shard": per_slot * slots * dtype_bytes,
+        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
+        "logits": rows * c.vocab_size / tensor * 4,
+    }
+
+
 def train_flops(
     c: ModelConfig,
     method: str,
@@ -515,6 +611,16 @@ def seq2seq_train_flops(
 def decode_flops(c: ModelConfig, batch: int, keys: int) -> float:
     """Analytic FLOPs of one decode step: 2 per weight per row, attention over `keys`."""
     return 2 * batch * c.num_params() + 4 * batch * keys * c.num_heads * c.head_dim * c.num_layers
+
+
+def seq2seq_decode_flops(c: Seq2SeqConfig, batch: int, self_keys: int, cross_keys: int) -> float:
+    """Analytic FLOPs of one encoder-decoder decode step: 2 per decoder and vocabulary
+    weight per row, attention over `self_keys` and `cross_keys` in every decoder layer."""
+    h = c.num_heads * c.head_dim
+    return (
+        2 * batch * seq2seq_step_weights(c)
+        + 4 * batch * (self_keys + cross_keys) * h * c.num_decoder_layers
+    )
 
 
 def shard_bytes(tree) -> int:

@@ -292,6 +292,34 @@ def test_encoder_decoder_train_step_splits_over_fsdp_8():
     assert sum(floor.values()) <= fits[8].total
 
 
+def test_encoder_decoder_decode_step_splits_both_caches_over_fsdp_8():
+    """One cached decoding step of an encoder-decoder (the self-attention cache after the
+    decoder prefix, and the cross keys/values of the cross prefix and the encoded sources):
+    under FSDP 8 the weights and both caches are split, and the analytic floor stays below
+    what XLA reports."""
+    fits = {
+        n: aot.compile_seq2seq_decode_step(
+            TINY_T5,
+            cpu_mesh(n),
+            BATCH,
+            256,
+            LENGTH,
+            prefix_length=8,
+            param_dtype=jnp.float32,
+            dtype=jnp.float32,
+        )  # fmt: skip
+        for n in (1, 8)
+    }
+    assert fits[8].memory.arguments <= fits[1].memory.arguments / 6
+    assert fits[8].memory.temporaries <= fits[1].memory.temporaries / 4
+    for n, fit in fits.items():
+        floor = aot.seq2seq_decode_floor(
+            TINY_T5, {"fsdp": n}, BATCH, 256, LENGTH, prefix_length=8, dtype_bytes=4
+        )
+        assert floor["cache shard"] + floor["weights shard"] <= fit.memory.arguments
+        assert sum(floor.values()) <= fit.total
+
+
 def test_encoder_decoder_public_shapes():
     # transformers' num_parameters() of facebook/bart-large and google-t5/t5-base; ours also
     # counts BART's final_logits_bias (a buffer there, one per vocabulary entry).

@@ -184,14 +184,20 @@ class Seq2SeqConfig:
     def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
         return cls(**d)
 
-    def num_params(self) -> int:
-        """Parameter count (embeddings once when tied; BART's final_logits_bias included)."""
+    def layer_params(self, cross: bool) -> int:
+        """One layer's weights: self-attention (and cross-attention), MLP, their norms."""
         d, f, h = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim
         norm = d * (2 if self.norm == "layer" else 1)
         attn = 4 * d * h + ((3 * h + d) if self.bias else 0)
         mlp = d * f * (3 if self.gated_mlp else 2) + ((f + d) if self.bias else 0)
-        total = self.num_encoder_layers * (attn + mlp + 2 * norm)
-        total += self.num_decoder_layers * (2 * attn + mlp + 3 * norm)
+        return (2 if cross else 1) * attn + mlp + (3 if cross else 2) * norm
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings once when tied; BART's final_logits_bias included)."""
+        d = self.hidden_size
+        norm = d * (2 if self.norm == "layer" else 1)
+        total = self.num_encoder_layers * self.layer_params(cross=False)
+        total += self.num_decoder_layers * self.layer_params(cross=True)
         total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
         if self.positions == "learned":
             total += 2 * (self.max_position_embeddings + self.position_offset) * d
