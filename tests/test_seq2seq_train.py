@@ -111,8 +111,8 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     assert isinstance(parts, PrefixParts) and parts.parts == ("encoder", "cross")
     with pytest.raises(ValueError, match="parts are encoder, decoder, cross"):
         PrefixConfig(parts="decoder,memory")
-    with pytest.raises(ValueError, match="use prefix.init='random' for an encoder-decoder"):
-        create_prefix(model, PrefixConfig(length=2, init="vocab"))
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        create_prefix(model, PrefixConfig(length=2, init="text:summarize"))
     decoder_only, _ = load(str(tiny_checkpoints["llama"]), with_tokenizer=False)
     with pytest.raises(ValueError, match=r"\['encoder'\] do not exist in this model"):
         create_prefix(decoder_only, PrefixConfig(length=2, parts="encoder"))
@@ -125,6 +125,68 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     export.save(export.collapse(lm.prefix, lm.base), tmp_path / "parts")
     with pytest.raises(export.PrefixMismatchError, match="the model is decoder-only"):
         export.load(tmp_path / "parts", decoder_only)
+
+
+@pytest.mark.parametrize("kind", ["bart", "t5_v11"])
+def test_three_prefixes_start_at_the_activations_of_real_words(tiny_seq2seq_checkpoints, kind):
+    """Li & Liang's real-word init for every part: the encoder's self-attention keys/values
+    of the words as a source, the cross-attention's of that encoding, the decoder's with the
+    words as the target. Against transformers' own k/v projections (forward hooks) on the
+    same input; the MLP reparameterization fits each part's table."""
+    import torch
+    import transformers
+
+    path = tiny_seq2seq_checkpoints[kind]
+    model, _ = load(str(path), with_tokenizer=False)
+    config = PrefixConfig(length=7, init="vocab", reparam="none", seed=3)  # 7 sampled tokens
+    direct, info = create_prefix(model, config)
+    assert info == {f"init_relative_error_{p}": 0.0 for p in ("encoder", "decoder", "cross")}
+    words = np.asarray(jax.random.randint(jax.random.key(3), (7,), 0, model.config.vocab_size))
+
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+    if kind == "bart":  # part -> (its stack's blocks, the attention module in a block)
+        attention = {
+            "encoder": (hf.model.encoder.layers, "self_attn"),
+            "decoder": (hf.model.decoder.layers, "self_attn"),
+            "cross": (hf.model.decoder.layers, "encoder_attn"),
+        }
+        projections = ("k_proj", "v_proj")
+    else:
+        attention = {
+            "encoder": (hf.encoder.block, "layer.0.SelfAttention"),
+            "decoder": (hf.decoder.block, "layer.0.SelfAttention"),
+            "cross": (hf.decoder.block, "layer.1.EncDecAttention"),
+        }
+        projections = ("k", "v")
+    captured, hooks = {}, []
+    for part, (blocks, name) in attention.items():
+        for i, block in enumerate(blocks):
+            for j, proj in enumerate(projections):
+
+                def keep(_, __, out, key=(part, i, j)):
+                    captured[key] = out[0].detach().numpy()  # [7, heads x head_dim]
+
+                hooks.append(block.get_submodule(f"{name}.{proj}").register_forward_hook(keep))
+    ids = torch.from_numpy(words[None].astype(np.int64))
+    with torch.no_grad():
+        hf(input_ids=ids, decoder_input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    for part, (blocks, _) in attention.items():
+        # Table rows are tokens; columns layer by layer, keys then values.
+        expected = np.concatenate(
+            [captured[(part, i, j)] for i in range(len(blocks)) for j in (0, 1)], -1
+        )
+        table = np.asarray(getattr(direct, part).table())
+        assert table.shape == expected.shape
+        assert np.abs(table - expected).max() < 1e-5, part
+
+    mlp, info = create_prefix(model, PrefixConfig(length=7, init="vocab", hidden=32, seed=3))
+    assert set(info) == {f"init_relative_error_{p}" for p in ("encoder", "decoder", "cross")}
+    for part in mlp.parts:
+        target = np.asarray(getattr(direct, part).table())
+        error = np.linalg.norm(np.asarray(getattr(mlp, part).table()) - target)
+        assert error / np.linalg.norm(target) < 0.25, part
 
 
 @pytest.fixture(scope="module")

@@ -286,7 +286,32 @@ def activations_table(model: Transformer, tokens: Array, length: int) -> Array:
     return jnp.tile(table, (reps, 1))[:length]
 
 
-def init_tokens(config: PrefixConfig, model: Transformer, tokenizer=None) -> Array | None:
+def seq2seq_activations_tables(
+    model: EncoderDecoder, tokens: Array, length: int
+) -> dict[str, Array]:
+    """Each part's keys/values of real tokens, [length, layers*2*kv_dim] tables: the
+    encoder's self-attention over `tokens` as the source, the cross-attention's keys/values
+    of that encoding, and the decoder's self-attention with `tokens` as the target (read
+    against the same source). Repeated or trimmed to `length`, as `activations_table`."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 1 or tokens.shape[0] == 0:
+        raise ValueError("prefix init needs a non-empty 1-D token sequence")
+    tokens, mask = tokens[None], jnp.ones((1, tokens.shape[0]), bool)
+    encoded, encoder = model.encoder_keys_values(tokens, mask)
+    cache = model.init_cache(encoded, mask, tokens.shape[1], dtype=jnp.float32)
+    cross = PrefixKV(keys=cache.cross_keys, values=cache.cross_values)
+    _, cache = model.decode(tokens, mask, None, None, cache=cache)
+    decoder = PrefixKV(keys=cache.self_attn.keys, values=cache.self_attn.values)
+    reps = -(-length // tokens.shape[1])
+    return {
+        part: jnp.tile(prefix_to_table(kv), (reps, 1))[:length]
+        for part, kv in (("encoder", encoder), ("decoder", decoder), ("cross", cross))
+    }
+
+
+def init_tokens(
+    config: PrefixConfig, model: Transformer | EncoderDecoder, tokenizer=None
+) -> Array | None:
     """Token ids whose activations initialize the prefix, or None for random init."""
     if config.init == "random":
         return None
@@ -307,28 +332,37 @@ def create_prefix(
     With `mlp` and an activation init, the MLP is fitted to the activations by a short
     Adam regression on all MLP weights (the original code's approach), so the initial
     collapsed prefix reproduces them up to the reported relative error. An encoder-decoder
-    gets `PrefixParts` (the parts `config.parts` selects), initialized at random.
+    gets `PrefixParts` (the parts `config.parts` selects), each initialized from its own
+    activations (`seq2seq_activations_tables`) with its own error reported.
     """
+    tokens = init_tokens(config, model, tokenizer)
     if isinstance(model, EncoderDecoder):
         shapes = prefix_shapes(model.config)
         parts = config.selected_parts(tuple(shapes))
-        if config.init != "random":
-            raise ValueError(
-                f"prefix init {config.init!r} (from activations of real words) exists for "
-                "decoder-only models; use prefix.init='random' for an encoder-decoder"
-            )
-        return PrefixParts({part: shapes[part] for part in parts}, config), {}
+        prefix = PrefixParts({part: shapes[part] for part in parts}, config)
+        if tokens is None:
+            return prefix, {}
+        tables = seq2seq_activations_tables(model, tokens, config.length)
+        errors = {
+            f"init_relative_error_{part}": _set_activations(getattr(prefix, part), tables[part])
+            for part in parts
+        }
+        return prefix, errors
     config.selected_parts(("decoder",))  # a decoder-only model has its self-attention alone
     prefix = Prefix(model.config, config, rngs=nnx.Rngs(config.seed))
-    tokens = init_tokens(config, model, tokenizer)
     if tokens is None:
         return prefix, {}
-    target = activations_table(model, tokens, config.length)
-    if config.reparam == "none":
-        prefix.table_param[...] = target
-        return prefix, {"init_relative_error": 0.0}
-    error = _fit_mlp(prefix, target, config.init_fit_steps)
+    error = _set_activations(prefix, activations_table(model, tokens, config.length))
     return prefix, {"init_relative_error": error}
+
+
+def _set_activations(prefix: Prefix, target: Array) -> float:
+    """Start `prefix` at the activations `target`: copied into a direct table, or fitted
+    by the MLP; returns the relative error of the collapsed start."""
+    if prefix.config.reparam == "none":
+        prefix.table_param[...] = target
+        return 0.0
+    return _fit_mlp(prefix, target, prefix.config.init_fit_steps)
 
 
 def _fit_mlp(prefix: Prefix, target: Array, steps: int) -> float:

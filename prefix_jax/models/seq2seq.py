@@ -498,6 +498,26 @@ class EncoderDecoder(nnx.Module):
     ) -> Array:
         """Final encoder states [B, S, d]. `input_embeds` [B, S, d] replaces the (scaled)
         token embeddings, e.g. with soft prompt embeddings prepended (prompt tuning)."""
+        states, _ = self._encode(tokens, attention_mask, prefix, input_embeds, deltas)
+        return states
+
+    def encoder_keys_values(self, tokens: Array, attention_mask: Array | None = None):
+        """Final encoder states and every encoder layer's self-attention keys/values
+        ([L, B, S, H, hd] each): what a prefix initialized from real words copies."""
+        states, (keys, values) = self._encode(tokens, attention_mask, collect=True)
+        return states, PrefixKV(keys=keys, values=values)
+
+    def _encode(
+        self,
+        tokens: Array,
+        attention_mask: Array | None,
+        prefix: PrefixKV | None = None,
+        input_embeds: Array | None = None,
+        deltas: LowRankDeltas | None = None,
+        *,
+        collect: bool = False,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """`encode`, and with `collect` each layer's self-attention keys/values too."""
         c = self.config
         attention_mask = _check_tokens(tokens, attention_mask)
         b, s = tokens.shape
@@ -524,19 +544,21 @@ class EncoderDecoder(nnx.Module):
 
         def layer(x, xs):
             project = partial(_project, xs=xs, deltas=deltas)
+            keys_values = {}
 
             def self_attention(h):
                 q, k, v = _qkv(h, xs["params"], project, c)
+                keys_values["kv"] = (k, v)
                 return self._attend(q, k, v, mask, xs.get("prefix"), "o", xs, project)
 
             x = self._residual(x, xs["params"], "attn_norm", self_attention)
             x = self._residual(
                 x, xs["params"], "mlp_norm", partial(self._mlp_block, xs=xs, project=project)
             )
-            return x, None
+            return x, keys_values["kv"] if collect else None
 
-        x, _ = self._scan(layer, x, per_layer)
-        return self._top_norm(x, "encoder_final_norm") if c.final_norm else x
+        x, collected = self._scan(layer, x, per_layer)
+        return (self._top_norm(x, "encoder_final_norm") if c.final_norm else x), collected
 
     # --- decoder ---------------------------------------------------------------------------
 
