@@ -158,7 +158,7 @@ def main(argv=None) -> None:
             )  # fmt: skip
             flops = aot.seq2seq_train_flops(
                 config, args.batch, args.seq, target_seq, prefix_length=p,
-                remat=args.remat == "full",
+                remat=args.remat == "full", method=args.method,
             )  # fmt: skip
         else:
             floor = aot.train_floor(

@@ -592,9 +592,10 @@ def seq2seq_train_flops(
     *,
     prefix_length: int = 0,
     remat: bool = False,
+    method: str = "prefix",
 ) -> float:
     """`train_flops` of an encoder-decoder with prefixes of `prefix_length` in every
-    attention (frozen weights: backward = one forward)."""
+    attention (frozen weights: backward = one forward; full fine-tuning: two)."""
     S, T, p, d, f = source_length, target_length, prefix_length, c.hidden_size, c.intermediate_size
     attn_dim = c.num_heads * c.head_dim
     projections = 4 * d * attn_dim
@@ -605,7 +606,7 @@ def seq2seq_train_flops(
     decoder += 2 * batch * S * c.num_decoder_layers * 2 * d * attn_dim  # cross keys/values
     decoder += 4 * batch * T * ((p + T) + (p + S)) * attn_dim * c.num_decoder_layers
     forward = encoder + decoder + 2 * batch * T * d * c.vocab_size
-    return 2 * forward + (forward if remat else 0)
+    return (3 if method == "full" else 2) * forward + (forward if remat else 0)
 
 
 def decode_flops(c: ModelConfig, batch: int, keys: int) -> float:

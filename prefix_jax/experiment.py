@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 METHODS = ("prefix", "prompt", "lora", "full")
-ENCODER_DECODER_METHODS = ("prefix", "prompt", "lora")
 
 
 def dtype(name: str):
@@ -222,15 +221,11 @@ def build_method(config: ml_collections.ConfigDict, model: Transformer | Encoder
     prefix, prompt and lora wrap the frozen model with their own variable type; full
     fine-tunes every weight, or only the last `config.finetune.top_layers` layers. An
     encoder-decoder takes prefix-tuning (Li & Liang's three prefixes, `config.prefix.parts`),
-    prompt tuning (on the encoder input, Lester et al.'s setting) and LoRA (both stacks).
+    prompt tuning (on the encoder input, Lester et al.'s setting), LoRA (both stacks) and
+    full fine-tuning (the whole model; top-k layers is for decoder-only models).
     """
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    if isinstance(model, EncoderDecoder) and config.method not in ENCODER_DECODER_METHODS:
-        raise ValueError(
-            f"method {config.method!r} is not implemented for encoder-decoder models; "
-            f"they take: {', '.join(ENCODER_DECODER_METHODS)}"
-        )
     seq2seq = isinstance(model, EncoderDecoder)
     if config.method == "prefix":
         prefix, info = create_prefix(model, prefix_config(config), tokenizer)

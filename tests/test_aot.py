@@ -320,6 +320,11 @@ def test_encoder_decoder_decode_step_splits_both_caches_over_fsdp_8():
         assert sum(floor.values()) <= fit.total
 
 
+def test_encoder_decoder_full_fine_tuning_counts_weight_gradients():
+    frozen = aot.seq2seq_train_flops(TINY_T5, BATCH, LENGTH, 32)
+    assert aot.seq2seq_train_flops(TINY_T5, BATCH, LENGTH, 32, method="full") == 1.5 * frozen
+
+
 def test_encoder_decoder_public_shapes():
     # transformers' num_parameters() of facebook/bart-large and google-t5/t5-base; ours also
     # counts BART's final_logits_bias (a buffer there, one per vocabulary entry).

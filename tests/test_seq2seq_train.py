@@ -27,6 +27,7 @@ from prefix_jax.methods.prefix import create_prefix, prefix_shapes
 from prefix_jax.models import load
 from prefix_jax.train import train
 from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
+from prefix_jax.trained import load_trained
 
 WORDS = [f"w{i}" for i in range(57)]  # 4 special tokens + 57 words = the tiny vocab of 61
 
@@ -117,8 +118,8 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     with pytest.raises(ValueError, match=r"\['encoder'\] do not exist in this model"):
         create_prefix(decoder_only, PrefixConfig(length=2, parts="encoder"))
     config = xsum_prefix.get_config()
-    config.method = "full"
-    with pytest.raises(ValueError, match="not implemented for encoder-decoder"):
+    config.method, config.finetune.top_layers = "full", 1
+    with pytest.raises(ValueError, match="is for decoder-only models"):
         experiment.build_method(config, model, None)
     # A decoder-only prefix does not load into an encoder-decoder, nor parts into a decoder.
     lm = prefix_lm(tiny_seq2seq_checkpoints["t5_v1"])
@@ -251,6 +252,35 @@ def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
     lines = (tmp_path / "eval_train" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == results["num_sources"] == 4
     assert results["weights"] == str(tmp_path / "export")
+
+
+def test_full_fine_tuning_of_an_encoder_decoder_trains_every_weight(xsum_like, tmp_path):
+    """Li & Liang's fine-tuning baseline on XSum: every weight of both stacks trains, the
+    run has no export, and evaluate decodes with the weights of the latest checkpoint."""
+    c = xsum_prefix.get_config("local")
+    c.mesh, c.method = (), "full"
+    c.model, c.data.path = str(xsum_like["model"]), str(xsum_like["data"])
+    c.data.eval_sources = 2
+    c.data.max_source_tokens, c.data.max_target_tokens, c.data.buckets = 16, 8, (16,)
+    c.max_steps, c.batch_size, c.checkpoint_every, c.log_every = 6, 4, 6, 2
+    c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 1
+    c.decode.beam_size, c.decode.max_new_tokens, c.decode.batch_size = 2, 6, 2
+    summary = train(c, tmp_path)
+    assert summary["params_trainable"] == summary["params_total"]
+    assert summary["exports"] == [] and "checkpoint" in summary["export_note"]
+
+    model, _ = load(c.model, with_tokenizer=False)
+    trained = load_trained(c, tmp_path, model)
+    assert trained.source == "checkpoint"
+    before = nnx.state(load(c.model, with_tokenizer=False)[0], nnx.Param)
+    after = nnx.state(trained.model.base, nnx.Param)
+    changed = [
+        not np.allclose(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    ]
+    assert sum(changed) >= len(changed) - 2, "nearly every weight moves (AdamW)"
+    results = evaluate(c, tmp_path, split="train", max_groups=2)
+    assert results["weights"] == "checkpoint" and results["num_sources"] == 2
 
 
 def test_decoder_prefix_round_trips_through_peft(tiny_seq2seq_checkpoints, tmp_path):

@@ -13,6 +13,9 @@ there is no backward pass, gradient or optimizer state below the top k, and the 
 layers stay bitwise unchanged. The price is that the base's own top-k slices stay in
 memory unused (k/L of the layer weights); `count_params` counts them once
 (`num_shadowed_params`). Neither variant has dropout: the base transformer has none.
+
+An encoder-decoder is fine-tuned whole (`Seq2SeqFinetuneLM`: both stacks, embeddings and
+head; Li & Liang's fine-tuning baseline on XSum); top-k is for decoder-only models.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import dataclasses
 import jax
 from flax import nnx
 
-from prefix_jax.methods.common import WrappedLM
+from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM
 from prefix_jax.models.config import ModelConfig
+from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.models.transformer import DecoderLayers, Transformer
 
 Array = jax.Array
@@ -102,8 +106,22 @@ class FinetuneLM(WrappedLM):
         return {"top_layers": self.top.weights()} if self.top_layers else {}
 
 
+class Seq2SeqFinetuneLM(Seq2SeqWrapped):
+    """An encoder-decoder trained whole: every `nnx.Param` of the base."""
+
+    def __init__(self, base: EncoderDecoder):
+        self.base = base
+
+
 def create_finetune(
-    model: Transformer, config: FinetuneConfig
-) -> tuple[FinetuneLM, dict[str, float]]:
+    model: Transformer | EncoderDecoder, config: FinetuneConfig
+) -> tuple[FinetuneLM | Seq2SeqFinetuneLM, dict[str, float]]:
     """The fine-tuning wrapper (train it with `config.trainable`) and (no) init info."""
+    if isinstance(model, EncoderDecoder):
+        if config.top_layers:
+            raise ValueError(
+                f"finetune top_layers={config.top_layers} is for decoder-only models; an "
+                "encoder-decoder is fine-tuned whole (top_layers=0)"
+            )
+        return Seq2SeqFinetuneLM(model), {}
     return FinetuneLM(model, config.top_layers), {}
