@@ -50,6 +50,7 @@ def test_step_flops_count_methods():
 
 
 @pytest.mark.slow  # a benchmark smoke run (tens of seconds): -m slow
+@pytest.mark.slow  # a benchmark smoke run (about 80 s on the 2-core CI machine): -m slow
 def test_accelerator_script_runs_quick_on_cpu():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.bench.gpu", "--quick", "--repeats", "1"],
