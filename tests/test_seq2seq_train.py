@@ -128,7 +128,7 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
         export.load(tmp_path / "parts", decoder_only)
 
 
-@pytest.mark.parametrize("kind", ["bart", "t5_v11"])
+@pytest.mark.parametrize("kind", [pytest.param("bart", marks=pytest.mark.slow), "t5_v11"])
 def test_three_prefixes_start_at_the_activations_of_real_words(tiny_seq2seq_checkpoints, kind):
     """Li & Liang's real-word init for every part: the encoder's self-attention keys/values
     of the words as a source, the cross-attention's of that encoding, the decoder's with the
@@ -359,7 +359,12 @@ def test_t5_prompt_tuning_matches_transformers_with_the_prompt_embedded(tiny_seq
 
 @pytest.mark.parametrize(
     "kind,method",
-    [("bart", "lora"), ("t5_v11", "lora"), ("bart", "prompt"), ("t5_v1", "prompt")],
+    [
+        ("bart", "lora"),
+        pytest.param("t5_v11", "lora", marks=pytest.mark.slow),
+        pytest.param("bart", "prompt", marks=pytest.mark.slow),
+        ("t5_v1", "prompt"),
+    ],
 )
 def test_prompt_and_lora_export_to_peft_with_our_logits(
     tiny_seq2seq_checkpoints, tmp_path, kind, method

@@ -172,7 +172,7 @@ def test_sweep_trials_cross_seeds_outermost():
         ),
         (
             "lr_select",
-            5 * 3,
+            5 * 3 + 1,
             ["--config.prefix.reparam=mlp", "--config.data.tune_sources=50"],
         ),
         (
@@ -973,7 +973,7 @@ def test_study_sweep_grids():
     per_setting = {}
     for o in lr:
         per_setting.setdefault(_rate_key(o), []).append(o["optim.learning_rate"])
-    assert all(len(v) == 3 and len(set(v)) == 3 for v in per_setting.values())
+    assert all(len(v) >= 3 and len(set(v)) == len(v) for v in per_setting.values())
 
 
 def test_scaling_a_study_with_set_flags():
