@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from prefix_jax import decode, seq2seq_decode, sharding
 from prefix_jax.experiment import build_method
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
-from prefix_jax.models.seq2seq import Seq2SeqCache, Seq2SeqConfig
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
 from prefix_jax.train_step import (
     OptimConfig,
@@ -325,26 +326,15 @@ def compile_decode_step(
     model = abstract_model(
         config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
     )
-    graphdef, state = nnx.split(model)
-    where = model.activation_sharding
-    state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
-    cache = jax.eval_shape(lambda: model.init_cache(batch, prefix_length + cache_length))
-    cache_sharding = KVCache(
-        keys=where.spec(cache.keys.shape, CACHE_AXES),
-        values=where.spec(cache.values.shape, CACHE_AXES),
-        valid=where.spec(cache.valid.shape, ("batch", "cache_length")),
-        index=NamedSharding(mesh, PartitionSpec()),
-        next_position=where.spec(cache.next_position.shape, ("batch",)),
+    return _compile_cached_step(
+        model,
+        mesh,
+        rules,
+        batch,
+        lambda m: m.init_cache(batch, prefix_length + cache_length),
+        lambda cache, where: _kv_cache_sharding(cache, where, mesh),
+        decode.decode_step,
     )
-    cache = with_shardings(cache, cache_sharding)
-    last = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=where.spec((batch,), ("batch",)))
-
-    def step(state, cache, last):
-        logits, cache = decode.decode_step(nnx.merge(graphdef, state), last, cache)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
-
-    jitted = jax.jit(step, out_shardings=(last.sharding, cache_sharding), donate_argnums=(1,))
-    return compile_fit(jitted.lower(state, cache, last))
 
 
 def compile_seq2seq_decode_step(
@@ -366,41 +356,62 @@ def compile_seq2seq_decode_step(
     model = abstract_model(
         config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
     )
-    graphdef, state = nnx.split(model)
-    where = model.activation_sharding
-    state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
-    L, H, hd = config.num_decoder_layers, config.num_heads, config.head_dim
+    shape = (config.num_decoder_layers, 1, prefix_length, config.num_heads, config.head_dim)
 
-    def empty_cache(state) -> Seq2SeqCache:
-        prefix = None
-        if prefix_length:
-            zeros = jnp.zeros((L, 1, prefix_length, H, hd), dtype)
-            prefix = PrefixKV(zeros, zeros)
+    def empty_cache(m: EncoderDecoder) -> Seq2SeqCache:
+        prefix = PrefixKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        prefix = prefix if prefix_length else None
         encoded = jnp.zeros((batch, source_length, config.hidden_size), dtype)
         mask = jnp.ones((batch, source_length), bool)
-        return nnx.merge(graphdef, state).init_cache(
+        return m.init_cache(
             encoded, mask, cache_length, cross_prefix=prefix, self_prefix=prefix, dtype=dtype
         )
 
-    cache = jax.eval_shape(empty_cache, state)
-    valid_axes = ("batch", "cache_length")
-    cache_sharding = cache.replace(
-        self_attn=cache.self_attn.replace(
-            keys=where.spec(cache.self_attn.keys.shape, CACHE_AXES),
-            values=where.spec(cache.self_attn.values.shape, CACHE_AXES),
-            valid=where.spec(cache.self_attn.valid.shape, valid_axes),
-            index=NamedSharding(mesh, PartitionSpec()),
-            next_position=where.spec(cache.self_attn.next_position.shape, ("batch",)),
-        ),
-        cross_keys=where.spec(cache.cross_keys.shape, CACHE_AXES),
-        cross_values=where.spec(cache.cross_values.shape, CACHE_AXES),
-        cross_valid=where.spec(cache.cross_valid.shape, valid_axes),
+    def shardings(cache: Seq2SeqCache, where) -> Seq2SeqCache:
+        return cache.replace(
+            self_attn=_kv_cache_sharding(cache.self_attn, where, mesh),
+            cross_keys=where.spec(cache.cross_keys.shape, CACHE_AXES),
+            cross_values=where.spec(cache.cross_values.shape, CACHE_AXES),
+            cross_valid=where.spec(cache.cross_valid.shape, ("batch", "cache_length")),
+        )
+
+    return _compile_cached_step(
+        model, mesh, rules, batch, empty_cache, shardings, seq2seq_decode.decoder_step
     )
+
+
+def _kv_cache_sharding(cache: KVCache, where, mesh: Mesh) -> KVCache:
+    """A self-attention cache split by row (and kv heads), like the activations."""
+    return cache.replace(
+        keys=where.spec(cache.keys.shape, CACHE_AXES),
+        values=where.spec(cache.values.shape, CACHE_AXES),
+        valid=where.spec(cache.valid.shape, ("batch", "cache_length")),
+        index=NamedSharding(mesh, PartitionSpec()),
+        next_position=where.spec(cache.next_position.shape, ("batch",)),
+    )
+
+
+def _compile_cached_step(
+    model: nnx.Module,
+    mesh: Mesh,
+    rules,
+    batch: int,
+    empty_cache: Callable,
+    cache_shardings: Callable,
+    decode_step: Callable,
+) -> Fit:
+    """Compile one greedy step (`decode_step(model, last, cache)`) over the abstract cache
+    `empty_cache(model)` placed by `cache_shardings(cache, where)`; the cache is donated."""
+    graphdef, state = nnx.split(model)
+    where = model.activation_sharding
+    state = with_shardings(state, sharding.state_shardings(state, rules, mesh))
+    cache = jax.eval_shape(lambda st: empty_cache(nnx.merge(graphdef, st)), state)
+    cache_sharding = cache_shardings(cache, where)
     cache = with_shardings(cache, cache_sharding)
     last = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=where.spec((batch,), ("batch",)))
 
     def step(state, cache, last):
-        logits, cache = seq2seq_decode.decoder_step(nnx.merge(graphdef, state), last, cache)
+        logits, cache = decode_step(nnx.merge(graphdef, state), last, cache)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
 
     jitted = jax.jit(step, out_shardings=(last.sharding, cache_sharding), donate_argnums=(1,))
