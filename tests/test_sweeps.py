@@ -172,7 +172,7 @@ def test_sweep_trials_cross_seeds_outermost():
         ),
         (
             "lr_select",
-            5 * 3 + 3,
+            5 * 3 + 4,
             ["--config.prefix.reparam=mlp", "--config.data.tune_sources=50"],
         ),
         (
