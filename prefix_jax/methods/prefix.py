@@ -275,15 +275,23 @@ def activations_table(model: Transformer, tokens: Array, length: int) -> Array:
     The activations of `tokens` (a 1-D id sequence) are repeated or trimmed to `length`,
     as Li & Liang initialize prefixes from the activations of real words.
     """
+    tokens = _checked_tokens(tokens)
+    cache = model.init_cache(1, tokens.shape[0], dtype=jnp.float32)
+    _, cache = model.hidden_states(tokens[None], cache=cache)
+    return _repeated_table(PrefixKV(keys=cache.keys, values=cache.values), length)
+
+
+def _checked_tokens(tokens: Array) -> Array:
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim != 1 or tokens.shape[0] == 0:
         raise ValueError("prefix init needs a non-empty 1-D token sequence")
-    cache = model.init_cache(1, tokens.shape[0], dtype=jnp.float32)
-    _, cache = model.hidden_states(tokens[None], cache=cache)
-    prefix = PrefixKV(keys=cache.keys, values=cache.values)
-    table = prefix_to_table(prefix)
-    reps = -(-length // table.shape[0])
-    return jnp.tile(table, (reps, 1))[:length]
+    return tokens
+
+
+def _repeated_table(kv: PrefixKV, length: int) -> Array:
+    """The table of a batch-1 `kv`, its rows repeated or trimmed to `length`."""
+    table = prefix_to_table(kv)
+    return jnp.tile(table, (-(-length // table.shape[0]), 1))[:length]
 
 
 def seq2seq_activations_tables(
@@ -293,20 +301,15 @@ def seq2seq_activations_tables(
     encoder's self-attention over `tokens` as the source, the cross-attention's keys/values
     of that encoding, and the decoder's self-attention with `tokens` as the target (read
     against the same source). Repeated or trimmed to `length`, as `activations_table`."""
-    tokens = jnp.asarray(tokens, jnp.int32)
-    if tokens.ndim != 1 or tokens.shape[0] == 0:
-        raise ValueError("prefix init needs a non-empty 1-D token sequence")
+    tokens = _checked_tokens(tokens)
     tokens, mask = tokens[None], jnp.ones((1, tokens.shape[0]), bool)
     encoded, encoder = model.encoder_keys_values(tokens, mask)
     cache = model.init_cache(encoded, mask, tokens.shape[1], dtype=jnp.float32)
     cross = PrefixKV(keys=cache.cross_keys, values=cache.cross_values)
     _, cache = model.decode(tokens, mask, None, None, cache=cache)
     decoder = PrefixKV(keys=cache.self_attn.keys, values=cache.self_attn.values)
-    reps = -(-length // tokens.shape[1])
-    return {
-        part: jnp.tile(prefix_to_table(kv), (reps, 1))[:length]
-        for part, kv in (("encoder", encoder), ("decoder", decoder), ("cross", cross))
-    }
+    parts = {"encoder": encoder, "decoder": decoder, "cross": cross}
+    return {part: _repeated_table(kv, length) for part, kv in parts.items()}
 
 
 def init_tokens(
