@@ -352,6 +352,7 @@ def write_sweep_json(root: Path, sweep: Sweep, plans: Sequence[TrialPlan], sets:
         "base_overrides": sweep.base_overrides,
         "global_overrides": sets,
         "trials": [{"name": k, "overrides": v} for k, v in trials.items()],
+        "contrasts": [c.as_json() for c in sweep.contrasts],
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
 

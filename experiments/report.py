@@ -32,6 +32,11 @@ one set of sources and applies it to every seed (paired, as the seeds share the 
 sources), so it measures how much the choice of held-out sources moves the seed-averaged
 score; the spread over seeds is the ± std beside it. Plots show each seed as a point.
 
+Questions: a sweep may declare `Contrast`s (is setting a ahead of b?, in `sweep.json`);
+each is answered in `contrasts.csv` and a section of `report.md` with the BLEU difference,
+the per-seed differences and a paired bootstrap interval over the same sources
+(`experiments/contrasts.py`).
+
 `--select KEY` (default `optim.learning_rate`) picks, per setting of the other keys, the
 value of KEY with the lowest mean validation loss (`eval_loss` of `train_summary.json`) and
 writes `selection.csv` and a section of `report.md` with the chosen values as a Python dict
@@ -54,14 +59,15 @@ from typing import Any
 
 import numpy as np
 
+from experiments.bootstrap import SAMPLES as BOOTSTRAP_SAMPLES
+from experiments.bootstrap import SEED as BOOTSTRAP_SEED
+from experiments.bootstrap import bootstrap_bleu
+from experiments.contrasts import answer_all, contrasts_markdown, contrasts_table
 from experiments.provenance import describe_machine
 from experiments.sweeps import format_value
-from prefix_jax.metrics.bleu import bleu_of_sums, bleu_segment_stats
+from prefix_jax.metrics.bleu import bleu_segment_stats
 
 DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
-BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_SEED = 0
-CI_LEVEL = 0.95
 CI_METRIC = "BLEU"
 BLEU_MAX_N = 4
 SUMMARY_FIELDS = ("eval_loss", "final_train_loss", "params_trainable", "params_total")
@@ -124,47 +130,6 @@ def read_bleu_stats(path: Path) -> tuple[list[str], np.ndarray] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return sources, np.asarray(stats, dtype=np.float64)
-
-
-def resample_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """[samples, n] how often each of n items is drawn in each resample of n with replacement."""
-    draws = rng.integers(0, n, size=(samples, n)) + n * np.arange(samples)[:, None]
-    return np.bincount(draws.ravel(), minlength=samples * n).reshape(samples, n)
-
-
-def bootstrap_bleu(
-    runs: Sequence[tuple[Sequence[str], np.ndarray]],
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    level: float = CI_LEVEL,
-) -> tuple[float, float, float]:
-    """(point, low, high): mean corpus BLEU over `runs` (one per seed: sources and their
-    `bleu_segment_stats` rows) and its percentile bootstrap interval over sources.
-
-    Runs over the same sources are resampled together (one draw of sources per resample,
-    applied to every run, rows matched by source); runs over different sources each get
-    their own draws. Deterministic for a given `seed`.
-    """
-    if not runs:
-        raise ValueError("bootstrap_bleu needs at least one run")
-    rng = np.random.default_rng(seed)
-    first = list(runs[0][0])
-    paired = all(sorted(srcs) == sorted(first) and len(srcs) == len(first) for srcs, _ in runs)
-    shared = resample_counts(len(first), samples, rng) if paired else None
-    point, resampled = [], []
-    for sources, stats in runs:
-        if paired:
-            index = {s: i for i, s in enumerate(sources)}
-            stats = stats[[index[s] for s in first]]
-            counts = shared
-        else:
-            counts = resample_counts(len(sources), samples, rng)
-        point.append(bleu_of_sums(stats.sum(axis=0))[0])
-        resampled.append(bleu_of_sums(counts @ stats))
-    means = np.mean(resampled, axis=0)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(np.mean(point)), float(low), float(high)
 
 
 def add_intervals(trials: Sequence[dict], groups: Sequence[dict], samples: int) -> None:
@@ -535,10 +500,12 @@ def markdown(
     *,
     samples: int = BOOTSTRAP_SAMPLES,
     selection: Sequence[dict] = (),
+    questions: Sequence[str] = (),
     provenance: Sequence[str] = (),
 ) -> str:
     """report.md: the settings table (mean ± std over seeds, bootstrap interval), the
-    selection by validation loss, how it was made, problems, plots."""
+    sweep's questions answered, the selection by validation loss, how it was made,
+    problems, plots."""
     metrics = _metric_names(groups)
     intervals = _interval_metrics(groups)
     columns = [c for m in metrics for c in (m, *([f"{m} 95% CI"] if m in intervals else []))]
@@ -578,6 +545,8 @@ def markdown(
             "one draw of sources shared by the seeds (test-set uncertainty; the ± is the "
             "spread over seeds).",
         ]
+    if questions:
+        lines += ["", *questions]
     if selection:
         lines += ["", *selection_markdown(selection)]
     if provenance:
@@ -874,6 +843,10 @@ def report(
     add_intervals(trials, groups, bootstrap)
     name = sweep.get("sweep") or root.name
     written: dict[str, Path] = {}
+    answers = answer_all(groups, sweep.get("contrasts", []), seed_keys, bootstrap)
+    if answers:
+        write_csv(out / "contrasts.csv", *contrasts_table(answers))
+        written["contrasts_csv"] = out / "contrasts.csv"
     selection = select_by_loss(groups, axes, select) if select in axes else []
     if selection:
         header, rows = selection_table(selection)
@@ -918,6 +891,7 @@ def report(
         plots,
         samples=bootstrap,
         selection=selection,
+        questions=contrasts_markdown(answers, bootstrap) if answers else (),
         provenance=provenance,
     )
     (out / "report.md").write_text(text)

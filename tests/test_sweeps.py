@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import launch, provenance, report
+from experiments import bootstrap, launch, provenance, report
 from experiments.sweeps import (
     Sweep,
     available,
@@ -29,6 +29,7 @@ from experiments.sweeps import (
     trial_name,
     zip_,
 )
+from prefix_jax.metrics.bleu import bleu_of_sums
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -718,7 +719,7 @@ def test_bleu_of_sums_equals_the_metric_including_smoothing():
     ]
     for hyps, refs in cases:
         sums = np.asarray(bleu_segment_stats(hyps, refs)).sum(axis=0)
-        assert report.bleu_of_sums(sums)[0] == pytest.approx(bleu(hyps, refs), abs=1e-9)
+        assert bleu_of_sums(sums)[0] == pytest.approx(bleu(hyps, refs), abs=1e-9)
         assert bleu_from_stats(list(sums)) == pytest.approx(bleu(hyps, refs), abs=1e-9)
 
 
@@ -726,8 +727,8 @@ def test_bootstrap_equals_brute_force_on_a_tiny_corpus():
     from prefix_jax.metrics import bleu
 
     sources, hyps, refs = _corpus(7)
-    point, low, high = report.bootstrap_bleu([_run(sources, hyps, refs)], samples=200, seed=3)
-    counts = report.resample_counts(7, 200, np.random.default_rng(3))
+    point, low, high = bootstrap.bootstrap_bleu([_run(sources, hyps, refs)], samples=200, seed=3)
+    counts = bootstrap.resample_counts(7, 200, np.random.default_rng(3))
     brute = []
     for row in counts:  # rebuild each resampled corpus and score it from the strings
         picked = [i for i in range(7) for _ in range(row[i])]
@@ -743,15 +744,15 @@ def test_bootstrap_contains_the_point_narrows_with_sources_and_is_deterministic(
     widths = []
     for n in (25, 100, 400):
         run = _run(sources[:n], hyps[:n], refs[:n])
-        point, low, high = report.bootstrap_bleu([run])
+        point, low, high = bootstrap.bootstrap_bleu([run])
         assert low < point < high
         widths.append(high - low)
-        assert report.bootstrap_bleu([run]) == (point, low, high)
+        assert bootstrap.bootstrap_bleu([run]) == (point, low, high)
     assert widths[0] > widths[1] > widths[2] > 0
     assert widths[0] / widths[2] > 2.5  # ~ sqrt(16) = 4
     run = _run(sources[:300], hyps[:300], refs[:300])
     start = time.perf_counter()
-    report.bootstrap_bleu([run, run, run])  # 3 seeds x 300 sources x 1000 resamples
+    bootstrap.bootstrap_bleu([run, run, run])  # 3 seeds x 300 sources x 1000 resamples
     assert time.perf_counter() - start < 10  # well under a second when the CPU is free
 
 
@@ -762,14 +763,14 @@ def test_bootstrap_pools_seeds_paired_by_source():
     b = _run(sources, other, refs)
     shuffled = np.random.default_rng(0).permutation(60)
     b_shuffled = ([sources[i] for i in shuffled], b[1][shuffled])
-    pooled = report.bootstrap_bleu([a, b])
-    assert report.bootstrap_bleu([a, b_shuffled]) == pytest.approx(pooled)  # rows by source
-    point_a, point_b = report.bootstrap_bleu([a])[0], report.bootstrap_bleu([b])[0]
+    pooled = bootstrap.bootstrap_bleu([a, b])
+    assert bootstrap.bootstrap_bleu([a, b_shuffled]) == pytest.approx(pooled)  # rows by source
+    point_a, point_b = bootstrap.bootstrap_bleu([a])[0], bootstrap.bootstrap_bleu([b])[0]
     assert pooled[0] == pytest.approx((point_a + point_b) / 2)
     assert pooled[1] < pooled[0] < pooled[2]
     # Different source sets: resampled independently, still a valid interval.
     c = _run(sources[:30], hyps[:30], refs[:30])
-    point, low, high = report.bootstrap_bleu([a, c])
+    point, low, high = bootstrap.bootstrap_bleu([a, c])
     assert low < point < high
 
 

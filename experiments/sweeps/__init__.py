@@ -110,6 +110,37 @@ class Trial:
 
 
 @dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A yes/no question a sweep answers: is setting `a` ahead of setting `b`?
+
+    `a` and `b` are partial settings (`{"method": "full"}`) that pick one setting each among
+    the sweep's trials; `within` names keys on which the two are paired value by value (e.g.
+    `("data.train_examples",)`: each training-set size is compared with itself, and the
+    mean difference over sizes is reported too). `experiments.report` answers it with a
+    paired bootstrap interval of the BLEU difference (`experiments/contrasts.py`).
+    """
+
+    question: str
+    a: Point
+    b: Point
+    within: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.a or not self.b or self.a == self.b:
+            raise ValueError(f"contrast {self.question!r}: a and b must be distinct settings")
+        for key in [*self.a, *self.b, *self.within]:
+            _check_key(key)
+        fixed = set(self.within) & (set(self.a) | set(self.b))
+        if fixed:
+            raise ValueError(
+                f"contrast {self.question!r}: {sorted(fixed)} both paired on and fixed by a or b"
+            )
+
+    def as_json(self) -> dict:
+        return {"question": self.question, "a": self.a, "b": self.b, "within": list(self.within)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
     """A named grid of config overrides on top of one config file.
 
@@ -117,7 +148,8 @@ class Sweep:
     name a trial's override in braces (`configs/e2e_{method}.py`) to pick a file per trial;
     `base_overrides` apply to every trial without naming it (data paths and the like);
     `seeds` are crossed with the grid and every key in `seed_keys` gets the seed (data order
-    and prefix init both vary). `note` is printed by the launcher (e.g. missing features).
+    and prefix init both vary). `note` is printed by the launcher (e.g. missing features);
+    `contrasts` are the questions the report answers from the trials (`Contrast`).
     """
 
     name: str
@@ -127,6 +159,7 @@ class Sweep:
     seed_keys: tuple[str, ...] = ("seed", "prefix.seed")
     base_overrides: Point = dataclasses.field(default_factory=dict)
     note: str = ""
+    contrasts: tuple[Contrast, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -140,6 +173,14 @@ class Sweep:
             if seeded and self.seeds:
                 raise ValueError(
                     f"sweep {self.name!r}: {sorted(seeded)} set in the grid; use Sweep(seeds=...)"
+                )
+        swept = {key for point in self.grid for key in point}
+        for contrast in self.contrasts:
+            unknown = {*contrast.a, *contrast.b, *contrast.within} - swept
+            if unknown:
+                raise ValueError(
+                    f"sweep {self.name!r}: contrast {contrast.question!r} names {sorted(unknown)}, "
+                    "which no grid point sets"
                 )
 
     def trials(self, seeds: Sequence[int] | None = None) -> list[Trial]:
@@ -189,7 +230,10 @@ def load_sweep(spec: str) -> Sweep:
         raise AttributeError(f"{spec} defines no get_sweep()")
     result: Any = module.get_sweep()
     if isinstance(result, dict):
-        result = Sweep(**result)
+        contrasts = tuple(
+            c if isinstance(c, Contrast) else Contrast(**c) for c in result.get("contrasts", ())
+        )
+        result = Sweep(**{**result, "contrasts": contrasts})
     if not isinstance(result, Sweep):
         raise TypeError(f"{spec}: get_sweep() returned {type(result).__name__}, not a Sweep")
     return result

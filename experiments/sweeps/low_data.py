@@ -7,7 +7,9 @@ Prefix-tuning (MLP, p=10) initialized with the activations of real words
 (`text:table-to-text:`) and randomly, full fine-tuning, prompt tuning (p=10) and LoRA
 (r=4 on q, v), each at its rate from `_learning_rates.py`; 3 seeds: 45 trials. The report
 draws BLEU against `data.train_examples`, one line per method, each seed a point, with
-mean ± std over seeds and a bootstrap 95% interval over the held-out MRs.
+mean ± std over seeds and a bootstrap 95% interval over the held-out MRs, and answers
+`CONTRASTS` (prefix-tuning against each other method, real-word against random init) per
+size and averaged over sizes, with paired intervals of the BLEU difference.
 
 `data.train_examples=N` keeps exactly N examples of the training pool: whole MRs in an
 order drawn with the trial seed, the last one cut to make N (so the seed varies both the
@@ -16,7 +18,7 @@ not change with N or the seed. Every trial has the same budget, 200 steps of bat
 (`_study.py`, which also shows the `--set` flags for a GPU).
 """
 
-from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, sweep
+from experiments.sweeps import METHOD_SEED_KEYS, Contrast, Sweep, chain, sweep
 from experiments.sweeps._learning_rates import FULL, LORA, PREFIX_MLP, PROMPT, lr
 from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
@@ -34,6 +36,36 @@ def methods() -> list[dict]:
     ]
 
 
+PREFIX_TEXT = {"method": "prefix", "prefix.init": TEXT_INIT}
+# The paper's questions, answered per size and on average over sizes by the report.
+CONTRASTS = (
+    Contrast(
+        "Is prefix-tuning ahead of full fine-tuning at low data?",
+        PREFIX_TEXT,
+        {"method": "full"},
+        within=("data.train_examples",),
+    ),
+    Contrast(
+        "Does real-word init beat random init?",
+        PREFIX_TEXT,
+        {"method": "prefix", "prefix.init": "random"},
+        within=("data.train_examples",),
+    ),
+    Contrast(
+        "Is prefix-tuning ahead of prompt tuning?",
+        PREFIX_TEXT,
+        {"method": "prompt"},
+        within=("data.train_examples",),
+    ),
+    Contrast(
+        "Is prefix-tuning ahead of LoRA?",
+        PREFIX_TEXT,
+        {"method": "lora"},
+        within=("data.train_examples",),
+    ),
+)
+
+
 def get_sweep() -> Sweep:
     sizes = sweep("data.train_examples", SIZES)
     return Sweep(
@@ -43,4 +75,5 @@ def get_sweep() -> Sweep:
         seeds=SEEDS,
         seed_keys=METHOD_SEED_KEYS,
         base_overrides={**DATA, **CPU_BUDGET},
+        contrasts=CONTRASTS,
     )

@@ -12,18 +12,44 @@
   is why they are one sweep.
 - Prompt tuning (p=10) and LoRA as reference lines (dashed in the report's
   metric_vs_prefix_length.png).
+- The report answers `CONTRASTS`: the MLP at p=10 against each other length, the direct
+  prefixes, prompt tuning and LoRA, with paired intervals of the BLEU difference.
 
 Every method at its rate from `_learning_rates.py`, the whole training pool of 447 MRs,
 200 steps of batch 8 for every setting (`_study.py`, with the `--set` flags for a GPU or
 the paper's full-E2E setting, whose rates need lr_select rerun); 3 seeds: 27 trials.
 """
 
-from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, product, sweep
+from experiments.sweeps import METHOD_SEED_KEYS, Contrast, Sweep, chain, product, sweep
 from experiments.sweeps._learning_rates import LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT, lr
 from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 LENGTHS = (1, 5, 10, 20, 40)
 REPARAM_LENGTH = 10
+MLP_AT_10 = {"prefix.reparam": "mlp", "prefix.length": REPARAM_LENGTH}
+# Fig. 4's shape (a peak near 10, a dip after), Sec. 7.4's reparameterization, and the
+# reference lines, each as "is the MLP prefix at p=10 ahead?".
+CONTRASTS = (
+    *(
+        Contrast(
+            f"Is p=10 ahead of p={length}?",
+            MLP_AT_10,
+            {"prefix.reparam": "mlp", "prefix.length": length},
+        )
+        for length in LENGTHS
+        if length != REPARAM_LENGTH
+    ),
+    *(
+        Contrast(
+            f"Is the MLP ahead of the direct prefix ({init} init)?",
+            MLP_AT_10,
+            {"prefix.reparam": "none", "prefix.init": init},
+        )
+        for init in ("vocab", TEXT_INIT)
+    ),
+    Contrast("Is prefix-tuning (p=10) ahead of prompt tuning?", MLP_AT_10, {"method": "prompt"}),
+    Contrast("Is prefix-tuning (p=10) ahead of LoRA?", MLP_AT_10, {"method": "lora"}),
+)
 
 
 def get_sweep() -> Sweep:
@@ -40,4 +66,5 @@ def get_sweep() -> Sweep:
         seeds=SEEDS,
         seed_keys=METHOD_SEED_KEYS,
         base_overrides={**DATA, **CPU_BUDGET},
+        contrasts=CONTRASTS,
     )
