@@ -1,12 +1,14 @@
 """Per-chip memory of the train and decode steps on TPU pod slices, before/after constraints.
 
-    python -m experiments.bench.pod_fit [--out experiments/results/pod_fit.jsonl] [--only N,M]
+    python -m experiments.bench.pod_fit [--out experiments/results/pod_fit/pod_fit.jsonl] \
+        [--only N,M] [--skip-before]
 
 Compiles each row of `ROWS` with `experiments.aot` for its TPU topology (libtpu, no TPU
 needed), once as the project runs now and, for rows marked so, once without the
 activation sharding constraints (how the step compiled before activations had logical
-axes). Each compile runs in its own process. Prints one markdown table; every result is
-also appended to `--out` as a JSON line.
+axes; `--skip-before` leaves those out when only the current step is re-measured). Each
+compile runs in its own process. Prints one markdown table; every result is also appended
+to `--out` as a JSON line.
 """
 
 from __future__ import annotations
@@ -62,8 +64,13 @@ def run(row, constrained: bool, out: Path) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/pod_fit.jsonl"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("experiments/results/pod_fit/pod_fit.jsonl")
+    )
     parser.add_argument("--only", default="", help="comma-separated row numbers (from 0)")
+    parser.add_argument(
+        "--skip-before", action="store_true", help="compile only the current step of each row"
+    )
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     picked = [int(i) for i in args.only.split(",")] if args.only else range(len(ROWS))
@@ -74,7 +81,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for i in picked:
         row = ROWS[i]
-        before = run(row, constrained=False, out=args.out) if row[7] else None
+        compare = row[7] and not args.skip_before
+        before = run(row, constrained=False, out=args.out) if compare else None
         after = run(row, constrained=True, out=args.out)
         if after is None:
             continue

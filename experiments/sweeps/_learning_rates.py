@@ -1,4 +1,4 @@
-"""Learning rates of the study sweeps (low_data, prefix_length, reparam): the one place
+"""Learning rates of the study sweeps (low_data, prefix_length): the one place
 they come from. `lr_select` chooses them on validation loss; copy the dict that
 `python -m experiments.report runs/lr_select` prints (its keys are the settings as the
 report labels them) over the one below and say which run chose it.

@@ -1,4 +1,4 @@
-"""Data and budget shared by the study sweeps (lr_select, low_data, prefix_length, reparam).
+"""Data and budget shared by the study sweeps (lr_select, low_data, prefix_length).
 
 Data: the E2E devset split by MR, 100 MRs (868 pairs) held out with `data.split_seed=0`
 (the config default), the same for every trial seed and training-set size; the other 447
