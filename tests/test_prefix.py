@@ -104,7 +104,8 @@ def test_overfit_a_handful_of_examples(smollm2):
         "loss_mask": jnp.asarray(enc["attention_mask"]),
     }
     prefix, _ = create_prefix(model, PrefixConfig(length=5, hidden=128, init="vocab"))
-    config = OptimConfig(learning_rate=1e-3, total_steps=30)
+    # 12 steps at 3e-3 reach first / 72 (30 at 1e-3: first / 129), in half the time.
+    config = OptimConfig(learning_rate=3e-3, total_steps=12)
     trainer = Trainer(PrefixLM(model, prefix), make_optimizer(config, PrefixParam), PrefixParam)
     first = float(trainer.eval_loss(batch)[0])
     for _ in range(config.total_steps):
