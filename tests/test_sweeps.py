@@ -173,7 +173,7 @@ def test_sweep_trials_cross_seeds_outermost():
         ),
         (
             "lr_select",
-            5 * 3 + 4 + 2,
+            5 * 3 + 4 + 1,
             ["--config.prefix.reparam=mlp", "--config.data.tune_sources=50"],
         ),
         (
