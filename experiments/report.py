@@ -647,7 +647,9 @@ def selection_markdown(selection: Sequence[dict]) -> list[str]:
             f"| {_md(r['label'] or '(base)')} | {chosen} | {r['loss']:.4f} | {_md(candidates)} |"
         )
     lines += ["", "Lowest mean `eval_loss` over seeds per setting. As a dict:", "", "```python"]
-    lines += ["{"] + [f"    {r['label']!r}: {format_value(r['value'])}," for r in selection]
+    lines += ["{"] + [
+        f"    {json.dumps(r['label'])}: {format_value(r['value'])}," for r in selection
+    ]
     lines += ["}", "```"]
     return lines
 

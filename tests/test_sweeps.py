@@ -866,7 +866,7 @@ def test_report_selects_the_learning_rate_per_method_by_validation_loss(tmp_path
     assert float(rows["method=lora"]["chosen"]) == 1e-3 and rows["method=lora"]["edge_of_grid"]
     md = (root / "report.md").read_text()
     assert "## `optim.learning_rate` chosen by validation loss" in md
-    assert "    'method=prefix': 0.001," in md and "0.001 (edge of grid)" in md
+    assert '    "method=prefix": 0.001,' in md and "0.001 (edge of grid)" in md
     assert written["eval_loss_vs_optim_learning_rate"].read_bytes().startswith(PNG_MAGIC)
     assert "metric_vs_optim_learning_rate" in written  # lr varies within a method: an x axis
     assert report.main([str(root), "--select", "", "--out", str(tmp_path / "o")]) == 0
