@@ -925,6 +925,17 @@ def test_study_sweeps_share_data_budget_and_held_out_set():
     assert "data.tune_sources" not in load_sweep("low_data").base_overrides
 
 
+def test_a_study_using_a_stand_in_rate_says_so(monkeypatch):
+    from experiments.sweeps import _learning_rates as rates
+
+    monkeypatch.setattr(rates, "NOT_CHOSEN", (rates.FULL, rates.PREFIX_DIRECT))
+    assert "method=full not chosen by lr_select" in load_sweep("low_data").note
+    note = load_sweep("prefix_length").note  # uses the direct prefix, not full fine-tuning
+    assert rates.PREFIX_DIRECT in note and rates.FULL not in note
+    monkeypatch.setattr(rates, "NOT_CHOSEN", ())
+    assert load_sweep("low_data").note == load_sweep("prefix_length").note == ""
+
+
 def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
     from experiments.sweeps import _learning_rates as rates
 

@@ -24,6 +24,19 @@ LEARNING_RATES = {
     LORA: 0.003,
     FULL: 1e-4,  # not chosen yet (see above)
 }
+# Settings whose rate above is a stand-in, not lr_select's choice: the launcher warns.
+NOT_CHOSEN = (FULL,)
+
+
+def not_chosen_note(keys: list[str]) -> str:
+    """The launcher's warning for a sweep using rates in `NOT_CHOSEN` ("" if none)."""
+    pending = [k for k in keys if k in NOT_CHOSEN]
+    if not pending:
+        return ""
+    return (
+        f"learning rate of {', '.join(pending)} not chosen by lr_select yet "
+        "(experiments/sweeps/_learning_rates.py): its trials use a stand-in rate"
+    )
 
 
 def lr(key: str) -> dict[str, float]:

@@ -19,7 +19,14 @@ not change with N or the seed. Every trial has the same budget, 200 steps of bat
 """
 
 from experiments.sweeps import METHOD_SEED_KEYS, Contrast, Sweep, chain, sweep
-from experiments.sweeps._learning_rates import FULL, LORA, PREFIX_MLP, PROMPT, lr
+from experiments.sweeps._learning_rates import (
+    FULL,
+    LORA,
+    PREFIX_MLP,
+    PROMPT,
+    lr,
+    not_chosen_note,
+)
 from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 SIZES = (50, 200, 500)
@@ -76,4 +83,5 @@ def get_sweep() -> Sweep:
         seed_keys=METHOD_SEED_KEYS,
         base_overrides={**DATA, **CPU_BUDGET},
         contrasts=CONTRASTS,
+        note=not_chosen_note([PREFIX_MLP, FULL, PROMPT, LORA]),
     )

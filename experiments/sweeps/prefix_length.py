@@ -21,7 +21,14 @@ the paper's full-E2E setting, whose rates need lr_select rerun); 3 seeds: 27 tri
 """
 
 from experiments.sweeps import METHOD_SEED_KEYS, Contrast, Sweep, chain, product, sweep
-from experiments.sweeps._learning_rates import LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT, lr
+from experiments.sweeps._learning_rates import (
+    LORA,
+    PREFIX_DIRECT,
+    PREFIX_MLP,
+    PROMPT,
+    lr,
+    not_chosen_note,
+)
 from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 LENGTHS = (1, 5, 10, 20, 40)
@@ -67,4 +74,5 @@ def get_sweep() -> Sweep:
         seed_keys=METHOD_SEED_KEYS,
         base_overrides={**DATA, **CPU_BUDGET},
         contrasts=CONTRASTS,
+        note=not_chosen_note([PREFIX_MLP, PREFIX_DIRECT, PROMPT, LORA]),
     )
