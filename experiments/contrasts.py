@@ -35,23 +35,15 @@ from experiments.bootstrap import (
     resample_counts,
     same_sources,
 )
-from experiments.sweeps import format_value
+from experiments.sweeps import format_value, seed_of, setting_label
 from prefix_jax.metrics.bleu import bleu_of_sums
 
 Table = tuple[list[str], list[list[Any]]]
 YES, NO, UNRESOLVED = "yes", "no (b ahead)", "not resolved"
 
 
-def _label(spec: dict) -> str:
-    return ",".join(f"{k}={format_value(v)}" for k, v in spec.items())
-
-
 def _matches(group: dict, spec: dict) -> bool:
     return all(group["setting"].get(k) == v for k, v in spec.items())
-
-
-def _seed_of(trial: dict, seed_keys: Sequence[str]) -> Any:
-    return next((trial["overrides"][k] for k in seed_keys if k in trial["overrides"]), None)
 
 
 def pair_groups(groups: Sequence[dict], contrast: dict) -> list[tuple[dict, dict, dict]]:
@@ -67,13 +59,13 @@ def pair_groups(groups: Sequence[dict], contrast: dict) -> list[tuple[dict, dict
                 key = tuple(g["setting"].get(k) for k in within)
                 if key in found:
                     raise ValueError(
-                        f"{side} = {_label(contrast[side])} matches more than one setting"
+                        f"{side} = {setting_label(contrast[side])} matches more than one setting"
                         + (f" per {', '.join(within)}" if within else "")
                         + "; name more keys in the contrast or pair them with `within`"
                     )
                 found[key] = g
         if not found:
-            raise ValueError(f"{side} = {_label(contrast[side])} matches no setting")
+            raise ValueError(f"{side} = {setting_label(contrast[side])} matches no setting")
         sides[side] = found
     shared = [k for k in sides["a"] if k in sides["b"]]
     if not shared:
@@ -84,7 +76,7 @@ def pair_groups(groups: Sequence[dict], contrast: dict) -> list[tuple[dict, dict
 def _runs(group: dict, seed_keys: Sequence[str]) -> dict[Any, Run]:
     """{seed: (sources, per-source BLEU statistics)} of the group's evaluated trials."""
     return {
-        _seed_of(t, seed_keys): t["bleu_stats"]
+        seed_of(t["overrides"], seed_keys): t["bleu_stats"]
         for t in group["trials"]
         if t["status"] == "finished" and t.get("bleu_stats") is not None
     }
@@ -114,15 +106,20 @@ def _answer(low: float | None, high: float | None, seed_diffs: Sequence[float]) 
 
 
 def _row(
-    contrast: dict, within: str, diff: float, seed_diffs: dict, draws: np.ndarray | None, level
+    contrast: dict,
+    within: str,
+    diff: float | None,
+    seed_diffs: dict,
+    draws: np.ndarray | None,
+    level: float = LEVEL,
 ) -> dict:
     low, high = (None, None) if draws is None else percentile_interval(draws, level)
     diffs = list(seed_diffs.values())
     return {
         "question": contrast["question"],
         "within": within,
-        "a": _label(contrast["a"]),
-        "b": _label(contrast["b"]),
+        "a": setting_label(contrast["a"]),
+        "b": setting_label(contrast["b"]),
         "diff": diff,
         "low": low,
         "high": high,
@@ -164,7 +161,7 @@ def answer_contrast(
         diff = float(np.mean(list(seeds_a.values())) - np.mean(list(seeds_b.values())))
         seed_diffs = {s: seeds_a[s] - seeds_b[s] for s in seeds_a if s in seeds_b}
         draws = None if counts is None else draws_a - draws_b
-        rows.append(_row(contrast, _label(within), diff, seed_diffs, draws, level))
+        rows.append(_row(contrast, setting_label(within), diff, seed_diffs, draws, level))
         all_draws.append(draws)
         all_seed_diffs.append(seed_diffs)
     if len(rows) > 1:
@@ -178,19 +175,7 @@ def answer_contrast(
 
 
 def _unanswered(contrast: dict, why: str) -> dict:
-    return {
-        "question": contrast["question"],
-        "within": "",
-        "a": _label(contrast["a"]),
-        "b": _label(contrast["b"]),
-        "diff": None,
-        "low": None,
-        "high": None,
-        "seed_diffs": {},
-        "a_ahead": 0,
-        "answer": UNRESOLVED,
-        "note": why,
-    }
+    return {**_row(contrast, "", None, {}, None), "note": why}
 
 
 def answer_all(

@@ -64,7 +64,7 @@ from experiments.bootstrap import SEED as BOOTSTRAP_SEED
 from experiments.bootstrap import bootstrap_bleu
 from experiments.contrasts import answer_all, contrasts_markdown, contrasts_table
 from experiments.provenance import describe_machine
-from experiments.sweeps import format_value
+from experiments.sweeps import format_value, seed_of, setting_label
 from prefix_jax.metrics.bleu import bleu_segment_stats
 
 DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
@@ -380,9 +380,7 @@ def group_trials(trials: Sequence[dict], seed_keys: Sequence[str]) -> tuple[list
         group["n"] = len(members)
         group["finished"] = sum(t["status"] == "finished" for t in members)
         group["seeds"] = [
-            next((t["overrides"][k] for k in seed_keys if k in t["overrides"]), None)
-            for t in members
-            if t["status"] == "finished"
+            seed_of(t["overrides"], seed_keys) for t in members if t["status"] == "finished"
         ]
         stats = {}
         for m in metric_names:
@@ -599,7 +597,7 @@ def select_by_loss(
         if len(candidates) < 2:
             continue
         value, best, n = min(candidates, key=lambda c: c[1])
-        label = ",".join(f"{k}={format_value(v)}" for k, v in row["setting"].items())
+        label = setting_label(row["setting"])
         edge = value in (candidates[0][0], candidates[-1][0])
         out.append(
             {

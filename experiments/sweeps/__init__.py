@@ -87,13 +87,23 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
+def setting_label(point: Point) -> str:
+    """`k=v,...` of a setting, values as the command line writes them."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in point.items())
+
+
+def seed_of(overrides: Point, seed_keys: Sequence[str]) -> Value | None:
+    """A trial's seed: the value of the first seed key its overrides set."""
+    return next((overrides[k] for k in seed_keys if k in overrides), None)
+
+
 def trial_name(overrides: Point) -> str:
     """A stable, unique, filesystem-safe directory name such as `prefix.length=5,seed=0`.
 
     Characters outside [A-Za-z0-9._,=+-] become `_`; when that loses information (or the name
     is long) a short hash of the exact overrides is appended, so distinct trials never collide.
     """
-    raw = ",".join(f"{k}={format_value(v)}" for k, v in overrides.items())
+    raw = setting_label(overrides)
     safe = _UNSAFE.sub("_", raw)
     if safe != raw or len(safe) > MAX_NAME:
         digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
