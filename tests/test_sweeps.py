@@ -173,7 +173,7 @@ def test_sweep_trials_cross_seeds_outermost():
         ),
         (
             "lr_select",
-            5 * 3 + 4 + 1,
+            5 * 3 + 4 + 1 + 1,  # three rates a method, four more direct, one more LoRA, full
             ["--config.prefix.reparam=mlp", "--config.data.tune_sources=50"],
         ),
         (

@@ -11,7 +11,7 @@ the grid should then be extended (`GRIDS` below) before trusting it.
 Validation here is not the held-out set: `data.tune_sources=50` holds out 50 further MRs of
 the training pool and computes the loss (and decodes 20 MRs, beam 2, for a look at BLEU)
 on them, so the 100 held-out MRs of the studies never inform a choice. Trials train on the
-remaining 397 MRs with the studies' budget (`_study.py`): one seed, 20 trials on the CPU.
+remaining 397 MRs with the studies' budget (`_study.py`): one seed, 21 trials on the CPU.
 Add `--seeds 0,1` for two seeds (the report averages them), `--set data.train_examples=200`
 to choose in the low-data regime, and the same `--set` budget flags as the studies when
 scaling them up (see `_study.py`). The direct prefix is tuned with the vocabulary init
@@ -26,13 +26,14 @@ from experiments.sweeps._study import CPU_BUDGET, DATA
 # where the lowest loss was at the top of the grid:
 # - the direct prefix: 1.775 at 1e-3, 1.568 at 3e-3, 1.427 at 1e-2, 1.346 at 3e-2, 1.321
 #   at 1e-1, and up again at 3e-1 (1.355);
-# - LoRA: 1.435 at 3e-4, 1.330 at 1e-3, 1.269 at 3e-3, and up again at 1e-2 (1.315).
+# - LoRA: 1.435 at 3e-4, 1.330 at 1e-3, 1.269 at 3e-3, and up again at 1e-2 (1.315);
+# - full fine-tuning: 1.255 at 3e-5, 1.186 at 1e-4, 1.178 at 3e-4.
 GRIDS = {
     PREFIX_MLP: (3e-4, 1e-3, 3e-3),
     PREFIX_DIRECT: (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
     PROMPT: (1e-2, 3e-2, 1e-1),
     LORA: (3e-4, 1e-3, 3e-3, 1e-2),
-    FULL: (3e-5, 1e-4, 3e-4),
+    FULL: (3e-5, 1e-4, 3e-4, 1e-3),
 }
 TUNE_MRS = 50
 
