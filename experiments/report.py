@@ -485,6 +485,14 @@ def _pm(stat: tuple[float | None, float | None, int], fmt: str = ".4g") -> str:
     return f"{mean:{fmt}}" if std is None else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
+def _params_cell(params: float | None, total: float | None) -> str:
+    """Trainable parameters and their share, to 3 digits so that all of them reads 100%."""
+    if params is None:
+        return "-"
+    share = f" ({100 * params / total:.3g}%)" if total else ""
+    return f"{params:,.0f}{share}"
+
+
 def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -518,9 +526,7 @@ def markdown(
     for g in groups:
         params, _, _ = g["stats"]["params_trainable"]
         total, _, _ = g["stats"]["params_total"]
-        size = "-" if params is None else f"{params:,.0f}"
-        if params is not None and total:
-            size += f" ({100 * params / total:.2g}%)"
+        size = _params_cell(params, total)
         cells = [_cell(g["setting"][k]) for k in axes]
         cells.append(f"{g['finished']}/{g['n']}")
         for m in metrics:

@@ -522,6 +522,8 @@ def test_report_tables_and_plots(tmp_path):
     rows = [line.split(" | ")[:2] for line in md.splitlines() if line.startswith("| ")][1:]
     assert rows == [[f"| {n}", r] for n in (5, 10, 20) for r in ("none", "mlp")]
     assert "1,000 (10%)" in md  # trainable params of p=5, mlp
+    assert report._params_cell(134_515_008, 134_515_008) == "134,515,008 (100%)"
+    assert report._params_cell(5760, 134_515_008) == "5,760 (0.00428%)"
     assert f"- `{bad}`: failed: RuntimeError: out of memory" in md
     assert "incomplete" in md and "missing (planned, never started)" in md
     assert "10 trials: 7 finished, 1 failed, 1 incomplete, 1 missing." in md

@@ -4,11 +4,8 @@ they come from. `lr_select` chooses them on validation loss; copy the dict that
 report labels them) over the one below and say which run chose it.
 
 Chosen by: `python -m experiments.launch lr_select --workdir runs/lr_select` (one seed,
-200 steps of batch 8, loss on 50 tuning MRs; `experiments/results/lr_select/`), for the
-prefixes, prompt tuning and LoRA: each is the interior minimum of its grid. Full
-fine-tuning's trials were still running when the others were chosen; its rate is the
-`:local` config's (`configs.base.METHOD_OPTIM`) until they finish, and only low_data
-uses it.
+200 steps of batch 8, loss on 50 tuning MRs; `experiments/results/lr_select/`): each rate
+is the interior minimum of its method's grid.
 """
 
 PREFIX_MLP = "method=prefix,prefix.reparam=mlp"
@@ -22,10 +19,10 @@ LEARNING_RATES = {
     PREFIX_DIRECT: 0.1,
     PROMPT: 0.03,
     LORA: 0.003,
-    FULL: 1e-4,  # not chosen yet (see above)
+    FULL: 3e-4,
 }
 # Settings whose rate above is a stand-in, not lr_select's choice: the launcher warns.
-NOT_CHOSEN = (FULL,)
+NOT_CHOSEN: tuple[str, ...] = ()
 
 
 def not_chosen_note(keys: list[str]) -> str:

@@ -27,7 +27,8 @@ from experiments.sweeps._study import CPU_BUDGET, DATA
 # - the direct prefix: 1.775 at 1e-3, 1.568 at 3e-3, 1.427 at 1e-2, 1.346 at 3e-2, 1.321
 #   at 1e-1, and up again at 3e-1 (1.355);
 # - LoRA: 1.435 at 3e-4, 1.330 at 1e-3, 1.269 at 3e-3, and up again at 1e-2 (1.315);
-# - full fine-tuning: 1.255 at 3e-5, 1.186 at 1e-4, 1.178 at 3e-4.
+# - full fine-tuning: 1.255 at 3e-5, 1.186 at 1e-4, 1.178 at 3e-4, and up again at 1e-3
+#   (1.227).
 GRIDS = {
     PREFIX_MLP: (3e-4, 1e-3, 3e-3),
     PREFIX_DIRECT: (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
