@@ -670,33 +670,23 @@ def _label(setting: dict, keys: Sequence[str]) -> str:
 
 
 def numeric_axes(groups: Sequence[dict], axes: Sequence[str]) -> list[str]:
-    """Swept keys with numeric values and at least two of them, not fixed by a non-numeric
-    key (e.g. a learning rate per method): candidate x axes."""
+    """Swept numeric keys that some two settings differ in alone: candidate x axes. A value
+    fixed per method, or per method and reparameterization together (a learning rate per
+    setting), never varies alone, so it draws no line of two points."""
 
     def is_numeric(key: str) -> bool:
         values = {g["setting"][key] for g in groups if g["setting"][key] is not None}
         return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
-    def determined(key: str) -> bool:
-        # A value set per method (a learning rate per method) is no x axis: some
-        # non-numeric key fixes it.
-        for other in axes:
-            if other == key or is_numeric(other):
-                continue
-            seen: dict = {}
-            if all(
-                seen.setdefault(g["setting"][other], g["setting"][key]) == g["setting"][key]
-                for g in groups
-            ):
-                return True
-        return False
+    def varies_alone(key: str) -> bool:
+        values_by_rest: dict[tuple, set] = {}
+        for g in groups:
+            if g["setting"][key] is not None:
+                rest = tuple(g["setting"][k] for k in axes if k != key)
+                values_by_rest.setdefault(rest, set()).add(g["setting"][key])
+        return any(len(values) >= 2 for values in values_by_rest.values())
 
-    out = []
-    for key in axes:
-        values = {g["setting"][key] for g in groups if g["setting"][key] is not None}
-        if is_numeric(key) and len(values) >= 2 and not determined(key):
-            out.append(key)
-    return out
+    return [key for key in axes if is_numeric(key) and varies_alone(key)]
 
 
 def plot_metric_vs(

@@ -878,9 +878,12 @@ def test_report_selects_the_learning_rate_per_method_by_validation_loss(tmp_path
 
 def test_a_learning_rate_fixed_per_method_is_not_an_x_axis(tmp_path):
     root = tmp_path / "pl"
-    for overrides in (
-        {"method": "prefix", "optim.learning_rate": 1e-3, "prefix.length": 1, "seed": 0},
-        {"method": "prefix", "optim.learning_rate": 1e-3, "prefix.length": 5, "seed": 0},
+    mlp = {"method": "prefix", "prefix.reparam": "mlp", "optim.learning_rate": 1e-3}
+    for overrides in (  # prefix_length's shape: the rate is fixed by method and reparam
+        {**mlp, "prefix.length": 1, "seed": 0},
+        {**mlp, "prefix.length": 5, "seed": 0},
+        {"method": "prefix", "prefix.reparam": "none", "optim.learning_rate": 0.1, "seed": 0},
+        {"method": "prompt", "optim.learning_rate": 0.03, "seed": 0},
         {"method": "lora", "optim.learning_rate": 2e-4, "seed": 0},
     ):
         tdir = root / trial_name(overrides)
