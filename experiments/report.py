@@ -665,6 +665,12 @@ def _figure(width: float = 6.4, height: float = 4.4):
     return fig, fig.subplots()
 
 
+def _legend_below(fig) -> None:
+    """Settings' labels are long (`key=value, ...`): below the axes they hide no data, and
+    the tight bounding box widens the image to fit them."""
+    fig.legend(fontsize="small", loc="outside lower center")
+
+
 def _label(setting: dict, keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={format_value(setting[k])}" for k in keys if setting[k] is not None)
 
@@ -749,8 +755,8 @@ def plot_metric_vs(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(lines) + len(baselines) > 1 or others:
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+        _legend_below(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 
 
@@ -796,8 +802,8 @@ def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, tit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if labelled:
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+        _legend_below(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 
 
