@@ -658,17 +658,22 @@ def selection_markdown(selection: Sequence[dict]) -> list[str]:
     return lines
 
 
-def _figure(width: float = 6.4, height: float = 4.4):
+def _new_figure(width: float = 6.4, height: float = 4.4):
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _figure(width: float = 6.4, height: float = 4.4):
+    fig = _new_figure(width, height)
     return fig, fig.subplots()
 
 
-def _legend_below(fig) -> None:
+def _legend_below(fig, *entries) -> None:
     """Settings' labels are long (`key=value, ...`): below the axes they hide no data, and
-    the tight bounding box widens the image to fit them."""
-    fig.legend(fontsize="small", loc="outside lower center")
+    the tight bounding box widens the image to fit them. `entries`: (handles, labels) in the
+    order to list them, where not the order drawn."""
+    fig.legend(*entries, fontsize="small", loc="outside lower center")
 
 
 def _label(setting: dict, keys: Sequence[str]) -> str:
@@ -782,27 +787,89 @@ def plot_metric_by_setting(
     return True
 
 
+LEGEND_COLOURS = 10  # matplotlib's default cycle: more curves than this repeat a colour
+
+
+Panel = tuple[str, list[tuple[int, int, str]]]  # title, [(group, colour, label)]
+
+
+def _numeric_order(values: Sequence[Any]) -> list[Any]:
+    return sorted(values, key=lambda v: (v is None, 0.0 if v is None else float(v)))
+
+
+def _layout(entries: Sequence[tuple], panel_order, colour_order) -> list[Panel] | None:
+    """Panels from (group, panel value, panel title, colour value, label) entries; None when
+    the colour values outnumber the colours a legend can tell apart."""
+    colour_values = colour_order(list(dict.fromkeys(e[3] for e in entries)))
+    if len(colour_values) > LEGEND_COLOURS:
+        return None
+    colour = {v: i for i, v in enumerate(colour_values)}
+    panels: dict[Any, Panel] = {}
+    for group, panel, title, colour_value, label in entries:
+        panels.setdefault(panel, (title, []))[1].append((group, colour[colour_value], label))
+    return [panels[v] for v in panel_order(list(panels))]
+
+
+def loss_panels(groups: Sequence[dict], axes: Sequence[str]) -> list[Panel]:
+    """Lay out the training-loss curves. Up to `LEGEND_COLOURS` settings share one panel, a
+    colour each. Past that a legend cannot tell them apart, so the first numeric axis
+    splits them, whichever way gives fewer panels: a panel per value (e.g. per training-set
+    size, a colour per method, in the metric plot's order; settings without the key last),
+    or a panel per setting of the other keys (e.g. per method, a colour per learning rate)."""
+    if len(groups) <= LEGEND_COLOURS:
+        return [("", [(i, i, _label(g["setting"], axes) or "loss") for i, g in enumerate(groups)])]
+    layouts = []
+    for key in numeric_axes(groups, axes)[:1]:
+        others = [k for k in axes if k != key]
+        value = {i: g["setting"][key] for i, g in enumerate(groups)}
+        rest = {i: tuple(g["setting"][k] for k in others) for i, g in enumerate(groups)}
+        rest_label = {i: _label(g["setting"], others) or "loss" for i, g in enumerate(groups)}
+        value_label = {
+            i: f"{key}={format_value(v)}" if v is not None else f"no {key}"
+            for i, v in value.items()
+        }
+        by_value = [
+            (i, value[i], value_label[i], rest[i], rest_label[i])
+            for i in sorted(value, key=lambda i: value[i] is None)
+        ]
+        by_rest = [
+            (i, rest[i], rest_label[i].replace(", ", "\n"), value[i], value_label[i]) for i in value
+        ]
+        layouts = [_layout(by_value, _numeric_order, list), _layout(by_rest, list, _numeric_order)]
+    layouts = [layout for layout in layouts if layout is not None]
+    if not layouts:
+        return [("", [(i, i % LEGEND_COLOURS, "") for i in range(len(groups))])]
+    return min(layouts, key=len)
+
+
 def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, title: str) -> bool:
-    """Training loss against step for every trial; seeds of a setting share a colour."""
-    curves = [(i, t) for i, g in enumerate(groups) for t in g["trials"] if t["loss_curve"]]
-    if not curves:
+    """Training loss against step for every trial, laid out by `loss_panels`; seeds of a
+    setting share a colour, and the legend names each colour once, in colour order."""
+    if not any(t["loss_curve"] for g in groups for t in g["trials"]):
         return False
-    fig, ax = _figure()
-    colours = [f"C{i % 10}" for i in range(len(groups))]
-    labelled = set()
-    for i, t in curves:
-        steps, losses = zip(*t["loss_curve"], strict=True)
-        label = None
-        if i not in labelled and len(groups) <= 12:
-            label = _label(groups[i]["setting"], axes) or "loss"
-            labelled.add(i)
-        ax.plot(steps, losses, color=colours[i], alpha=0.8, linewidth=1.2, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if labelled:
-        _legend_below(fig)
+    panels = loss_panels(groups, axes)
+    labelled = {colour for _, members in panels for _, colour, label in members if label}
+    if len(panels) == 1:
+        fig = _new_figure()
+    else:
+        fig = _new_figure(width=3.4 * len(panels), height=3.2 + 0.22 * len(labelled))
+    legend: dict[int, tuple[Any, str]] = {}  # colour -> (one of its lines, its label)
+    axs = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (panel_title, members) in zip(axs, panels, strict=True):
+        for i, colour, label in members:
+            for t in groups[i]["trials"]:
+                if t["loss_curve"]:
+                    steps, losses = zip(*t["loss_curve"], strict=True)
+                    (line,) = ax.plot(steps, losses, color=f"C{colour}", alpha=0.8, linewidth=1.2)
+                    if label:
+                        legend.setdefault(colour, (line, label))
+        ax.set_xlabel("step")
+        ax.set_title(panel_title, fontsize="small")
+        ax.grid(alpha=0.3)
+    axs[0].set_ylabel("training loss")
+    fig.suptitle(title)
+    if legend:
+        _legend_below(fig, *zip(*(legend[c] for c in sorted(legend)), strict=True))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 

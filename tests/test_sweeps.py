@@ -537,6 +537,56 @@ def test_report_tables_and_plots(tmp_path):
     assert report.read_loss_curve(root / bad / "metrics.jsonl") == [(1, 3.0), (2, 1.9)]
 
 
+def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
+    def group(n, method):
+        curve = [(1, 2.0), (2, 1.0)]
+        setting = {"data.train_examples": n, "method": method}
+        return {"setting": setting, "trials": [{"loss_curve": curve}]}
+
+    axes = ["data.train_examples", "method"]
+    methods = ("prefix", "full", "prompt", "lora")
+    few = [group(n, m) for n in (50, 500) for m in methods]  # 8 settings: one panel
+    [(title, members)] = report.loss_panels(few, axes)
+    assert title == "" and [c for _, c, _ in members] == list(range(8))
+    assert members[5][2] == "data.train_examples=500, method=full"
+
+    # 13 settings, the baseline listed first: one panel per size, then the baseline's.
+    many = [group(None, "zero_shot")] + [group(n, m) for n in (500, 50, 200) for m in methods]
+    panels = report.loss_panels(many, axes)
+    assert [t for t, _ in panels] == [
+        "data.train_examples=50",
+        "data.train_examples=200",
+        "data.train_examples=500",
+        "no data.train_examples",
+    ]
+    # a colour per method in every panel, as the metric plot colours them; the baseline next
+    expected = [(f"method={m}", c) for c, m in enumerate(methods)]
+    for _, members in panels[:3]:
+        assert [(label, c) for _, c, label in members] == expected
+    assert panels[3][1] == [(0, 4, "method=zero_shot")]
+    assert [i for i, _, _ in panels[0][1]] == [5, 6, 7, 8]  # the 50-example groups
+
+    # 3 methods x 6 rates (a rate sweep): a panel per method beats one per rate, and the
+    # colours follow the rates in numeric order whatever order the trials came in
+    rates = (0.3, 1e-4, 3e-3, 1e-2, 1e-3, 3e-2)
+    axes_lr = ["method", "optim.learning_rate"]
+    sweep = [
+        {"setting": {"method": m, "optim.learning_rate": r}, "trials": []}
+        for m in methods[:3]
+        for r in rates
+    ]
+    panels = report.loss_panels(sweep, axes_lr)
+    assert [t for t, _ in panels] == ["method=prefix", "method=full", "method=prompt"]
+    colours = {label: c for _, members in panels for _, c, label in members}
+    assert sorted(colours, key=colours.get) == [
+        f"optim.learning_rate={report.format_value(r)}" for r in sorted(rates)
+    ]
+
+    path = tmp_path / "loss.png"
+    assert report.plot_train_loss(many, axes, path, "t")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
 def test_report_without_numeric_axis_draws_bars_and_cli(tmp_path, capsys):
     root = tmp_path / "method"
     for method, bleu in (("prefix", 0.6), ("lora", 0.65)):
