@@ -818,28 +818,28 @@ def loss_panels(groups: Sequence[dict], axes: Sequence[str]) -> list[Panel]:
     or a panel per setting of the other keys (e.g. per method, a colour per learning rate)."""
     if len(groups) <= LEGEND_COLOURS:
         return [("", [(i, i, _label(g["setting"], axes) or "loss") for i, g in enumerate(groups)])]
-    layouts = []
-    for key in numeric_axes(groups, axes)[:1]:
-        others = [k for k in axes if k != key]
-        value = {i: g["setting"][key] for i, g in enumerate(groups)}
-        rest = {i: tuple(g["setting"][k] for k in others) for i, g in enumerate(groups)}
-        rest_label = {i: _label(g["setting"], others) or "loss" for i, g in enumerate(groups)}
-        value_label = {
-            i: f"{key}={format_value(v)}" if v is not None else f"no {key}"
-            for i, v in value.items()
-        }
-        by_value = [
-            (i, value[i], value_label[i], rest[i], rest_label[i])
-            for i in sorted(value, key=lambda i: value[i] is None)
-        ]
-        by_rest = [
-            (i, rest[i], rest_label[i].replace(", ", "\n"), value[i], value_label[i]) for i in value
-        ]
-        layouts = [_layout(by_value, _numeric_order, list), _layout(by_rest, list, _numeric_order)]
+    unlabelled = [("", [(i, i % LEGEND_COLOURS, "") for i in range(len(groups))])]
+    numeric = numeric_axes(groups, axes)
+    if not numeric:
+        return unlabelled
+    key = numeric[0]
+    others = [k for k in axes if k != key]
+    value = {i: g["setting"][key] for i, g in enumerate(groups)}
+    rest = {i: tuple(g["setting"][k] for k in others) for i, g in enumerate(groups)}
+    rest_label = {i: _label(g["setting"], others) or "loss" for i, g in enumerate(groups)}
+    value_label = {
+        i: f"{key}={format_value(v)}" if v is not None else f"no {key}" for i, v in value.items()
+    }
+    by_value = [
+        (i, value[i], value_label[i], rest[i], rest_label[i])
+        for i in sorted(value, key=lambda i: value[i] is None)
+    ]
+    by_rest = [
+        (i, rest[i], rest_label[i].replace(", ", "\n"), value[i], value_label[i]) for i in value
+    ]
+    layouts = [_layout(by_value, _numeric_order, list), _layout(by_rest, list, _numeric_order)]
     layouts = [layout for layout in layouts if layout is not None]
-    if not layouts:
-        return [("", [(i, i % LEGEND_COLOURS, "") for i in range(len(groups))])]
-    return min(layouts, key=len)
+    return min(layouts, key=len) if layouts else unlabelled
 
 
 def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, title: str) -> bool:
