@@ -4,7 +4,8 @@
     python3 dev.py test   # test suite (also installs torch==2.13.0, peft, pytest, ruff)
 
 Idempotent: the install step is skipped when `pyproject.toml` has not changed since the
-last successful install into `.venv`. Extra arguments are passed on (e.g. `-k parity`).
+last successful install into `.venv`. Extra arguments are passed on (e.g. `-k parity`;
+`-n 0` runs the tests in one process instead of up to four).
 The demo reads the E2E devset from `$PREFIX_JAX_DATA/e2e/devset.csv` (default: the
 `shared/data` folder next to this repository) unless `--data PATH` is given.
 """
@@ -39,6 +40,15 @@ def ensure_env(extra: str) -> None:
     stamp.write_text(digest)
 
 
+def parallel(pytest_args: list[str]) -> list[str]:
+    """Test files spread over up to four worker processes (pytest-xdist), whole files per
+    worker so that module fixtures load once: most of a test's time is single-threaded XLA
+    compilation, so even two cores finish the suite sooner. `-n 0` runs it serially."""
+    if any(a.startswith(("-n", "--numprocesses")) for a in pytest_args):
+        return []
+    return ["-n", str(min(4, os.cpu_count() or 1)), "--dist", "loadfile"]
+
+
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
         print(__doc__)
@@ -53,7 +63,7 @@ def main() -> int:
         return subprocess.call([str(PYTHON), "-m", "prefix_jax.demo", *data, *rest], cwd=ROOT)
     ensure_env("test")
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
-    tests = subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+    tests = subprocess.call([str(PYTHON), "-m", "pytest", *parallel(rest), *rest], cwd=ROOT)
     return tests or lint
 
 
