@@ -199,8 +199,9 @@ def _commit_label(launch: dict | None) -> str:
 
 
 def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
-    """The launcher's `launch` events (command, commit, machine), and per trial the commits
-    its starts ran at and the seconds of its completed commands (`launch.jsonl`)."""
+    """The launcher's `launch` events (command, commit, machine; `ran` where it started a
+    trial), and per trial the commits its starts ran at and the seconds of its completed
+    commands (`launch.jsonl`)."""
     launches: list[dict] = []
     per_trial: dict[str, dict] = {}
     path = root / "launch.jsonl"
@@ -219,6 +220,8 @@ def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
         if "trial" not in event:
             continue
         record = per_trial.setdefault(event["trial"], {"commits": [], "seconds": {}})
+        if kind == "started" and current is not None:
+            current["ran"] = True  # marks launches that did work, apart from no-op relaunches
         if kind == "started" and _commit_label(current) not in record["commits"]:
             record["commits"].append(_commit_label(current))
         elif kind == "step":
@@ -249,7 +252,12 @@ def provenance_markdown(
     lines = ["## How this was made", ""]
     commands = list(dict.fromkeys(e.get("command") for e in launches if e.get("command")))
     if commands:
-        lines.append(f"- Launched ({len(launches)} launches) with:")
+        ran = sum(1 for e in launches if e.get("ran"))
+        idle = len(launches) - ran
+        count = f"{ran} launch{'es' * (ran != 1)} that ran trials"
+        if idle:
+            count += f", {idle} more that found none left to run"
+        lines.append(f"- Launched ({count}) with:")
         lines += [f"  - `{c}`" for c in commands]
     else:
         lines.append("- Launch commands: not recorded (launched before the launcher logged them).")

@@ -661,6 +661,14 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": fresh, "event": "started"},
         {"trial": fresh, "event": "step", "step": "train", "seconds": 40.0},
         {"trial": fresh, "event": "step", "step": "evaluate", "seconds": 5.0},
+        {  # a relaunch that finds every trial finished
+            "event": "launch",
+            "command": "python -m experiments.launch pl --workdir r",
+            "commit": "c" * 40,
+            "dirty": False,
+            "machine": machine,
+        },
+        {"trial": fresh, "event": "skipped", "state": "finished"},
     ]
     lines = [json.dumps(e) for e in events]
     (root / "launch.jsonl").write_text("\n".join(lines) + '\n{"cut sh')
@@ -680,8 +688,8 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     md = (root / "report.md").read_text()
     section = md[md.index("## How this was made") :]
     assert (
-        "- Launched (2 launches) with:\n  - `python -m experiments.launch pl --workdir r`"
-        in section
+        "- Launched (2 launches that ran trials, 1 more that found none left to run) with:\n"
+        "  - `python -m experiments.launch pl --workdir r`" in section
     )
     assert "- Report: `python -m experiments.report pl`" in section
     assert "not recorded 1, `aaaaaaaaaaaa` 1, `bbbbbbbbbbbb+dirty` 2" in section
