@@ -256,7 +256,7 @@ def provenance_markdown(
         idle = len(launches) - ran
         count = f"{ran} launch{'es' * (ran != 1)} that ran trials"
         if idle:
-            count += f", {idle} more that found none left to run"
+            count += f", {idle} more that started none"
         lines.append(f"- Launched ({count}) with:")
         lines += [f"  - `{c}`" for c in commands]
     else:

@@ -661,7 +661,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": fresh, "event": "started"},
         {"trial": fresh, "event": "step", "step": "train", "seconds": 40.0},
         {"trial": fresh, "event": "step", "step": "evaluate", "seconds": 5.0},
-        {  # a relaunch that finds every trial finished
+        {  # a relaunch that finds every trial finished: it starts none
             "event": "launch",
             "command": "python -m experiments.launch pl --workdir r",
             "commit": "c" * 40,
@@ -688,7 +688,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     md = (root / "report.md").read_text()
     section = md[md.index("## How this was made") :]
     assert (
-        "- Launched (2 launches that ran trials, 1 more that found none left to run) with:\n"
+        "- Launched (2 launches that ran trials, 1 more that started none) with:\n"
         "  - `python -m experiments.launch pl --workdir r`" in section
     )
     assert "- Report: `python -m experiments.report pl`" in section
