@@ -220,10 +220,11 @@ def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
         if "trial" not in event:
             continue
         record = per_trial.setdefault(event["trial"], {"commits": [], "seconds": {}})
-        if kind == "started" and current is not None:
-            current["ran"] = True  # marks launches that did work, apart from no-op relaunches
-        if kind == "started" and _commit_label(current) not in record["commits"]:
-            record["commits"].append(_commit_label(current))
+        if kind == "started":
+            if current is not None:
+                current["ran"] = True  # marks launches that did work, apart from no-op relaunches
+            if _commit_label(current) not in record["commits"]:
+                record["commits"].append(_commit_label(current))
         elif kind == "step":
             record["seconds"][event.get("step")] = _number(event.get("seconds"))
     return launches, per_trial
@@ -847,7 +848,7 @@ def loss_panels(groups: Sequence[dict], axes: Sequence[str]) -> list[Panel]:
     ]
     layouts = [_layout(by_value, _numeric_order, list), _layout(by_rest, list, _numeric_order)]
     layouts = [layout for layout in layouts if layout is not None]
-    return min(layouts, key=len) if layouts else unlabelled
+    return min(layouts, key=len)
 
 
 def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, title: str) -> bool:
