@@ -11,13 +11,14 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments import bootstrap, launch, provenance, report
+from experiments import archive, bootstrap, launch, provenance, report
 from experiments.sweeps import (
     Sweep,
     available,
@@ -292,8 +293,8 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.delenv("FAKE_FAIL", raising=False)
     root = tmp_path / "runs"
 
-    def run(*extra: str) -> int:
-        argv = [str(sweep_file), "--workdir", str(root)]
+    def run(*extra: str, workdir: Path = root) -> int:
+        argv = [str(sweep_file), "--workdir", str(workdir)]
         argv += ["--python", shlex.join([sys.executable, str(prog)]), *extra]
         return launch.main(argv)
 
@@ -707,6 +708,29 @@ def test_launch_then_report_end_to_end(fake):
     assert [r["prefix.length"] for r in rows] == ["1", "5", "10", "20"]
     assert [float(r["BLEU_mean"]) for r in rows] == pytest.approx([0.01, 0.05, 0.10, 0.20])
     assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_sweep_goes_on_elsewhere_from_its_archive(fake, tmp_path):
+    """The committed archive is enough to continue a sweep on a fresh machine: unpacked and
+    relaunched, finished trials are skipped, only the rest run, and the log keeps the
+    earlier launches for the report's provenance."""
+    assert fake("--only", r"length=(1|5),") == 0
+    assert len(fake.calls()) == 4
+    archive.archive(fake.root, tmp_path / "trials.tar.gz")
+    with tarfile.open(tmp_path / "trials.tar.gz") as tar:
+        tar.extractall(tmp_path / "fresh", filter="data")
+    unpacked = tmp_path / "fresh" / fake.root.name
+
+    assert fake(workdir=unpacked) == 0
+    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
+        (_trial(n), module)
+        for n in (10, 20)
+        for module in ("prefix_jax.train", "prefix_jax.evaluate")
+    ]
+    events = [json.loads(x) for x in (unpacked / "launch.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("launch") == 2
+    with open(report.report(unpacked)["summary_csv"]) as f:
+        assert [r["finished"] for r in csv.DictReader(f)] == ["1"] * 4
 
 
 def test_baselines_without_the_x_key_are_horizontal_lines(tmp_path, monkeypatch):
