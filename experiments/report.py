@@ -848,7 +848,7 @@ def loss_panels(groups: Sequence[dict], axes: Sequence[str]) -> list[Panel]:
     ]
     layouts = [_layout(by_value, _numeric_order, list), _layout(by_rest, list, _numeric_order)]
     layouts = [layout for layout in layouts if layout is not None]
-    return min(layouts, key=len)
+    return min(layouts, key=len) if layouts else unlabelled
 
 
 def plot_train_loss(groups: Sequence[dict], axes: Sequence[str], path: Path, title: str) -> bool:

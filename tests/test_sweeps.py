@@ -583,6 +583,15 @@ def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
         f"optim.learning_rate={report.format_value(r)}" for r in sorted(rates)
     ]
 
+    # 11 rates x 11 methods: neither split fits the colours, so one unlabelled panel
+    grid = [
+        {"setting": {"method": f"m{m}", "optim.learning_rate": 10.0**-r}, "trials": []}
+        for m in range(11)
+        for r in range(11)
+    ]
+    panels = report.loss_panels(grid, axes_lr)
+    assert len(panels) == 1 and panels[0][0] == "" and len(panels[0][1]) == 121
+
     path = tmp_path / "loss.png"
     assert report.plot_train_loss(many, axes, path, "t")
     assert path.read_bytes().startswith(PNG_MAGIC)
