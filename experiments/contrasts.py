@@ -6,6 +6,9 @@ For each contrast (and each value of its `within` keys) the report gives:
 - the per-seed differences, seeds paired by value (a trial seed fixes the data subsample
   and the initialization, so seed s of a and of b trained on the same examples), and in how
   many of them a is ahead;
+- all of it over the seeds evaluated for every compared setting, so that a sweep part way
+  through a seed does not set a mean over three seeds against one over two (the row's note
+  names the seeds left out);
 - a paired percentile bootstrap interval of the difference over the evaluated sources:
   each resample draws one set of sources and scores every seed of both settings on it, so
   the interval is the test-set uncertainty of the difference, and the per-seed differences
@@ -148,6 +151,11 @@ def answer_contrast(
     runs = [(w, ra, rb) for w, ra, rb in runs if ra and rb]
     if not runs:
         return [_unanswered(contrast, "no evaluated trials with predictions on both sides")]
+    seeds = set.intersection(*(set(r) for _, ra, rb in runs for r in (ra, rb)))
+    if not seeds:
+        return [_unanswered(contrast, "no seed was evaluated for every compared setting")]
+    left_out = {s for _, ra, rb in runs for r in (ra, rb) for s in r} - seeds
+    runs = [(w, _only(ra, seeds), _only(rb, seeds)) for w, ra, rb in runs]
     order = same_sources([run for _, ra, rb in runs for run in (*ra.values(), *rb.values())])
     if order is None:
         return [_unanswered(contrast, "the settings were scored on different sources")]
@@ -159,19 +167,27 @@ def answer_contrast(
         seeds_a, draws_a = _scores(ra, order, counts)
         seeds_b, draws_b = _scores(rb, order, counts)
         diff = float(np.mean(list(seeds_a.values())) - np.mean(list(seeds_b.values())))
-        seed_diffs = {s: seeds_a[s] - seeds_b[s] for s in seeds_a if s in seeds_b}
+        seed_diffs = {s: seeds_a[s] - seeds_b[s] for s in seeds_a}
         draws = None if counts is None else draws_a - draws_b
         rows.append(_row(contrast, setting_label(within), diff, seed_diffs, draws, level))
         all_draws.append(draws)
         all_seed_diffs.append(seed_diffs)
     if len(rows) > 1:
-        common = set.intersection(*(set(d) for d in all_seed_diffs))
-        seed_diffs = {s: float(np.mean([d[s] for d in all_seed_diffs])) for s in sorted(common)}
+        seed_diffs = {s: float(np.mean([d[s] for d in all_seed_diffs])) for s in all_seed_diffs[0]}
         draws = None if counts is None else np.mean(all_draws, axis=0)
         diff = float(np.mean([r["diff"] for r in rows]))
         label = f"mean over {', '.join(contrast['within'])}"
         rows.append(_row(contrast, label, diff, seed_diffs, draws, level))
+    if left_out:
+        note = "seeds not evaluated for every compared setting left out: "
+        note += ", ".join(sorted(format_value(s) for s in left_out))
+        for row in rows:
+            row["note"] = note
     return rows
+
+
+def _only(runs: dict[Any, Run], seeds: set) -> dict[Any, Run]:
+    return {s: run for s, run in runs.items() if s in seeds}
 
 
 def _unanswered(contrast: dict, why: str) -> dict:

@@ -141,6 +141,27 @@ def test_seeds_pair_by_value_not_by_position():
     bleus_a = {t["overrides"]["seed"]: t["metrics"]["BLEU"] for t in group_a["trials"]}
     bleus_b = {t["overrides"]["seed"]: t["metrics"]["BLEU"] for t in group_b["trials"]}
     assert row["seed_diffs"][2] == pytest.approx(bleus_a[2] - bleus_b[2])
+    # b's unpartnered seed 1 stays out of the mean too: both means are over seeds 0 and 2.
+    mean_a, mean_b = (np.mean([bleus[0], bleus[2]]) for bleus in (bleus_a, bleus_b))
+    assert row["diff"] == pytest.approx(mean_a - mean_b)
+    assert row["note"] == "seeds not evaluated for every compared setting left out: 1"
+
+
+def test_a_seed_part_way_through_is_left_out_of_every_row():
+    # Seed 1 finished at 50 examples only: the 50-example row, the 500-example row and their
+    # mean all compare seed 0 alone, so the mean row pairs like with like.
+    groups = []
+    for method, noise in (("prefix", 0.2), ("full", 0.4)):
+        groups.append(_group({"method": method, "data.train_examples": 50}, noise, seeds=(0, 1)))
+        groups.append(_group({"method": method, "data.train_examples": 500}, noise, seeds=(0,)))
+    rows = _answer(groups, {"method": "prefix"}, {"method": "full"}, ("data.train_examples",))
+    assert [set(r["seed_diffs"]) for r in rows] == [{0}, {0}, {0}]
+    seed0 = [g["trials"][0]["metrics"]["BLEU"] for g in groups]
+    assert rows[0]["diff"] == pytest.approx(seed0[0] - seed0[2])
+    assert all(r["note"].endswith("left out: 1") for r in rows)
+    disjoint = [_group({"method": "prefix"}, 0.2, (0,)), _group({"method": "full"}, 0.4, (1,))]
+    (row,) = _answer(disjoint, {"method": "prefix"}, {"method": "full"})
+    assert row["diff"] is None and row["note"] == "no seed was evaluated for every compared setting"
 
 
 def test_contrasts_that_cannot_be_answered_say_why():
