@@ -60,7 +60,7 @@ def main() -> int:
         data = ["--data", str(data_root / "e2e" / "devset.csv")]
         if any(a.startswith("--data") for a in rest):
             data = []
-        return subprocess.call([str(PYTHON), "-m", "prefix_jax.demo", *data, *rest], cwd=ROOT)
+        return subprocess.call([str(PYTHON), "-m", "prefix_jax.cli.demo", *data, *rest], cwd=ROOT)
     ensure_env("test")
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
     tests = subprocess.call([str(PYTHON), "-m", "pytest", *parallel(rest), *rest], cwd=ROOT)

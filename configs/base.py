@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from prefix_jax.sharding import DEFAULT_RULES
+from prefix_jax.scale.sharding import DEFAULT_RULES
 
 
 def get_base_config() -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 r"""Full fine-tuning on DART, a baseline for prefix-tuning.
 
-    python -m prefix_jax.train --config configs/dart_full.py --workdir runs/dart_full
+    python -m prefix_jax.train.loop --config configs/dart_full.py --workdir runs/dart_full
 
 Every weight trains. FT-top2 (only the last two layers train, as in Li & Liang's
 comparison) is `--config.finetune.top_layers=2`. No small artifact is exported: the

@@ -1,6 +1,6 @@
 r"""LoRA (Hu et al., 2021) on DART, a baseline for prefix-tuning.
 
-    python -m prefix_jax.train --config configs/dart_lora.py --workdir runs/dart_lora
+    python -m prefix_jax.train.loop --config configs/dart_lora.py --workdir runs/dart_lora
 
 Rank 4, alpha 32, dropout 0.1 on q and v (Hu et al.'s GPT-2 E2E setting); other
 weights with e.g. `--config.lora.targets="('q','k','v','o')"`.

@@ -1,11 +1,12 @@
 r"""Prefix-tuning on DART v1.1.1 (Nan et al., 2021).
 
-    python -m prefix_jax.train --config configs/dart_prefix.py --workdir runs/dart_prefix \
+    python -m prefix_jax.train.loop --config configs/dart_prefix.py --workdir runs/dart_prefix \
         --config.data.path=PATH/TO/dart-v1.1.1-full-train.json
 
 Small run on the dev file, split by triple set:
 
-    python -m prefix_jax.train --config configs/dart_prefix.py:local --workdir runs/dart_local \
+    python -m prefix_jax.train.loop --config configs/dart_prefix.py:local \
+        --workdir runs/dart_local \
         --config.data.path=../shared/data/dart/dart-v1.1.1-full-dev.json \
         --config.data.eval_sources=100
 

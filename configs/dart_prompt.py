@@ -1,6 +1,6 @@
 r"""Prompt tuning (Lester et al., 2021) on DART, a baseline for prefix-tuning.
 
-    python -m prefix_jax.train --config configs/dart_prompt.py --workdir runs/dart_prompt
+    python -m prefix_jax.train.loop --config configs/dart_prompt.py --workdir runs/dart_prompt
 
 A soft prompt of `prompt.length` vectors (default 10, initialized from sampled
 vocabulary embeddings) in front of the input embeddings; the model is frozen.

@@ -1,6 +1,6 @@
 r"""LoRA (Hu et al., 2021) on E2E, a baseline for prefix-tuning.
 
-    python -m prefix_jax.train --config configs/e2e_lora.py --workdir runs/e2e_lora
+    python -m prefix_jax.train.loop --config configs/e2e_lora.py --workdir runs/e2e_lora
 
 Rank 4, alpha 32, dropout 0.1 on q and v (Hu et al.'s GPT-2 E2E setting); other
 weights with e.g. `--config.lora.targets="('q','k','v','o')"`.

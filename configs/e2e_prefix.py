@@ -1,10 +1,10 @@
 r"""Prefix-tuning on E2E (Novikova et al., 2017) with Li & Liang's settings.
 
-    python -m prefix_jax.train --config configs/e2e_prefix.py --workdir runs/e2e_prefix
+    python -m prefix_jax.train.loop --config configs/e2e_prefix.py --workdir runs/e2e_prefix
 
 Low-data run on the E2E devset held out by MR (447 MRs train, 100 validation), small:
 
-    python -m prefix_jax.train --config configs/e2e_prefix.py:local --workdir runs/e2e_local \
+    python -m prefix_jax.train.loop --config configs/e2e_prefix.py:local --workdir runs/e2e_local \
         --config.data.path=../shared/data/e2e/devset.csv --config.data.eval_sources=100
 
 Li & Liang (E2E): lr 8e-5, batch 10, 5 epochs, p=10, MLP reparameterization (hidden 512),

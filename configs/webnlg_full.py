@@ -1,6 +1,6 @@
 r"""Full fine-tuning on WebNLG 2017, a baseline for prefix-tuning.
 
-    python -m prefix_jax.train --config configs/webnlg_full.py --workdir runs/webnlg_full
+    python -m prefix_jax.train.loop --config configs/webnlg_full.py --workdir runs/webnlg_full
 
 Every weight trains. FT-top2 (only the last two layers train, as in Li & Liang's
 comparison) is `--config.finetune.top_layers=2`. No small artifact is exported: the

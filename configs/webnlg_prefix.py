@@ -1,11 +1,12 @@
 r"""Prefix-tuning on WebNLG 2017 (Gardent et al., 2017).
 
-    python -m prefix_jax.train --config configs/webnlg_prefix.py --workdir runs/webnlg_prefix \
+    python -m prefix_jax.train.loop --config configs/webnlg_prefix.py --workdir runs/webnlg_prefix \
         --config.data.path=PATH/TO/webnlg/train.json
 
 Small run on the dev file, split by triple set:
 
-    python -m prefix_jax.train --config configs/webnlg_prefix.py:local --workdir runs/webnlg_local \
+    python -m prefix_jax.train.loop --config configs/webnlg_prefix.py:local \
+        --workdir runs/webnlg_local \
         --config.data.path=../shared/data/webnlg2017/dev.json --config.data.eval_sources=100
 
 Li & Liang (WebNLG): lr 5e-5, batch 5, 5 epochs, p=10 (their Appendix A). Training keeps

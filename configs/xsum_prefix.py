@@ -1,8 +1,8 @@
 r"""Prefix-tuning of BART on XSum (Narayan et al., 2018), Li & Liang's summarization setting.
 
-    python -m prefix_jax.train --config configs/xsum_prefix.py --workdir runs/xsum_prefix \
+    python -m prefix_jax.train.loop --config configs/xsum_prefix.py --workdir runs/xsum_prefix \
         --config.model=/path/to/bart-large --config.data.path=/path/to/xsum.jsonl
-    python -m prefix_jax.evaluate --workdir runs/xsum_prefix
+    python -m prefix_jax.infer.evaluate --workdir runs/xsum_prefix
 
 `model` is a local Hugging Face directory of `facebook/bart-large` (config.json,
 model.safetensors and the tokenizer files, e.g. from `huggingface-cli download

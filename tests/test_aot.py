@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.aot import method_config
-from prefix_jax import aot, sharding
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import Seq2SeqConfig
 from prefix_jax.models.shapes import PUBLIC_CONFIGS, model_config
+from prefix_jax.scale import aot, sharding
+from prefix_jax.scale.aot_table import method_config
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (conftest sets jax_num_cpu_devices=8)"
@@ -84,7 +84,7 @@ def test_fsdp_gathers_one_layer_at_a_time_and_never_activations():
     fsdp by width): no stacked weights of all layers, no rows of other devices."""
     from flax import nnx
 
-    from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+    from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
     mesh = cpu_mesh(8)
     lm, trainable = aot.abstract_method_model(
@@ -195,7 +195,7 @@ def test_train_step_compiles_for_a_tpu_v5e_topology():
 def test_splash_attention_compiles_for_tpu_and_needs_less_than_dense():
     """On a TPU topology `auto` is splash: its Pallas kernel is in the compiled step, and at
     2 x 2048 tokens per chip with p=64 the step's temporaries are a fraction of dense's."""
-    from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+    from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
     mesh = sharding.make_mesh(
         [("data", 1), ("fsdp", 4), ("tensor", 1)], aot.devices(aot.topology("v5e-4"))
@@ -227,7 +227,13 @@ def test_cli_prints_train_and_decode_rows(tmp_path):
     )
     out = tmp_path / "fit.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "experiments.aot", "--model", str(tmp_path / "config.json")]
+        [
+            sys.executable,
+            "-m",
+            "prefix_jax.scale.aot_table",
+            "--model",
+            str(tmp_path / "config.json"),
+        ]
         + ["--topology", "cpu-4", "--batch", "8", "--seq", "32", "--decode-batch", "8"]
         + ["--cache-length", "32", "--json", str(out)],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""experiments.archive: a sweep's results without its checkpoints, reportable once unpacked."""
+"""prefix_jax.study.archive: a sweep's results without its checkpoints, reportable once unpacked."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from experiments import archive, report
-from experiments.sweeps import trial_name
+from prefix_jax.study import archive, report
+from prefix_jax.study.sweep import trial_name
 
 
 def _sweep(root, seeds=(0, 1)) -> None:

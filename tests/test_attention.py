@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prefix_jax import aot, decode, sharding
+from prefix_jax.infer import decode
 from prefix_jax.models import PrefixKV, load
 from prefix_jax.models import attention as att
 from prefix_jax.models.attention import AttentionMask, attention
 from prefix_jax.models.config import ModelConfig
+from prefix_jax.scale import aot, sharding
 
 PREFIX_LENGTHS = (0, 1, 7, 64)
 HEADS, KV_HEADS, HEAD_DIM = 6, 2, 16
@@ -407,7 +408,7 @@ LONG = ModelConfig(
 def test_flash_step_needs_a_third_of_dense_memory():
     """A prefix train step at 2 x 2048 (one CPU device): XLA's own memory analysis."""
     mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)], jax.devices("cpu")[:1])
-    from experiments.aot import method_config
+    from prefix_jax.scale.aot_table import method_config
 
     temps = {
         kind: aot.compile_train_step(

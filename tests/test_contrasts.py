@@ -10,10 +10,10 @@ import random
 import numpy as np
 import pytest
 
-from experiments import bootstrap, contrasts, launch, report
-from experiments.sweeps import Contrast, Sweep, load_sweep, trial_name
 from prefix_jax.metrics import bleu
 from prefix_jax.metrics.bleu import bleu_segment_stats
+from prefix_jax.study import bootstrap, contrasts, launch, report
+from prefix_jax.study.sweep import Contrast, Sweep, load_sweep, trial_name
 
 WORDS = "the a cheap pub near river food rating family friendly coffee shop city centre".split()
 

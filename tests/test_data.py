@@ -601,7 +601,7 @@ def _sources(examples) -> set[str]:
 
 
 def test_held_out_sources_do_not_depend_on_the_trial_seed_or_size() -> None:
-    from prefix_jax.experiment import load_splits
+    from prefix_jax.train.assemble import load_splits
 
     path = real_file("e2e/devset.csv")
     _, held_out = load_splits(_splits_config(path))
@@ -618,7 +618,7 @@ def test_held_out_sources_do_not_depend_on_the_trial_seed_or_size() -> None:
 
 
 def test_train_examples_is_exact_by_source_nested_and_seeded() -> None:
-    from prefix_jax.experiment import load_splits
+    from prefix_jax.train.assemble import load_splits
 
     path = real_file("e2e/devset.csv")
     full, _ = load_splits(_splits_config(path))
@@ -642,7 +642,7 @@ def test_train_examples_is_exact_by_source_nested_and_seeded() -> None:
 
 
 def test_train_examples_rejects_bad_values() -> None:
-    from prefix_jax.experiment import _keep_examples_of_sources, load_splits
+    from prefix_jax.train.assemble import _keep_examples_of_sources, load_splits
 
     examples = [Example(f"s{i % 5}", f"t{i}") for i in range(20)]
     assert len(_keep_examples_of_sources(examples, 7, seed=0)) == 7
@@ -658,7 +658,7 @@ def test_train_examples_rejects_bad_values() -> None:
 
 
 def test_tune_sources_are_carved_from_training_sources() -> None:
-    from prefix_jax.experiment import load_splits
+    from prefix_jax.train.assemble import load_splits
 
     path = real_file("e2e/devset.csv")
     full, held_out = load_splits(_splits_config(path))

@@ -16,8 +16,8 @@ import pytest
 from conftest import padded_batch
 from flax import nnx
 
-from prefix_jax import decode
-from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.infer import decode
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
 from prefix_jax.models import PrefixKV, load
 
 

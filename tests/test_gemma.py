@@ -15,8 +15,8 @@ import torch
 import transformers
 from conftest import hf_logits, padded_batch
 
-from prefix_jax import export
-from prefix_jax.decode import greedy, left_pad
+from prefix_jax.infer.decode import greedy, left_pad
+from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.models import (
     PrefixKV,
     RopeScaling,

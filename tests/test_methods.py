@@ -20,10 +20,10 @@ from conftest import padded_batch
 from flax import nnx
 from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
-from prefix_jax import experiment
 from prefix_jax.data import BatchIterator, encode_examples
-from prefix_jax.decode import beam_search, greedy, left_pad
-from prefix_jax.evaluate import evaluate
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.infer.evaluate import evaluate
+from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import (
     FinetuneConfig,
     FinetuneLM,
@@ -42,9 +42,9 @@ from prefix_jax.methods import (
     prompt,
 )
 from prefix_jax.models import load
-from prefix_jax.train import to_device, train
-from prefix_jax.train_step import OptimConfig, Trainer, lm_loss, make_optimizer
-from prefix_jax.trained import load_trained
+from prefix_jax.train import assemble as experiment
+from prefix_jax.train.loop import to_device, train
+from prefix_jax.train.step import OptimConfig, Trainer, lm_loss, make_optimizer
 
 LLAMA_ALL = ("q", "k", "v", "o", "gate", "up", "down")
 GPT2_ALL = ("q", "k", "v", "o", "up", "down")

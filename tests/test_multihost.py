@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
-from prefix_jax import export
-from prefix_jax.train import train
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 MESH = (("data", 4), ("fsdp", 2), ("tensor", 1))
@@ -90,7 +90,7 @@ def test_two_processes_match_one_and_checkpoints_cross_over(tiny, tmp_path, capl
 
     # A checkpoint written by two processes, resumed by one ...
     drop_after(multi, 3)
-    with caplog.at_level(logging.INFO, logger="prefix_jax.train"):
+    with caplog.at_level(logging.INFO, logger="prefix_jax.train.loop"):
         train(config, multi)
     assert "resumed from step 3" in caplog.text
     np.testing.assert_allclose(export.load(multi / "export").table, table_one, atol=1e-5)

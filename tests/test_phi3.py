@@ -20,7 +20,7 @@ import transformers
 from conftest import hf_logits, padded_batch
 from flax import nnx
 
-from prefix_jax.methods.prefix import table_to_prefix
+from prefix_jax.methods.prefix.core import table_to_prefix
 from prefix_jax.models import CheckpointError, UnsupportedArchitectureError, load
 from prefix_jax.models.config import config_from_hf
 from prefix_jax.models.shapes import model_config

@@ -12,12 +12,12 @@ import transformers
 from conftest import hf_logits, padded_batch
 from flax import nnx
 
-from prefix_jax import export
-from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, count_params, create_prefix
-from prefix_jax.methods.prefix import Prefix, activations_table
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.methods.prefix.core import Prefix, activations_table
 from prefix_jax.models import load
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
 
 def tiny(tiny_checkpoints, kind):

@@ -190,8 +190,8 @@ def test_cached_steps_match_full_forward_with_three_prefixes(tiny_seq2seq_checkp
 def test_greedy_and_beam_match_full_forward(tiny_seq2seq_checkpoints, monkeypatch):
     """Decoding with all three prefixes equals teacher forcing token for token (BART; T5's
     cached decoder bias is covered by the cached-steps test)."""
+    from prefix_jax.infer.seq2seq_decode import beam_search_seq2seq, greedy_seq2seq
     from prefix_jax.models.seq2seq import EncoderDecoder
-    from prefix_jax.seq2seq_decode import beam_search_seq2seq, greedy_seq2seq
 
     model, _ = _load(tiny_seq2seq_checkpoints, "bart")
     src, src_mask, _, _ = _batch(seed=1)
@@ -557,7 +557,7 @@ def test_decoder_deltas_equal_merged_weights(tiny_seq2seq_checkpoints):
 def test_sharded_load_matches_unsharded(tiny_seq2seq_checkpoints):
     """Weights placed over a (data 2, fsdp 2, tensor 2) mesh of 8 CPU devices, activations
     constrained by the decoder's logical axes: the same logits."""
-    from prefix_jax.sharding import make_mesh
+    from prefix_jax.scale.sharding import make_mesh
 
     path = str(tiny_seq2seq_checkpoints["bart"])
     mesh = make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])

@@ -20,14 +20,15 @@ from conftest import word_tokenizer
 from flax import nnx
 
 from configs import xsum_prefix
-from prefix_jax import experiment, export
-from prefix_jax.evaluate import evaluate
+from prefix_jax.infer.evaluate import evaluate
+from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import PrefixConfig, PrefixParam, PrefixParts, Seq2SeqPrefixLM
-from prefix_jax.methods.prefix import create_prefix, prefix_shapes
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.methods.prefix.core import create_prefix, prefix_shapes
 from prefix_jax.models import load
-from prefix_jax.train import train
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
-from prefix_jax.trained import load_trained
+from prefix_jax.train import assemble as experiment
+from prefix_jax.train.loop import train
+from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
 
 WORDS = [f"w{i}" for i in range(57)]  # 4 special tokens + 57 words = the tiny vocab of 61
 
@@ -412,7 +413,7 @@ def test_prompt_and_lora_export_to_peft_with_our_logits(
 
 def greedy_matches_teacher_forcing(lm, source, source_mask, eos: int) -> None:
     """Cached greedy decoding through the wrapper equals the argmax of its full forward."""
-    from prefix_jax.seq2seq_decode import greedy_seq2seq
+    from prefix_jax.infer.seq2seq_decode import greedy_seq2seq
 
     tokens = np.asarray(greedy_seq2seq(lm, source, source_mask, max_new_tokens=6, eos_id=eos))
     start = np.full((len(tokens), 1), lm.config.decoder_start_id)
@@ -428,8 +429,8 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     """The baselines on an encoder-decoder: only their partition trains, the export loads
     back to the same logits, and cached decoding through the wrapper equals teacher forcing.
     LoRA's targets reach both stacks and the cross-attention (`cross_v`)."""
-    from prefix_jax.train import export_artifacts
-    from prefix_jax.trained import load_trained
+    from prefix_jax.infer.trained import load_trained
+    from prefix_jax.train.loop import export_artifacts
 
     model, _ = load(str(tiny_seq2seq_checkpoints["bart"]), with_tokenizer=False)
     config = xsum_prefix.get_config()

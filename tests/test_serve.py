@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from test_data import byte_tokenizer
 
-from prefix_jax import decode, export
-from prefix_jax.decode import beam_search, greedy, left_pad
-from prefix_jax.export import ExportedPrefix, PrefixMismatchError
+from prefix_jax.infer import decode
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models import load, model_identity
-from prefix_jax.registry import PrefixRegistry, UnknownTaskError
-from prefix_jax.serve import DecodeOptions, Request, RequestError, Server, main
+from prefix_jax.serve.batch import DecodeOptions, Request, RequestError, Server, main
+from prefix_jax.serve.prefix_bank import PrefixRegistry, UnknownTaskError
 
 EOS = 256
 LENGTHS = {"summarize": 3, "classify": 5, "release": 7}

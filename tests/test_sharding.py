@@ -9,11 +9,11 @@ import pytest
 import transformers
 from jax.sharding import PartitionSpec as P
 
-from prefix_jax import sharding
-from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix
 from prefix_jax.models import load
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+from prefix_jax.scale import sharding
+from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 

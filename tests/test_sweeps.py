@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import archive, bootstrap, launch, provenance, report
-from experiments.sweeps import (
+from prefix_jax.metrics.bleu import bleu_of_sums
+from prefix_jax.study import archive, bootstrap, launch, provenance, report
+from prefix_jax.study.sweep import (
     Sweep,
     available,
     chain,
@@ -30,11 +31,10 @@ from experiments.sweeps import (
     trial_name,
     zip_,
 )
-from prefix_jax.metrics.bleu import bleu_of_sums
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# Stands in for `python -m prefix_jax.train|evaluate ...`: it is run as
+# Stands in for `python -m prefix_jax.train.loop|evaluate ...`: it is run as
 # `python fake_prog.py -m MODULE ARGS...`, logs each call, fails for the trial whose
 # overrides contain $FAKE_FAIL, and writes the files the real programs write.
 FAKE_PROG = textwrap.dedent(
@@ -46,7 +46,7 @@ FAKE_PROG = textwrap.dedent(
 
     args = sys.argv[1:]
     module = args[1]
-    if module == "prefix_jax.train":
+    if module == "prefix_jax.train.loop":
         flags = dict(a[2:].split("=", 1) for a in args[2:])
         workdir = Path(flags.pop("workdir"))
         overrides = {k[len("config."):]: v for k, v in flags.items() if k.startswith("config.")}
@@ -55,7 +55,7 @@ FAKE_PROG = textwrap.dedent(
         overrides = json.loads((workdir / "config.json").read_text())
     call = {"module": module, "trial": workdir.name}
     fail = os.environ.get("FAKE_FAIL", "")
-    if module == "prefix_jax.train":
+    if module == "prefix_jax.train.loop":
         call["resumed"] = (workdir / "checkpoint").exists()
         if fail and fail in ",".join(f"{k}={v}" for k, v in overrides.items()):
             with open(os.environ["FAKE_LOG"], "a") as f:
@@ -84,7 +84,7 @@ FAKE_PROG = textwrap.dedent(
 
 SWEEP_FILE = textwrap.dedent(
     """
-    from experiments.sweeps import Sweep, sweep
+    from prefix_jax.study.sweep import Sweep, sweep
 
     def get_sweep():
         return Sweep(
@@ -200,13 +200,13 @@ def test_shipped_sweeps_expand(name, size, first_flags):
     assert len(plans) == size
     assert len({p.trial.name for p in plans}) == size
     train = plans[0].steps[0].argv
-    assert train[:3] == ["python", "-m", "prefix_jax.train"]
+    assert train[:3] == ["python", "-m", "prefix_jax.train.loop"]
     assert f"--workdir={Path('runs/x') / plans[0].trial.name}" in train
     for flag in first_flags:
         assert flag in train
     assert "--config.seed=0" in train and "--config.prefix.seed=0" in train
     evaluate = plans[0].steps[1].argv
-    assert evaluate[1:] == ["-m", "prefix_jax.evaluate", "--workdir", str(plans[0].dir)] + [
+    assert evaluate[1:] == ["-m", "prefix_jax.infer.evaluate", "--workdir", str(plans[0].dir)] + [
         "--split",
         "validation",
     ]
@@ -324,12 +324,15 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     assert fake() == 1
     calls = fake.calls()
     ran = [(c["trial"], c["module"]) for c in calls]
-    assert (_trial(1), "prefix_jax.train") not in ran  # finished: skipped
+    assert (_trial(1), "prefix_jax.train.loop") not in ran  # finished: skipped
     assert [c for c in calls if c["trial"] == _trial(10)][0]["resumed"] is True
-    assert (_trial(10), "prefix_jax.evaluate") in ran
-    assert (_trial(5), "prefix_jax.evaluate") not in ran  # failed in training
+    assert (_trial(10), "prefix_jax.infer.evaluate") in ran
+    assert (_trial(5), "prefix_jax.infer.evaluate") not in ran  # failed in training
     assert [c for c in calls if c["trial"] == _trial(5)][0]["failed"] is True
-    assert (_trial(20), "prefix_jax.train") in ran and (_trial(20), "prefix_jax.evaluate") in ran
+    assert (_trial(20), "prefix_jax.train.loop") in ran and (
+        _trial(20),
+        "prefix_jax.infer.evaluate",
+    ) in ran
 
     failed = (root / _trial(5) / "FAILED").read_text()
     assert "error: ValueError: boom for prefix.length=5" in failed
@@ -354,8 +357,8 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     monkeypatch.delenv("FAKE_FAIL")
     assert fake() == 0
     assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(5), "prefix_jax.train"),
-        (_trial(5), "prefix_jax.evaluate"),
+        (_trial(5), "prefix_jax.train.loop"),
+        (_trial(5), "prefix_jax.infer.evaluate"),
     ]
     assert not (root / _trial(5) / "FAILED").exists()
 
@@ -366,7 +369,9 @@ def test_launcher_does_not_retrain_a_finished_training(fake):
     (tdir / "train_summary.json").write_text("{}")
     (tdir / "config.json").write_text('{"prefix.length": 5}')
     assert fake("--only", "length=5,") == 0
-    assert [(c["trial"], c["module"]) for c in fake.calls()] == [(_trial(5), "prefix_jax.evaluate")]
+    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
+        (_trial(5), "prefix_jax.infer.evaluate")
+    ]
 
 
 def test_launcher_records_a_program_that_cannot_start(tmp_path, fake):
@@ -389,7 +394,10 @@ def test_dry_run_prints_commands_and_touches_nothing(fake, capsys):
     assert fake("--dry-run", "--set", "max_steps=2") == 0
     out = capsys.readouterr().out
     assert not fake.root.exists() and fake.calls() == []
-    assert out.count("-m prefix_jax.train") == 4 and out.count("-m prefix_jax.evaluate") == 4
+    assert (
+        out.count("-m prefix_jax.train.loop") == 4
+        and out.count("-m prefix_jax.infer.evaluate") == 4
+    )
     assert "--config.prefix.length=5" in out and "--config.max_steps=2" in out
     assert "'--config.data.path=/data/e2e devset.csv'" in out  # shell-quoted
     assert f"# [2/4] {_trial(5)}: new" in out
@@ -399,14 +407,17 @@ def test_print_backend_lines_are_runnable_and_idempotent(fake, tmp_path, monkeyp
     out_file = tmp_path / "trials.sh"
     assert fake("--backend=print", "-o", str(out_file)) == 0
     lines = out_file.read_text().splitlines()
-    assert len(lines) == 4 and all("-m prefix_jax.train" in line for line in lines)
+    assert len(lines) == 4 and all("-m prefix_jax.train.loop" in line for line in lines)
     assert "--config.prefix.length=5" in lines[1]
 
     def bash(line: str) -> int:
         return subprocess.run(["bash", "-c", line], capture_output=True, check=False).returncode
 
     assert bash(lines[0]) == 0
-    assert [c["module"] for c in fake.calls()] == ["prefix_jax.train", "prefix_jax.evaluate"]
+    assert [c["module"] for c in fake.calls()] == [
+        "prefix_jax.train.loop",
+        "prefix_jax.infer.evaluate",
+    ]
     assert json.loads((fake.root / _trial(1) / "trial.json").read_text())["trial"] == _trial(1)
     assert bash(lines[0]) == 0 and fake.calls() == []  # finished: nothing reruns
     monkeypatch.setenv("FAKE_FAIL", "prefix.length=5")
@@ -432,7 +443,7 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
         str(fake.sweep_file.parent / "fake_prog.py"),
         "-m",
     ]
-    assert "prefix_jax.evaluate" in evaluate[evaluate.index("--command") + 1]
+    assert "prefix_jax.infer.evaluate" in evaluate[evaluate.index("--command") + 1]
     with pytest.raises(SystemExit):
         fake("--backend=tpu-pod", "--tpu", "pod-1")
 
@@ -619,7 +630,7 @@ def test_launcher_logs_command_commit_machine_and_step_times(fake):
     events = [json.loads(x) for x in (fake.root / "launch.jsonl").read_text().splitlines()]
     launch_event = events[0]
     assert launch_event["event"] == "launch"
-    assert launch_event["command"].startswith("python -m experiments.launch ")
+    assert launch_event["command"].startswith("python -m prefix_jax.study.launch ")
     assert "--only length=5," in launch_event["command"]
     expected = provenance.git_commit(launch.REPO_ROOT)
     assert launch_event["commit"] == expected["commit"]
@@ -652,7 +663,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": old, "event": "finished"},
         {
             "event": "launch",
-            "command": "python -m experiments.launch pl --workdir r",
+            "command": "python -m prefix_jax.study.launch pl --workdir r",
             "commit": "a" * 40,
             "dirty": False,
             "machine": machine,
@@ -660,7 +671,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": resumed, "event": "started"},
         {
             "event": "launch",
-            "command": "python -m experiments.launch pl --workdir r",
+            "command": "python -m prefix_jax.study.launch pl --workdir r",
             "commit": "b" * 40,
             "dirty": True,
             "machine": machine,
@@ -673,7 +684,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": fresh, "event": "step", "step": "evaluate", "seconds": 5.0},
         {  # a relaunch that finds every trial finished: it starts none
             "event": "launch",
-            "command": "python -m experiments.launch pl --workdir r",
+            "command": "python -m prefix_jax.study.launch pl --workdir r",
             "commit": "c" * 40,
             "dirty": False,
             "machine": machine,
@@ -683,7 +694,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     lines = [json.dumps(e) for e in events]
     (root / "launch.jsonl").write_text("\n".join(lines) + '\n{"cut sh')
 
-    report.report(root, command="python -m experiments.report pl")
+    report.report(root, command="python -m prefix_jax.study.report pl")
 
     with open(root / "trials.csv") as f:
         trials = {r["trial"]: r for r in csv.DictReader(f)}
@@ -699,9 +710,9 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     section = md[md.index("## How this was made") :]
     assert (
         "- Launched (2 launches that ran trials, 1 more that started none) with:\n"
-        "  - `python -m experiments.launch pl --workdir r`" in section
+        "  - `python -m prefix_jax.study.launch pl --workdir r`" in section
     )
-    assert "- Report: `python -m experiments.report pl`" in section
+    assert "- Report: `python -m prefix_jax.study.report pl`" in section
     assert "not recorded 1, `aaaaaaaaaaaa` 1, `bbbbbbbbbbbb+dirty` 2" in section
     assert "- Machine: 2 x AMD EPYC, jax 0.10.2" in section
     assert "- Devices trained on: NVIDIA H100 80GB HBM3 (1 trial)" in section
@@ -734,7 +745,7 @@ def test_a_sweep_goes_on_elsewhere_from_its_archive(fake, tmp_path):
     assert [(c["trial"], c["module"]) for c in fake.calls()] == [
         (_trial(n), module)
         for n in (10, 20)
-        for module in ("prefix_jax.train", "prefix_jax.evaluate")
+        for module in ("prefix_jax.train.loop", "prefix_jax.infer.evaluate")
     ]
     events = [json.loads(x) for x in (unpacked / "launch.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("launch") == 2

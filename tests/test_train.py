@@ -1,4 +1,4 @@
-"""Tests for prefix_jax.train: outputs, exact resumption (exception and SIGKILL), the NaN
+"""Tests for prefix_jax.train.loop: outputs, exact resumption (exception and SIGKILL), the NaN
 guard, and config errors.
 
 Everything runs on a tiny random Llama (vocab 257 = bytes + eos) with a byte-level tokenizer
@@ -28,10 +28,12 @@ import pytest
 from test_data import byte_tokenizer
 
 from configs import e2e_prefix
-from prefix_jax import experiment, export, train_step
-from prefix_jax.checkpoint import Checkpointer
-from prefix_jax.train import NonFiniteLossError, train
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.train import assemble as experiment
+from prefix_jax.train import step as train_step
+from prefix_jax.train.checkpoint import Checkpointer
+from prefix_jax.train.loop import NonFiniteLossError, train
+from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
 REPO = Path(__file__).parents[1]
 MAX_STEPS = 12
@@ -138,7 +140,7 @@ def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
     settings = {**OVERRIDES, "model": tiny["model"], "data.path": tiny["data"], **overrides}
     flags = [f"--config.{key}={_flag_value(value)}" for key, value in settings.items()]
     config_file = "configs/e2e_prefix.py:local"  # relative to the repository root (cwd)
-    command = [sys.executable, "-m", "prefix_jax.train", "--config", config_file]
+    command = [sys.executable, "-m", "prefix_jax.train.loop", "--config", config_file]
     return command + ["--workdir", str(workdir), *flags]
 
 
@@ -528,7 +530,7 @@ def run_config(workdir: Path) -> ml_collections.ConfigDict:
 def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys):
     """`evaluate --data FILE [--task T]` scores FILE's sources into eval_<stem>/, records the
     file and task, and leaves the run's own eval_validation/ as it was."""
-    from prefix_jax.evaluate import evaluate, main
+    from prefix_jax.infer.evaluate import evaluate, main
 
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir, ignore=shutil.ignore_patterns("checkpoints", "tb"))
@@ -615,7 +617,7 @@ def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys)
 )
 def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args, message):
     """Bad --data input stops with one message before any model is loaded."""
-    from prefix_jax import evaluate
+    from prefix_jax.infer import evaluate
 
     (tmp_path / "config.json").write_text(make_config(tiny).to_json_best_effort())
     shutil.copy(tiny["data"], tmp_path / "run.jsonl")
@@ -631,7 +633,7 @@ def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args
 
 
 def test_evaluate_cli_rejects_bad_flags(tiny, tmp_path, capsys):
-    from prefix_jax.evaluate import DataError, data_file_groups, main, output_dir
+    from prefix_jax.infer.evaluate import DataError, data_file_groups, main, output_dir
 
     base = ["--workdir", str(tmp_path)]
     for args, message in [

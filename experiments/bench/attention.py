@@ -135,7 +135,7 @@ def decode_tokens_per_s(shape, attention, dtype, batch=64, prompt=2048, new=64) 
     import jax.numpy as jnp
     import numpy as np
 
-    from prefix_jax import decode
+    from prefix_jax.infer import decode
     from prefix_jax.models import PrefixKV
 
     model = build(shape, attention, dtype)

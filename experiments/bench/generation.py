@@ -25,7 +25,7 @@ SETTINGS = [("greedy", 1), ("greedy", 16), ("beam5", 1), ("beam5", 16)]
 
 def prompts(batch: int, vocab: int = 49152) -> tuple[np.ndarray, np.ndarray]:
     """Random prompts of lengths in [PROMPT_LENGTH/2, PROMPT_LENGTH], left-padded."""
-    from prefix_jax.decode import left_pad
+    from prefix_jax.infer.decode import left_pad
 
     rng = np.random.default_rng(batch)
     lengths = rng.integers(PROMPT_LENGTH // 2, PROMPT_LENGTH + 1, batch)
@@ -36,7 +36,7 @@ def ours(model, mode: str, batch: int, new_tokens: int, repeats: int) -> tuple[f
     """(compile + first call seconds, median seconds) of one decode call."""
     import jax
 
-    from prefix_jax.decode import beam_search, greedy
+    from prefix_jax.infer.decode import beam_search, greedy
 
     tokens, mask = prompts(batch)
     kw = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "eos_id": 2}

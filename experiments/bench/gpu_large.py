@@ -70,8 +70,8 @@ def main() -> None:
     import jax
 
     from experiments.bench.gpu import nominal_tflops, torch_cuda
-    from prefix_jax.aot import train_flops
     from prefix_jax.models.shapes import model_config
+    from prefix_jax.scale.aot import train_flops
 
     device = jax.devices()[0]
     nominal = nominal_tflops(device.device_kind)

@@ -3,7 +3,7 @@
     python -m experiments.bench.pod_fit [--out experiments/results/pod_fit/pod_fit.jsonl] \
         [--only N,M] [--skip-before]
 
-Compiles each row of `ROWS` with `experiments.aot` for its TPU topology (libtpu, no TPU
+Compiles each row of `ROWS` with `prefix_jax.scale.aot_table` for its TPU topology (libtpu, no TPU
 needed), once as the project runs now and, for rows marked so, once without the
 activation sharding constraints (how the step compiled before activations had logical
 axes; `--skip-before` leaves those out when only the current step is re-measured). Each
@@ -47,7 +47,7 @@ ROWS = [
 
 def run(row, constrained: bool, out: Path) -> dict | None:
     model, topo, mesh, batch, seq, remat, method, _, extra = row
-    cmd = [sys.executable, "-m", "experiments.aot", "--model", model, "--topology", topo]
+    cmd = [sys.executable, "-m", "prefix_jax.scale.aot_table", "--model", model, "--topology", topo]
     cmd += ["--mesh", mesh, "--method", method, "--json", str(out), *extra]
     if batch:
         cmd += ["--batch", str(batch), "--seq", str(seq), "--remat", remat]

@@ -45,7 +45,7 @@ def setting_calls(model, batch: int, length: int, p: int):
     import jax.numpy as jnp
     from flax import nnx
 
-    from prefix_jax.decode import greedy
+    from prefix_jax.infer.decode import greedy
 
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, 49152, (batch, length)), jnp.int32)
     mask = jnp.ones((batch, length), bool)

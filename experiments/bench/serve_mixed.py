@@ -57,7 +57,7 @@ def sources(per_task: int, seed: int = 0) -> dict[str, list[str]]:
 
 
 def exported_prefix(model, table: np.ndarray):
-    from prefix_jax.export import ExportedPrefix
+    from prefix_jax.methods.prefix.artifact import ExportedPrefix
     from prefix_jax.models import model_identity
 
     c = model.config
@@ -75,7 +75,7 @@ def activation_prefix(model, length: int, seed: int):
     """An exported prefix holding the keys/values of `length` random tokens."""
     import jax
 
-    from prefix_jax.methods.prefix import activations_table
+    from prefix_jax.methods.prefix.core import activations_table
 
     tokens = jax.random.randint(jax.random.key(seed), (length,), 0, model.config.vocab_size)
     return exported_prefix(model, activations_table(model, tokens, length))
@@ -93,8 +93,8 @@ def timed(server, requests: list[dict], repeats: int) -> tuple[float, int, list[
 
 
 def throughput(model, tokenizer, args) -> tuple[list[tuple], bool]:
-    from prefix_jax.registry import PrefixRegistry
-    from prefix_jax.serve import DecodeOptions, Server
+    from prefix_jax.serve.batch import DecodeOptions, Server
+    from prefix_jax.serve.prefix_bank import PrefixRegistry
 
     prefixes = {t: activation_prefix(model, n, seed) for seed, (t, n) in enumerate(LENGTHS.items())}
     registry = PrefixRegistry(model, prefixes)
@@ -136,8 +136,8 @@ def throughput(model, tokenizer, args) -> tuple[list[tuple], bool]:
 
 
 def memory(model, counts=(1, 10, 100)) -> list[tuple]:
-    from prefix_jax import export
-    from prefix_jax.registry import PrefixRegistry
+    from prefix_jax.methods.prefix import artifact as export
+    from prefix_jax.serve.prefix_bank import PrefixRegistry
 
     c = model.config
     width = 2 * c.num_layers * c.kv_dim

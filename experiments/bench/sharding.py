@@ -23,7 +23,7 @@ from experiments.bench.timing import median_seconds  # noqa: E402
 from prefix_jax import sharding  # noqa: E402
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix  # noqa: E402
 from prefix_jax.models import load  # noqa: E402
-from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer  # noqa: E402
+from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer  # noqa: E402
 
 BATCH, LENGTH = 8, 64
 LAYOUTS = {

@@ -43,7 +43,7 @@ def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> flo
 
 def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> float:
     """Analytic FLOPs of one train step of `method` on [batch, length] tokens."""
-    from prefix_jax.aot import train_flops
+    from prefix_jax.scale.aot import train_flops
 
     return train_flops(c, method.split("-")[0], batch, length, virtual_tokens=P)
 
@@ -59,7 +59,7 @@ def our_trainer(
     from flax import nnx
 
     from prefix_jax import methods
-    from prefix_jax.train_step import OptimConfig, Trainer, make_optimizer
+    from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
     if method.startswith("prefix"):
         config = methods.PrefixConfig(length=virtual_tokens, reparam=method.split("-")[1])
@@ -230,7 +230,7 @@ def ours_e2e(model, batches, repeats: int = 3, all_logits: bool = False) -> tupl
     compiles each shape. `all_logits`: unembed every position (drop `score_positions`)."""
     import jax
 
-    from prefix_jax.train import to_device
+    from prefix_jax.train.loop import to_device
 
     trainer = our_trainer(model, "prefix-mlp")
     key = jax.random.key(0)

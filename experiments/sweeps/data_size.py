@@ -1,7 +1,7 @@
 """Data efficiency (Li & Liang Sec. 7.2 / Fig. 3): train on 10% ... 100% of the E2E sources.
 
-    python -m experiments.launch experiments/sweeps/data_size.py --workdir runs/data
-    python -m experiments.report runs/data        # metric_vs_data_train_fraction.png
+    python -m prefix_jax.study.launch experiments/sweeps/data_size.py --workdir runs/data
+    python -m prefix_jax.study.report runs/data        # metric_vs_data_train_fraction.png
 
 `data.train_fraction` keeps that share of distinct training sources (all references of a
 kept source stay); the subset is drawn with `seed`, so the seed axis varies both the subset
@@ -9,7 +9,7 @@ and the training randomness, as the paper averages over sampled datasets and see
 The step count follows the data (same number of epochs); compare with `--set max_steps=N`.
 """
 
-from experiments.sweeps import Sweep, product, sweep
+from prefix_jax.study.sweep import Sweep, product, sweep
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

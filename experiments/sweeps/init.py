@@ -1,13 +1,13 @@
 """Prefix initialization (Li & Liang Fig. 5): random vs real-word activations, low-data.
 
-    python -m experiments.launch experiments/sweeps/init.py --workdir runs/init
+    python -m prefix_jax.study.launch experiments/sweeps/init.py --workdir runs/init
 
 The paper finds that initializing with activations of real words helps most with little
 data, task-relevant words ("table-to-text:") more than irrelevant ones ("elephant"); so this
 sweep trains on 10% of E2E. `vocab` uses p random vocabulary tokens.
 """
 
-from experiments.sweeps import Sweep, sweep
+from prefix_jax.study.sweep import Sweep, sweep
 
 INITS = ("random", "vocab", "text:table-to-text:", "text:elephant")
 

@@ -1,12 +1,12 @@
 """Learning rate x reparameterization on E2E (Li & Liang report the MLP as more stable).
 
-    python -m experiments.launch experiments/sweeps/learning_rate.py --workdir runs/lr
-    python -m experiments.report runs/lr          # metric_vs_optim_learning_rate.png (log x)
+    python -m prefix_jax.study.launch experiments/sweeps/learning_rate.py --workdir runs/lr
+    python -m prefix_jax.study.report runs/lr          # metric_vs_optim_learning_rate.png (log x)
 
 The paper's E2E value is 8e-5 (batch 10, 5 epochs, linear decay, no warm-up).
 """
 
-from experiments.sweeps import Sweep, product, sweep
+from prefix_jax.study.sweep import Sweep, product, sweep
 
 LEARNING_RATES = (1e-5, 3e-5, 8e-5, 2e-4, 5e-4, 1e-3)
 

@@ -1,14 +1,14 @@
 """Method comparison on E2E: prefix-tuning vs prompt tuning, LoRA and full fine-tuning.
 
-    python -m experiments.launch experiments/sweeps/method.py --workdir runs/method
-    python -m experiments.report runs/method        # metric_by_setting.png
+    python -m prefix_jax.study.launch experiments/sweeps/method.py --workdir runs/method
+    python -m prefix_jax.study.report runs/method        # metric_by_setting.png
 
 Each method trains from its own config, `configs/e2e_<method>.py`, so with its own optimizer
 settings (`configs.base.METHOD_OPTIM`); tune them further with a learning-rate sweep per
 method (`--set method=lora` on learning_rate.py).
 """
 
-from experiments.sweeps import METHOD_SEED_KEYS, Sweep, sweep
+from prefix_jax.study.sweep import METHOD_SEED_KEYS, Sweep, sweep
 
 METHODS = ("prefix", "prompt", "lora", "full")
 

@@ -1,8 +1,8 @@
 """A sweep this 2-core CPU machine can finish: prefix length p in {1, 5, 10, 20} x
 reparameterization {none, mlp}, plus prompt tuning and LoRA at the same budget.
 
-    python -m experiments.launch experiments/sweeps/small_cpu.py --workdir runs/cpu
-    python -m experiments.report runs/cpu
+    python -m prefix_jax.study.launch experiments/sweeps/small_cpu.py --workdir runs/cpu
+    python -m prefix_jax.study.report runs/cpu
 
 Every trial uses its method's `:local` config (`configs/e2e_<method>.py:local`: 60 steps
 of batch 8, 32 held-out MRs, beam 2) on the E2E devset split by MR (100 MRs held out), as
@@ -14,7 +14,7 @@ minutes each; one seed.
 import os
 from pathlib import Path
 
-from experiments.sweeps import METHOD_SEED_KEYS, Sweep, chain, product, sweep
+from prefix_jax.study.sweep import METHOD_SEED_KEYS, Sweep, chain, product, sweep
 
 DATA_ROOT = Path(
     os.environ.get("PREFIX_JAX_DATA", Path(__file__).resolve().parents[3] / "shared/data")

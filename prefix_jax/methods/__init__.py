@@ -12,7 +12,7 @@ from prefix_jax.methods.lora import (
     create_lora,
 )
 from prefix_jax.methods.partition import count_params
-from prefix_jax.methods.prefix import (
+from prefix_jax.methods.prefix.core import (
     Prefix,
     PrefixConfig,
     PrefixLM,

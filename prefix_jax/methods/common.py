@@ -2,9 +2,9 @@
 
 A method's trainable model wraps the frozen base `Transformer` and is callable like it
 (plus `dropout_key=`), and it also exposes the base's decoding interface (`config`,
-`init_cache`, `hidden_states`, `unembed`), so `prefix_jax.decode` and the train step take
+`init_cache`, `hidden_states`, `unembed`), so `prefix_jax.infer.decode` and the train step take
 it unchanged. Around an `EncoderDecoder` the same holds with its interface (`encode`,
-`init_cache`, `decode`; `prefix_jax.seq2seq_decode`).
+`init_cache`, `decode`; `prefix_jax.infer.seq2seq_decode`).
 """
 
 from __future__ import annotations

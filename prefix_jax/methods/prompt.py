@@ -10,7 +10,7 @@ Deep prompt tuning (P-tuning v2, trainable vectors at every layer) is prefix-tun
 
 `PromptLM` returns logits only for the real tokens, so `lm_loss` and the train step work
 unchanged. For decoding with a KV cache, `PromptLM.init_cache` returns a cache already
-holding the soft prompt, so `prefix_jax.decode.greedy`/`beam_search` take the wrapper as
+holding the soft prompt, so `prefix_jax.infer.decode.greedy`/`beam_search` take the wrapper as
 the model.
 
 On an encoder-decoder (T5, Lester et al.'s setting) the soft prompt goes in front of the

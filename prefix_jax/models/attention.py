@@ -54,12 +54,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from prefix_jax.sharding import ActivationSharding
+from prefix_jax.scale.sharding import ActivationSharding
 
 Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "flash", "splash", "cudnn")
-# Logical axes of queries and keys/values (see `prefix_jax.sharding`).
+# Logical axes of queries and keys/values (see `prefix_jax.scale.sharding`).
 HEAD_AXES = ("batch", "length", "heads", "head_dim")
 KV_AXES = ("batch", "length", "kv_heads", "head_dim")
 # The fill of masked scores: finite, so that a row with no visible key stays finite.

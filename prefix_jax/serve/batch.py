@@ -1,6 +1,6 @@
 r"""One base model, many prefixes: mixed-task batched generation and a batch inference CLI.
 
-    python -m prefix_jax.serve --model smollm2 --prefix e2e=runs/e2e/export \
+    python -m prefix_jax.serve.batch --model smollm2 --prefix e2e=runs/e2e/export \
         --prefix webnlg=runs/webnlg/export --input requests.jsonl --output out.jsonl
 
 Each input line is a JSON object `{"id", "task", "input"}` plus optional decoding options
@@ -47,9 +47,9 @@ import numpy as np
 from tqdm import tqdm
 
 from prefix_jax.data import DEFAULT_SEPARATOR, pick_bucket
-from prefix_jax.decode import beam_search, greedy, left_pad
+from prefix_jax.infer.decode import beam_search, greedy, left_pad
 from prefix_jax.models.transformer import Transformer
-from prefix_jax.registry import BASE_TASK, NO_PREFIX, PrefixRegistry, UnknownTaskError
+from prefix_jax.serve.prefix_bank import BASE_TASK, NO_PREFIX, PrefixRegistry, UnknownTaskError
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ class Server:
         **kwargs,
     ) -> Server:
         """Load the base model and tokenizer once, then every prefix against them."""
-        from prefix_jax import experiment
         from prefix_jax.models import load
+        from prefix_jax.train import assemble as experiment
 
         transformer, tokenizer = load(model, dtype=experiment.dtype(dtype))
         if tokenizer is None:
@@ -386,7 +386,7 @@ class Server:
 
     def _newline_ids(self) -> tuple[int, ...]:
         if self._banned is None:
-            from prefix_jax.evaluate import newline_token_ids
+            from prefix_jax.infer.evaluate import newline_token_ids
 
             self._banned = newline_token_ids(self.tokenizer)
         return self._banned

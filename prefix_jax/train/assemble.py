@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from prefix_jax import sharding
 from prefix_jax.data import (
     BatchIterator,
     EncodeConfig,
@@ -42,6 +41,7 @@ from prefix_jax.methods import (
 )
 from prefix_jax.models import Transformer, load
 from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.scale import sharding
 
 log = logging.getLogger(__name__)
 

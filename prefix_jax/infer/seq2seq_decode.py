@@ -1,6 +1,6 @@
 """Greedy and beam-search decoding for the encoder-decoder (`EncoderDecoder`).
 
-The token loops, options, beam bookkeeping and early stop are `prefix_jax.decode`'s; this
+The token loops, options, beam bookkeeping and early stop are `prefix_jax.infer.decode`'s; this
 module only supplies the encoder-decoder's start and step. Each decoder is one `jax.jit`:
 the source is encoded once, every decoder layer's cross-attention keys/values are computed
 once from it (`EncoderDecoder.init_cache`, after the cross prefix), and each step runs the
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefix_jax.decode import _beam_loop, _greedy_loop, _Options, _options, _reorder_cache
+from prefix_jax.infer.decode import _beam_loop, _greedy_loop, _Options, _options, _reorder_cache
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqPrefix
 
 Array = jax.Array
@@ -73,7 +73,7 @@ def beam_search_seq2seq(
     banned_ids: Sequence[int] = (),
 ) -> tuple[Array, Array]:
     """Best beam per row: (target tokens [B, max_new_tokens], scores [B]); the search is
-    `prefix_jax.decode.beam_search`'s (Hugging Face's rules, exact early stop)."""
+    `prefix_jax.infer.decode.beam_search`'s (Hugging Face's rules, exact early stop)."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be positive, got {beam_size}")
     options, start = _prepare(

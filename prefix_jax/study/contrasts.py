@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.bootstrap import (
+from prefix_jax.metrics.bleu import bleu_of_sums
+from prefix_jax.study.bootstrap import (
     LEVEL,
     SEED,
     Run,
@@ -38,8 +39,7 @@ from experiments.bootstrap import (
     resample_counts,
     same_sources,
 )
-from experiments.sweeps import format_value, seed_of, setting_label
-from prefix_jax.metrics.bleu import bleu_of_sums
+from prefix_jax.study.sweep import format_value, seed_of, setting_label
 
 Table = tuple[list[str], list[list[Any]]]
 YES, NO, UNRESOLVED = "yes", "no (b ahead)", "not resolved"

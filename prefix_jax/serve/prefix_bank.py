@@ -12,7 +12,7 @@ sum of their sizes: one long prefix does not pad all the others to its length.
 
 The token-position convention (`positions_after_prefix`) is a static property of a
 `PrefixKV`, so prefixes trained with different conventions cannot share one batch: the
-server groups requests by it (see `prefix_jax.serve`).
+server groups requests by it (see `prefix_jax.serve.batch`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefix_jax import export
 from prefix_jax.data import DEFAULT_SEPARATOR
-from prefix_jax.export import ExportedPrefix, PrefixMismatchError
+from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.transformer import PrefixKV, Transformer

@@ -1,6 +1,6 @@
 """Pack a sweep's results (not its checkpoints) into one small, reproducible tar.gz.
 
-    python -m experiments.archive runs/low_data experiments/results/low_data/trials.tar.gz
+    python -m prefix_jax.study.archive runs/low_data experiments/results/low_data/trials.tar.gz
 
 A sweep directory holds hundreds of MB of checkpoints and exports; what the report reads
 is a few hundred KB per trial. The archive keeps exactly that: `sweep.json` and
@@ -9,7 +9,7 @@ is a few hundred KB per trial. The archive keeps exactly that: `sweep.json` and
 `eval_*/predictions.jsonl` (outputs with their references, from which the report
 recomputes the bootstrap intervals). Unpacked, it is a sweep directory again:
 
-    tar xzf trials.tar.gz -C /tmp && python -m experiments.report /tmp/low_data
+    tar xzf trials.tar.gz -C /tmp && python -m prefix_jax.study.report /tmp/low_data
 
 Members are sorted and carry no owner or time, so the same results give the same bytes.
 """
@@ -59,7 +59,7 @@ def archive(root: str | Path, out: str | Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.archive", description=__doc__.split("\n\n")[0]
+        prog="python -m prefix_jax.study.archive", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("root", help="sweep directory (the launcher's --workdir)")
     parser.add_argument("out", help="archive to write, e.g. experiments/results/NAME/trials.tar.gz")

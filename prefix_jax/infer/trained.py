@@ -15,13 +15,14 @@ import jax
 import ml_collections
 from flax import nnx
 
-from prefix_jax import experiment, export
-from prefix_jax.checkpoint import Checkpointer
 from prefix_jax.methods import LoraLM, PromptLM, Seq2SeqLoraLM, Seq2SeqPromptLM, lora, prompt
+from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.models import Transformer
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV
-from prefix_jax.train_step import OptimConfig, initial_state, make_optimizer
+from prefix_jax.train import assemble as experiment
+from prefix_jax.train.checkpoint import Checkpointer
+from prefix_jax.train.step import OptimConfig, initial_state, make_optimizer
 
 
 @dataclasses.dataclass

@@ -27,13 +27,14 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prefix_jax import decode, seq2seq_decode, sharding
-from prefix_jax.experiment import build_method
+from prefix_jax.infer import decode, seq2seq_decode
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
-from prefix_jax.train_step import (
+from prefix_jax.scale import sharding
+from prefix_jax.train.assemble import build_method
+from prefix_jax.train.step import (
     OptimConfig,
     Trainer,
     make_optimizer,

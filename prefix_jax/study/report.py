@@ -1,6 +1,6 @@
 r"""Collect a sweep's trials into tables and plots.
 
-    python -m experiments.report runs/pl [--metric BLEU] [--split validation] [--out DIR]
+    python -m prefix_jax.study.report runs/pl [--metric BLEU] [--split validation] [--out DIR]
 
 Reads every trial directory under the sweep root (`trial.json` from the launcher for the
 overrides, `train_summary.json`, `eval_<split>/results.json`, `metrics.jsonl`, `FAILED`) and
@@ -59,13 +59,13 @@ from typing import Any
 
 import numpy as np
 
-from experiments.bootstrap import SAMPLES as BOOTSTRAP_SAMPLES
-from experiments.bootstrap import SEED as BOOTSTRAP_SEED
-from experiments.bootstrap import bootstrap_bleu
-from experiments.contrasts import answer_all, contrasts_markdown, contrasts_table
-from experiments.provenance import describe_machine
-from experiments.sweeps import format_value, seed_of, setting_label
 from prefix_jax.metrics.bleu import bleu_segment_stats
+from prefix_jax.study.bootstrap import SAMPLES as BOOTSTRAP_SAMPLES
+from prefix_jax.study.bootstrap import SEED as BOOTSTRAP_SEED
+from prefix_jax.study.bootstrap import bootstrap_bleu
+from prefix_jax.study.contrasts import answer_all, contrasts_markdown, contrasts_table
+from prefix_jax.study.provenance import describe_machine
+from prefix_jax.study.sweep import format_value, seed_of, setting_label
 
 DEFAULT_SEED_KEYS = ("seed", "prefix.seed")
 CI_METRIC = "BLEU"
@@ -980,7 +980,7 @@ def report(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: write the report and print the Markdown table."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.report",
+        prog="python -m prefix_jax.study.report",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1010,7 +1010,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=args.split,
             bootstrap=args.bootstrap,
             select=args.select or None,
-            command=shlex.join(["python", "-m", "experiments.report", *(argv or sys.argv[1:])]),
+            command=shlex.join(
+                ["python", "-m", "prefix_jax.study.report", *(argv or sys.argv[1:])]
+            ),
         )
     except FileNotFoundError as e:
         parser.error(str(e))

@@ -1,6 +1,6 @@
 """Will the step fit? Compile the train step (and a decode step) ahead of time for a slice.
 
-    python -m experiments.aot --model llama-3-8b --topology v5e-256 \\
+    python -m prefix_jax.scale.aot_table --model llama-3-8b --topology v5e-256 \\
         --mesh '(("data",1),("fsdp",-1),("tensor",1))' --batch 256 --seq 2048 --remat full
 
 `--attention` picks the kernel (default `auto`: splash on a TPU topology; on CPU devices
@@ -16,8 +16,8 @@ simulated CPU devices). `--decode-batch B --cache-length S` also compiles one gr
 decode step with an S-token cache (plus the prefix; for an encoder-decoder S target slots
 beside the cross keys/values of `--seq` encoded source tokens and the cross prefix).
 Prints per-chip memory from XLA's `memory_analysis()` (arguments, temporaries, total)
-against the chip's HBM and the analytic floor (`prefix_jax.aot.train_floor`), the analytic
-FLOPs per chip (`prefix_jax.aot.train_flops`) and XLA's compiled count beside them (XLA
+against the chip's HBM and the analytic floor (`prefix_jax.scale.aot.train_floor`), the analytic
+FLOPs per chip (`prefix_jax.scale.aot.train_flops`) and XLA's compiled count beside them (XLA
 counts the body of the layer scan once, so its number is about one layer's share);
 `--json FILE` appends each row as a JSON line.
 """
@@ -105,11 +105,11 @@ def main(argv=None) -> None:
     if args.topology.startswith("cpu-"):
         jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
         jax.config.update("jax_platforms", "cpu")
-    from prefix_jax import aot, sharding
-    from prefix_jax.experiment import dtype
     from prefix_jax.models.attention import resolve as resolve_attention
     from prefix_jax.models.seq2seq import Seq2SeqConfig
     from prefix_jax.models.shapes import model_config
+    from prefix_jax.scale import aot, sharding
+    from prefix_jax.train.assemble import dtype
 
     config = model_config(args.model)
     seq2seq = isinstance(config, Seq2SeqConfig)
@@ -227,7 +227,7 @@ class Row:
     batch: int
     length: int
     remat: str
-    fit: object  # prefix_jax.aot.Fit
+    fit: object  # prefix_jax.scale.aot.Fit
     floor: dict[str, float]
     flops: float  # analytic, all chips
     seconds: float

@@ -1,10 +1,10 @@
 r"""Run every trial of a sweep in its own workdir: train, then evaluate.
 
-    python -m experiments.launch experiments/sweeps/prefix_length.py --workdir runs/pl
-    python -m experiments.launch small_cpu --workdir runs/cpu --set data.path=devset.csv
-    python -m experiments.launch prefix_length --workdir runs/pl --dry-run
-    python -m experiments.launch prefix_length --workdir runs/pl --backend=print -o trials.sh
-    python -m experiments.launch prefix_length --workdir runs/pl --backend=tpu-pod \
+    python -m prefix_jax.study.launch experiments/sweeps/prefix_length.py --workdir runs/pl
+    python -m prefix_jax.study.launch small_cpu --workdir runs/cpu --set data.path=devset.csv
+    python -m prefix_jax.study.launch prefix_length --workdir runs/pl --dry-run
+    python -m prefix_jax.study.launch prefix_length --workdir runs/pl --backend=print -o trials.sh
+    python -m prefix_jax.study.launch prefix_length --workdir runs/pl --backend=tpu-pod \
         --tpu my-v4-32 --zone us-central2-b [--execute]
 
 Trial `T` lives in `<workdir>/T/` (the training workdir). The local backend runs trials one
@@ -42,12 +42,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from experiments import provenance
-from experiments.sweeps import Point, Sweep, Trial, available, format_value, load_sweep
+from prefix_jax.study import provenance
+from prefix_jax.study.sweep import Point, Sweep, Trial, available, format_value, load_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_MODULE = "prefix_jax.train"
-EVAL_MODULE = "prefix_jax.evaluate"
+TRAIN_MODULE = "prefix_jax.train.loop"
+EVAL_MODULE = "prefix_jax.infer.evaluate"
 TAIL_LINES = 40
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|FATAL|Error)")
 
@@ -85,13 +85,13 @@ def parse_sets(items: Sequence[str]) -> Point:
 
 
 def train_argv(python: Sequence[str], config: str, workdir: Path, overrides: Point) -> list[str]:
-    """`python -m prefix_jax.train --config=... --workdir=... --config.k=v ...`."""
+    """`python -m prefix_jax.train.loop --config=... --workdir=... --config.k=v ...`."""
     flags = [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
     return [*python, "-m", TRAIN_MODULE, f"--config={config}", f"--workdir={workdir}", *flags]
 
 
 def eval_argv(python: Sequence[str], workdir: Path, split: str) -> list[str]:
-    """`python -m prefix_jax.evaluate --workdir ... --split ...`."""
+    """`python -m prefix_jax.infer.evaluate --workdir ... --split ...`."""
     return [*python, "-m", EVAL_MODULE, "--workdir", str(workdir), "--split", split]
 
 
@@ -384,7 +384,7 @@ def _local_config(config: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.launch",
+        prog="python -m prefix_jax.study.launch",
         description=__doc__.split("\n\n")[0],
         epilog=f"sweeps shipped: {', '.join(available())}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -494,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.workdir)
     write_sweep_json(root, sweep, plans, sets)
     status_log = root / "launch.jsonl"
-    command = shlex.join(["python", "-m", "experiments.launch", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "prefix_jax.study.launch", *(argv or sys.argv[1:])])
     _log_event(
         status_log,
         event="launch",

@@ -1,6 +1,6 @@
 """Greedy generation from the command line.
 
-    python -m prefix_jax.generate --model smollm2 --prompt "The capital of France is" \
+    python -m prefix_jax.cli.generate --model smollm2 --prompt "The capital of France is" \
         --max-new-tokens 30
 """
 
@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from prefix_jax.decode import greedy, left_pad
+from prefix_jax.infer.decode import greedy, left_pad
 from prefix_jax.models import load
 
 

@@ -1,6 +1,6 @@
 """The README's main job: prefix-tune SmolLM2 on E2E, decode held-out MRs, print metrics.
 
-    python -m prefix_jax.demo --data PATH/TO/e2e/devset.csv [--workdir runs/demo]
+    python -m prefix_jax.cli.demo --data PATH/TO/e2e/devset.csv [--workdir runs/demo]
 
 Uses `configs/e2e_prefix.py:local` (a few minutes on a CPU): the E2E file is split by MR
 (100 MRs held out), a prefix is trained, and the untuned model (same prompt format) and
@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from configs.e2e_prefix import get_config
-from prefix_jax.evaluate import evaluate, format_table
-from prefix_jax.train import train
+from prefix_jax.infer.evaluate import evaluate, format_table
+from prefix_jax.train.loop import train
 
 
 def main(argv: list[str] | None = None) -> None:

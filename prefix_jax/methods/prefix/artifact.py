@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from prefix_jax.methods.common import atomic_write
-from prefix_jax.methods.prefix import (
+from prefix_jax.methods.prefix.core import (
     Prefix,
     PrefixParts,
     PrefixShape,
@@ -37,7 +37,7 @@ from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV, Transformer
-from prefix_jax.sharding import host_value
+from prefix_jax.scale.sharding import host_value
 
 FORMAT_VERSION = 1
 

@@ -17,8 +17,8 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prefix_jax import sharding
 from prefix_jax.methods import partition
+from prefix_jax.scale import sharding
 
 Array = jax.Array
 
@@ -106,7 +106,7 @@ class Trainer:
     A model made of shapes only (`nnx.eval_shape`, `loading.abstract_model`) gives an
     abstract trainer: `state` and `frozen` are `jax.ShapeDtypeStruct`s with their
     shardings, nothing is allocated, and `lower_step` compiles ahead of time (e.g. for a
-    TPU topology, see `prefix_jax.aot`).
+    TPU topology, see `prefix_jax.scale.aot`).
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 r"""Decode a split or a data file with a run's trained model (or the untuned base), score it.
 
-    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --split validation
-    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --adapter none   # untuned baseline
-    python -m prefix_jax.evaluate --workdir runs/e2e_prefix --data testset.csv [--task e2e]
+    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --split validation
+    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --adapter none  # untuned
+    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --data testset.csv [--task e2e]
 
 Reads the run's `config.json` for the model, method, data and decoding settings. Prefix,
 prompt and LoRA runs decode with the run's `export/` (or `--adapter DIR`, e.g. a PEFT
@@ -26,13 +26,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from prefix_jax import experiment, metrics
+from prefix_jax import metrics
 from prefix_jax.data import eval_batches, group_references
 from prefix_jax.data.pairs import pair_eval_batches
 from prefix_jax.data.tasks import TASKS, DataError, EvalGroup, load_task
-from prefix_jax.decode import beam_search
-from prefix_jax.seq2seq_decode import beam_search_seq2seq
-from prefix_jax.trained import Trained, load_trained
+from prefix_jax.infer.decode import beam_search
+from prefix_jax.infer.seq2seq_decode import beam_search_seq2seq
+from prefix_jax.infer.trained import Trained, load_trained
+from prefix_jax.train import assemble as experiment
 
 SPLITS = ("validation", "train")
 

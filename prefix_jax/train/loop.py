@@ -1,6 +1,6 @@
 r"""Train a method (prefix-tuning by default) from an ml_collections config.
 
-    python -m prefix_jax.train --config configs/e2e_prefix.py --workdir runs/e2e_prefix \
+    python -m prefix_jax.train.loop --config configs/e2e_prefix.py --workdir runs/e2e_prefix \
         [--config.prefix.length=20 ...]
 
 Restarting the same command resumes from the latest checkpoint in the workdir, with the
@@ -25,14 +25,16 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from prefix_jax import experiment, export, sharding
-from prefix_jax.checkpoint import Checkpointer
 from prefix_jax.data import BatchIterator
 from prefix_jax.methods import count_params, lora, prompt
 from prefix_jax.methods.common import gather
+from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.models import Transformer
 from prefix_jax.models.seq2seq import EncoderDecoder
-from prefix_jax.train_step import (
+from prefix_jax.scale import sharding
+from prefix_jax.train import assemble as experiment
+from prefix_jax.train.checkpoint import Checkpointer
+from prefix_jax.train.step import (
     OptimConfig,
     Trainer,
     learning_rate_schedule,
