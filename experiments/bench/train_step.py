@@ -203,7 +203,7 @@ def peft_seconds(model, repeats: int, batch: int, length: int, device: str = "cp
 # --- tokens/s on real E2E lengths -------------------------------------------------------
 
 
-POWERS_OF_TWO = (32, 64, 128, 256)  # the default buckets before BENCHMARKS.md change 3
+POWERS_OF_TWO = (32, 64, 128, 256)  # the default buckets before docs/benchmarks.md change 3
 
 
 def e2e_data(path: str):

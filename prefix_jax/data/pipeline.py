@@ -159,7 +159,7 @@ def default_buckets(max_length: int, step: int = 16, fine_until: int = 128) -> t
     to the first bucket >= `max_length`.
 
     Each bucket is one compiled step; powers of two would compile fewer but pad a batch of
-    short table-to-text examples by ~40% (measured on E2E, BENCHMARKS.md), this by ~10%.
+    short table-to-text examples by ~40% (measured on E2E, docs/benchmarks.md), this by ~10%.
     """
     buckets = [step]
     while buckets[-1] < max_length:
