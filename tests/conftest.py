@@ -305,3 +305,125 @@ def tiny_seq2seq_checkpoints(tmp_path_factory) -> dict[str, Path]:
     head) and t5_v11 (gated GELU, untied head, as Flan-T5)."""
     root = tmp_path_factory.mktemp("tiny_seq2seq")
     return {kind: _save_tiny_seq2seq(root, kind) for kind in ("bart", "t5_v1", "t5_v11")}
+
+
+def seq2seq_batch(seed=0, vocab=61):
+    """Right-padded sources (lengths 11, 5, 8: T5's long-distance buckets are reached) and
+    targets."""
+    rng = np.random.default_rng(seed)
+    src, src_mask = padded_batch(rng, vocab, [11, 5, 8], "right")
+    tgt, tgt_mask = padded_batch(rng, vocab, [7, 3, 5], "right")
+    return src, src_mask, tgt, tgt_mask
+
+
+def seq2seq_hf_logits(hf, src, src_mask, tgt, tgt_mask, **kwargs) -> np.ndarray:
+    """transformers' (or PEFT's) teacher-forced logits of an encoder-decoder."""
+    import torch
+
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.from_numpy(src),
+            attention_mask=torch.from_numpy(src_mask),
+            decoder_input_ids=torch.from_numpy(tgt),
+            decoder_attention_mask=torch.from_numpy(tgt_mask),
+            **kwargs,
+        )
+    return out.logits.float().numpy()
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """GPT-2's byte -> printable character map, as vocab {character: byte value}."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return {c: b for b, c in chars.items()}
+
+
+def byte_tokenizer():
+    """Byte-level tokenizer with no merges: token id = UTF-8 byte value, plus `<eos>` = 256."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model = Tokenizer(models.BPE(vocab=byte_level_vocab(), merges=[]))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    model.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=model, eos_token="<eos>")
+
+
+# The tiny training run of tests/test_train.py (also test_methods.py, test_multihost.py):
+# a tiny random Llama (vocab 257 = bytes + eos) with the byte tokenizer and a 26-line jsonl
+# task; 4 held-out sources leave 22 training examples.
+MAX_STEPS = 12
+NAMES = "Aromi Bibimbap Cotto Zizzi Wildwood Fitz Giraffe Loch Mill Punter Strada Vaults Eagle"
+FOODS = ("Thai", "French")
+
+# The run's settings, shared by the in-process runs and the CLI (as --config.KEY=VALUE).
+OVERRIDES = {
+    "mesh": (),  # one device, no mesh (meshes: tests/test_sharding.py, test_multihost.py)
+    "data.task": "jsonl",
+    "data.eval_sources": 4,
+    "data.max_source_tokens": 40,
+    "data.max_target_tokens": 32,
+    "data.buckets": (48, 96),
+    "batch_size": 4,
+    "max_steps": MAX_STEPS,
+    "checkpoint_every": 3,
+    "log_every": 2,
+    "prefix.length": 3,
+    "prefix.hidden": 16,
+    "prefix.dropout": 0.1,
+    "optim.learning_rate": 0.01,
+    "optim.warmup_steps": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama with the byte tokenizer in one HF directory, and a jsonl task file."""
+    import json
+
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=256,
+        eos_token_id=256,
+    )
+    model_dir = root / "tiny_llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+
+    names = NAMES.split()
+    data = root / "e2e_like.jsonl"
+    with data.open("w") as f:
+        for i in range(26):  # 13 names x 2 foods: 26 distinct sources
+            name, food = names[i % 13], FOODS[i % 2]
+            source, target = f"name : {name} | food : {food}", f"{name} serves {food} food."
+            f.write(json.dumps({"source": source, "target": target}) + "\n")
+    return {"model": model_dir, "data": data, "root": root}
+
+
+def make_config(tiny: dict[str, Path], **overrides):
+    """`configs/e2e_prefix.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
+    from configs import e2e_prefix
+
+    config = e2e_prefix.get_config("local")
+    settings = {**OVERRIDES, "model": str(tiny["model"]), "data.path": str(tiny["data"])}
+    settings |= {key.replace("__", "."): value for key, value in overrides.items()}
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from conftest import byte_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from prefix_jax.data import (
@@ -46,23 +46,6 @@ def real_file(relative: str) -> Path:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def byte_level_vocab() -> dict[str, int]:
-    """GPT-2's byte -> printable character map, as vocab {character: byte value}."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
-    return {c: b for b, c in chars.items()}
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer with no merges: token id = UTF-8 byte value, plus `<eos>` = 256."""
-    model = Tokenizer(models.BPE(vocab=byte_level_vocab(), merges=[]))
-    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    model.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=model, eos_token="<eos>")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import padded_batch
+from conftest import make_config, padded_batch
 from flax import nnx
-from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
 from prefix_jax.data import BatchIterator, encode_examples
 from prefix_jax.infer.decode import beam_search, greedy, left_pad

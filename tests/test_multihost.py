@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
+from conftest import make_config
 
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.train.loop import train

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import padded_batch
+from conftest import seq2seq_batch as _batch
+from conftest import seq2seq_hf_logits as _hf_logits
 from flax import nnx
 
 from prefix_jax.models import load
@@ -30,15 +31,6 @@ def _load(checkpoints, kind):
     return _LOADED[kind]
 
 
-def _batch(seed=0, vocab=61):
-    """Right-padded sources (lengths 11, 5, 8: T5's long-distance buckets are reached) and
-    targets."""
-    rng = np.random.default_rng(seed)
-    src, src_mask = padded_batch(rng, vocab, [11, 5, 8], "right")
-    tgt, tgt_mask = padded_batch(rng, vocab, [7, 3, 5], "right")
-    return src, src_mask, tgt, tgt_mask
-
-
 @nnx.jit
 def _jit_forward(model, src, src_mask, tgt, tgt_mask, prefix):
     return model(src, src_mask, tgt, tgt_mask, prefix=prefix)
@@ -48,18 +40,6 @@ def _forward(model, src, src_mask, tgt, tgt_mask=None, prefix=None) -> jax.Array
     """Teacher-forced logits, compiled (much faster than op-by-op on this CPU)."""
     as_jnp = (None if a is None else jnp.asarray(a) for a in (src, src_mask, tgt, tgt_mask))
     return _jit_forward(model, *as_jnp, prefix)
-
-
-def _hf_logits(hf, src, src_mask, tgt, tgt_mask, **kwargs) -> np.ndarray:
-    with torch.no_grad():
-        out = hf(
-            input_ids=torch.from_numpy(src),
-            attention_mask=torch.from_numpy(src_mask),
-            decoder_input_ids=torch.from_numpy(tgt),
-            decoder_attention_mask=torch.from_numpy(tgt_mask),
-            **kwargs,
-        )
-    return out.logits.float().numpy()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -289,7 +289,8 @@ def test_decoder_prefix_round_trips_through_peft(tiny_seq2seq_checkpoints, tmp_p
     such a prefix exports to PEFT, which then computes our logits, and imports back."""
     import peft
     import transformers
-    from test_seq2seq import _batch, _hf_logits
+    from conftest import seq2seq_batch as _batch
+    from conftest import seq2seq_hf_logits as _hf_logits
 
     path = tiny_seq2seq_checkpoints["bart"]
     lm = prefix_lm(path, parts="decoder", positions="after_prefix", init_scale=0.5)
@@ -331,7 +332,7 @@ def test_t5_prompt_tuning_matches_transformers_with_the_prompt_embedded(tiny_seq
     transformers given the same vectors as `inputs_embeds` and the prompt's mask ones."""
     import torch
     import transformers
-    from test_seq2seq import _batch
+    from conftest import seq2seq_batch as _batch
 
     from prefix_jax.methods import PromptConfig, Seq2SeqPromptLM, create_prompt
 
@@ -376,7 +377,8 @@ def test_prompt_and_lora_export_to_peft_with_our_logits(
     encoder input (BART's embeddings scaled)."""
     import peft
     import transformers
-    from test_seq2seq import _batch, _hf_logits
+    from conftest import seq2seq_batch as _batch
+    from conftest import seq2seq_hf_logits as _hf_logits
 
     from prefix_jax.methods import lora as lora_method
     from prefix_jax.methods import prompt as prompt_method

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import byte_tokenizer
+from conftest import byte_tokenizer
 
 from prefix_jax.infer import decode
 from prefix_jax.infer.decode import beam_search, greedy, left_pad

@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_data import byte_tokenizer
+from conftest import MAX_STEPS, OVERRIDES, make_config
 
-from configs import e2e_prefix
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.train import assemble as experiment
 from prefix_jax.train import step as train_step
@@ -36,30 +35,7 @@ from prefix_jax.train.loop import NonFiniteLossError, train
 from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
 REPO = Path(__file__).parents[1]
-MAX_STEPS = 12
 STEPS_PER_EPOCH = 6  # ceil(22 / 4)
-
-NAMES = "Aromi Bibimbap Cotto Zizzi Wildwood Fitz Giraffe Loch Mill Punter Strada Vaults Eagle"
-FOODS = ("Thai", "French")
-
-# The run's settings, shared by the in-process runs and the CLI (as --config.KEY=VALUE).
-OVERRIDES = {
-    "mesh": (),  # one device, no mesh (meshes: tests/test_sharding.py, test_multihost.py)
-    "data.task": "jsonl",
-    "data.eval_sources": 4,
-    "data.max_source_tokens": 40,
-    "data.max_target_tokens": 32,
-    "data.buckets": (48, 96),
-    "batch_size": 4,
-    "max_steps": MAX_STEPS,
-    "checkpoint_every": 3,
-    "log_every": 2,
-    "prefix.length": 3,
-    "prefix.hidden": 16,
-    "prefix.dropout": 0.1,
-    "optim.learning_rate": 0.01,
-    "optim.warmup_steps": 2,
-}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -87,53 +63,6 @@ def compilation_cache(tmp_path_factory):
     for name, value in previous.items():
         jax.config.update(name, value)
     cc.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Llama with the byte tokenizer in one HF directory, and a jsonl task file."""
-    import torch
-    import transformers
-
-    root = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=257,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=256,
-        eos_token_id=256,
-    )
-    model_dir = root / "tiny_llama"
-    transformers.LlamaForCausalLM(config).save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
-
-    names = NAMES.split()
-    data = root / "e2e_like.jsonl"
-    with data.open("w") as f:
-        for i in range(26):  # 13 names x 2 foods: 26 distinct sources
-            name, food = names[i % 13], FOODS[i % 2]
-            source, target = f"name : {name} | food : {food}", f"{name} serves {food} food."
-            f.write(json.dumps({"source": source, "target": target}) + "\n")
-    return {"model": model_dir, "data": data, "root": root}
-
-
-def make_config(tiny: dict[str, Path], **overrides) -> ml_collections.ConfigDict:
-    """`configs/e2e_prefix.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
-    config = e2e_prefix.get_config("local")
-    settings = {**OVERRIDES, "model": str(tiny["model"]), "data.path": str(tiny["data"])}
-    settings |= {key.replace("__", "."): value for key, value in overrides.items()}
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
 
 
 def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
