@@ -13,7 +13,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 import ml_collections  # noqa: E402
 
-from prefix_jax import sharding  # noqa: E402
+from prefix_jax.scale import sharding  # noqa: E402
 from prefix_jax.train.loop import train  # noqa: E402
 
 if __name__ == "__main__":
