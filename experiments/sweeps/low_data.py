@@ -18,7 +18,7 @@ not change with N or the seed. Every trial has the same budget, 200 steps of bat
 (`_study.py`, which also shows the `--set` flags for a GPU).
 """
 
-from experiments.sweeps._learning_rates import (
+from ._learning_rates import (
     FULL,
     LORA,
     PREFIX_MLP,
@@ -26,7 +26,7 @@ from experiments.sweeps._learning_rates import (
     lr,
     not_chosen_note,
 )
-from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
+from ._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, sweep
 
 SIZES = (50, 200, 500)

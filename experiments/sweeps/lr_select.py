@@ -18,8 +18,8 @@ scaling them up (see `_study.py`). The direct prefix is tuned with the vocabular
 (the random init diverges; `experiments/results/small_cpu`).
 """
 
-from experiments.sweeps._learning_rates import FULL, LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT
-from experiments.sweeps._study import CPU_BUDGET, DATA
+from ._learning_rates import FULL, LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT
+from ._study import CPU_BUDGET, DATA
 from prefix_jax.study.sweep import METHOD_SEED_KEYS, Sweep, chain, product, sweep
 
 # Three rates per method, a factor of about 3 apart, around the current rate, extended

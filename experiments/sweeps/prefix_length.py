@@ -20,7 +20,7 @@ Every method at its rate from `_learning_rates.py`, the whole training pool of 4
 the paper's full-E2E setting, whose rates need lr_select rerun); 3 seeds: 27 trials.
 """
 
-from experiments.sweeps._learning_rates import (
+from ._learning_rates import (
     LORA,
     PREFIX_DIRECT,
     PREFIX_MLP,
@@ -28,7 +28,7 @@ from experiments.sweeps._learning_rates import (
     lr,
     not_chosen_note,
 )
-from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
+from ._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, product, sweep
 
 LENGTHS = (1, 5, 10, 20, 40)
