@@ -240,6 +240,32 @@ def test_sweep_path_and_bare_name_load_the_same(tmp_path, monkeypatch):
         launch_cli.main(["nope", "--workdir", "w", "--sweeps-dir", str(sweeps_dir)])
 
 
+def test_a_sweeps_folder_elsewhere_shares_its_helpers(tmp_path, monkeypatch, capsys):
+    """Any folder of grid files works like experiments/sweeps: its helpers import relatively
+    and are one module for all its grids; a folder elsewhere with the same names is apart."""
+    for name, lengths in (("mine", "[1, 2]"), ("other", "[3]")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "_shared.py").write_text(f"LENGTHS = {lengths}\n")
+        (folder / "grid.py").write_text(
+            "from prefix_jax.study.sweep import Sweep, sweep\n"
+            "from . import _shared\n\n"
+            "def get_sweep():\n"
+            "    return Sweep('grid', 'c.py', sweep('prefix.length', _shared.LENGTHS))\n"
+        )
+    monkeypatch.chdir(tmp_path)
+    mine = grid_module(tmp_path / "mine" / "_shared.py")
+    assert [t.name for t in load_sweep("grid", "mine").trials()] == [
+        "prefix.length=1,seed=0",
+        "prefix.length=2,seed=0",
+    ]
+    monkeypatch.setattr(mine, "LENGTHS", [7])
+    assert [t.name for t in load_sweep("mine/grid.py").trials()] == ["prefix.length=7,seed=0"]
+    assert [t.name for t in load_sweep("grid", "other").trials()] == ["prefix.length=3,seed=0"]
+    assert launch_cli.main(["grid", "--sweeps-dir", "other", "--workdir", "w", "--dry-run"]) == 0
+    assert "--config.prefix.length=3" in capsys.readouterr().out
+
+
 def test_config_template_gives_each_method_its_own_config():
     plans = launch.plan_trials(load_sweep("method"), "runs/m", python=["python"], seeds=[0])
     configs = [next(a for a in p.steps[0].argv if a.startswith("--config=")) for p in plans]
@@ -463,6 +489,34 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
     assert "prefix_jax.cli evaluate" in evaluate[evaluate.index("--command") + 1]
     with pytest.raises(SystemExit):
         fake("--backend=tpu-pod", "--tpu", "pod-1")
+
+
+def test_a_backend_gets_the_planned_trials(tmp_path):
+    """The seam for other schedulers: a backend receives every planned trial, planned with
+    its own interpreter, and its exit status is the launcher's."""
+
+    class Recording:
+        python = ("remote-python",)
+        runs_here = False
+
+        def __init__(self):
+            self.launches = []
+
+        def launch(self, request: launch.Launch) -> int:
+            self.launches.append(request)
+            return 3
+
+    backend = Recording()
+    study = Sweep("s", "configs/x_{method}.py", grid=sweep("method", ["a", "b"]), seeds=(0, 1))
+    request = launch.plan_launch(study, tmp_path / "w", backend, only="seed=1", command="c")
+    assert backend.launch(request) == 3 and backend.launches == [request]
+    assert [p.trial.name for p in request.plans] == ["method=a,seed=1", "method=b,seed=1"]
+    assert request.plans[0].steps[0].argv[:4] == ["remote-python", "-m", "prefix_jax.cli", "train"]
+    assert "--config=configs/x_a.py" in request.plans[0].steps[0].argv
+    assert request.workdir == tmp_path / "w" and request.command == "c"
+    assert not (tmp_path / "w").exists()  # planning writes nothing
+    with pytest.raises(ValueError, match="no trial of sweep 's' matches --only 'x'"):
+        launch.plan_launch(study, tmp_path / "w", backend, only="x")
 
 
 # --------------------------------------------------------------------------- report

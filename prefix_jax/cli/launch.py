@@ -49,10 +49,11 @@ def parse_sets(items: Sequence[str]) -> Point:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    shipped = available()
     parser = argparse.ArgumentParser(
         prog="prefix-jax launch",
         description=__doc__.split("\n\n")[0],
-        epilog=f"sweeps shipped: {', '.join(available())}" if available() else None,
+        epilog=f"sweeps in {SWEEPS_DIR}: {', '.join(shipped)}" if shipped else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", help="grid file path, or a name in the sweeps folder")

@@ -4,7 +4,8 @@ planned trials and where they report) and runs them, or writes what runs them el
 Backends today: `local` (this machine, one trial after another), `print` (one shell line
 per trial for any scheduler) and `tpu-pod` (gcloud ssh to a TPU VM slice). A backend for a
 cluster scheduler, e.g. SkyPilot managed jobs, turns each `TrialPlan` into a job
-description (resources, file mounts, the trial's commands as its run script) the same way.
+description (resources, file mounts, the trial's commands as its run script:
+`shell.shell_line(plan)` is one) the same way.
 """
 
 from __future__ import annotations
