@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the flags name, with its own options."""
     python = {"python": tuple(shlex.split(args.python))} if args.python else {}
+    repo_dir = {"repo_dir": args.repo_dir} if args.repo_dir else {}
     if args.backend == "print":
         return ShellBackend(output=args.output, repo_dir=args.repo_dir, **python)
     if args.backend == "tpu-pod":
@@ -108,7 +109,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
             tpu=args.tpu,
             zone=args.zone,
             project=args.project,
-            repo_dir=args.repo_dir or "prefix_jax",
+            **repo_dir,
             execute=args.execute,
             timeout=args.timeout,
             skip_failed=args.skip_failed,

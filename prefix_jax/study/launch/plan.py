@@ -130,7 +130,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 
 def resolve_config(config: str, overrides: Point) -> str:
     """Fill `{key}` placeholders of a sweep's config path from the trial's overrides, so
-    that e.g. `configs/e2e_{method}.py` gives each method its own config file."""
+    that e.g. `configs/e2e.py:method={method}` gives each method its own config."""
 
     def value(match: re.Match) -> str:
         key = match.group(1)
