@@ -1,4 +1,4 @@
-"""prefix_jax.study.archive: a sweep's results without its checkpoints, reportable once unpacked."""
+"""The sweep archive (`prefix-jax archive`): results without checkpoints, reportable unpacked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import tarfile
 
 import pytest
 
-from prefix_jax.study import archive, report
+from prefix_jax.cli import archive as archive_cli
+from prefix_jax.study import archive
+from prefix_jax.study.report import write_report
 from prefix_jax.study.sweep import trial_name
 
 
@@ -51,8 +53,8 @@ def test_the_archive_holds_what_the_report_reads_and_nothing_heavier(tmp_path):
     unpacked = tmp_path / "unpacked"
     with tarfile.open(out) as tar:
         tar.extractall(unpacked, filter="data")
-    direct = report.report(root, tmp_path / "direct", bootstrap=50)
-    again = report.report(unpacked / "pl", tmp_path / "again", bootstrap=50)
+    direct = write_report(root, tmp_path / "direct", bootstrap=50)
+    again = write_report(unpacked / "pl", tmp_path / "again", bootstrap=50)
     for key in ("summary_csv", "trials_csv"):
         assert direct[key].read_text() == again[key].read_text()
     assert "BLEU 95% CI" in (tmp_path / "again" / "report.md").read_text()
@@ -73,8 +75,8 @@ def test_a_directory_without_a_sweep_is_refused(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="holds no sweep"):
         archive.archive(tmp_path / "empty", tmp_path / "x.tar.gz")
     with pytest.raises(SystemExit):
-        archive.main([str(tmp_path / "empty"), str(tmp_path / "x.tar.gz")])
+        archive_cli.main([str(tmp_path / "empty"), str(tmp_path / "x.tar.gz")])
     assert "holds no sweep" in capsys.readouterr().err
     _sweep(tmp_path / "pl")
-    assert archive.main([str(tmp_path / "pl"), str(tmp_path / "x.tar.gz")]) == 0
+    assert archive_cli.main([str(tmp_path / "pl"), str(tmp_path / "x.tar.gz")]) == 0
     assert "22 files" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The report's answers to a sweep's questions (experiments/contrasts.py): paired BLEU
+"""The report's answers to a sweep's questions (prefix_jax.study.report.contrasts): paired BLEU
 differences checked against corpus BLEU scored from the strings."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 from prefix_jax.metrics import bleu
 from prefix_jax.metrics.bleu import bleu_segment_stats
-from prefix_jax.study import bootstrap, contrasts, launch, report
+from prefix_jax.study import bootstrap, launch
+from prefix_jax.study.report import contrasts, write_report
 from prefix_jax.study.sweep import Contrast, Sweep, load_sweep, trial_name
 
 WORDS = "the a cheap pub near river food rating family friendly coffee shop city centre".split()
@@ -232,7 +233,7 @@ def test_report_answers_the_questions_the_launcher_recorded(tmp_path):
     for point in grid:
         for seed in (0, 1):
             _write_trial(root, point, seed, 0.1 if point["method"] == "prefix" else 0.5)
-    written = report.report(root, bootstrap=200)
+    written = write_report(root, bootstrap=200)
     with open(written["contrasts_csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["within"] for r in rows] == [

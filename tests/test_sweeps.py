@@ -18,13 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefix_jax.cli import launch as launch_cli
+from prefix_jax.cli import report as report_cli
 from prefix_jax.metrics.bleu import bleu_of_sums
-from prefix_jax.study import archive, bootstrap, launch, provenance, report
+from prefix_jax.study import archive, bootstrap, launch, provenance
+from prefix_jax.study.report import write_report
+from prefix_jax.study.report.markdown import params_cell
+from prefix_jax.study.report.plots import loss_panels, plot_train_loss
+from prefix_jax.study.report.runs import read_loss_curve
 from prefix_jax.study.sweep import (
+    SWEEPS_DIR,
     Sweep,
     available,
     chain,
     format_value,
+    grid_module,
     load_sweep,
     product,
     sweep,
@@ -34,8 +42,8 @@ from prefix_jax.study.sweep import (
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# Stands in for `python -m prefix_jax.train.loop|evaluate ...`: it is run as
-# `python fake_prog.py -m MODULE ARGS...`, logs each call, fails for the trial whose
+# Stands in for `python -m prefix_jax.cli train|evaluate ...`: it is run as
+# `python fake_prog.py -m prefix_jax.cli COMMAND ARGS...`, logs each call, fails for the trial whose
 # overrides contain $FAKE_FAIL, and writes the files the real programs write.
 FAKE_PROG = textwrap.dedent(
     """
@@ -45,17 +53,18 @@ FAKE_PROG = textwrap.dedent(
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 
     args = sys.argv[1:]
-    module = args[1]
-    if module == "prefix_jax.train.loop":
-        flags = dict(a[2:].split("=", 1) for a in args[2:])
+    assert args[:2] == ["-m", "prefix_jax.cli"], args
+    command = args[2]
+    if command == "train":
+        flags = dict(a[2:].split("=", 1) for a in args[3:])
         workdir = Path(flags.pop("workdir"))
         overrides = {k[len("config."):]: v for k, v in flags.items() if k.startswith("config.")}
     else:
         workdir = Path(args[args.index("--workdir") + 1])
         overrides = json.loads((workdir / "config.json").read_text())
-    call = {"module": module, "trial": workdir.name}
+    call = {"command": command, "trial": workdir.name}
     fail = os.environ.get("FAKE_FAIL", "")
-    if module == "prefix_jax.train.loop":
+    if command == "train":
         call["resumed"] = (workdir / "checkpoint").exists()
         if fail and fail in ",".join(f"{k}={v}" for k, v in overrides.items()):
             with open(os.environ["FAKE_LOG"], "a") as f:
@@ -200,24 +209,61 @@ def test_shipped_sweeps_expand(name, size, first_flags):
     assert len(plans) == size
     assert len({p.trial.name for p in plans}) == size
     train = plans[0].steps[0].argv
-    assert train[:3] == ["python", "-m", "prefix_jax.train.loop"]
+    assert train[:4] == ["python", "-m", "prefix_jax.cli", "train"]
     assert f"--workdir={Path('runs/x') / plans[0].trial.name}" in train
     for flag in first_flags:
         assert flag in train
     assert "--config.seed=0" in train and "--config.prefix.seed=0" in train
     evaluate = plans[0].steps[1].argv
-    assert evaluate[1:] == ["-m", "prefix_jax.infer.evaluate", "--workdir", str(plans[0].dir)] + [
+    assert evaluate[1:] == ["-m", "prefix_jax.cli", "evaluate", "--workdir", str(plans[0].dir)] + [
         "--split",
         "validation",
     ]
 
 
-def test_sweep_module_and_bare_name_load_the_same():
+def test_sweep_path_and_bare_name_load_the_same(tmp_path, monkeypatch):
     assert set(available()) >= {"prefix_length", "method", "small_cpu", "data_size", "init"}
     by_path = load_sweep("experiments/sweeps/prefix_length.py")
     assert load_sweep("prefix_length") == by_path
-    assert load_sweep("experiments.sweeps.prefix_length") == by_path
     assert load_sweep("small_cpu").config == "configs/e2e_{method}.py:local"
+    # Grids and the helpers they import relatively load by path from any directory.
+    sweeps_dir = SWEEPS_DIR.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert load_sweep("prefix_length", sweeps_dir) == by_path
+    assert load_sweep(str(sweeps_dir / "low_data.py")).name == "low_data"
+    with pytest.raises(FileNotFoundError, match="no folder experiments/sweeps"):
+        load_sweep("prefix_length")
+    shipped = ", ".join(available(sweeps_dir))
+    with pytest.raises(FileNotFoundError, match=f"no sweep 'nope' in .*; shipped: {shipped}"):
+        load_sweep("nope", sweeps_dir)
+    with pytest.raises(SystemExit):
+        launch_cli.main(["nope", "--workdir", "w", "--sweeps-dir", str(sweeps_dir)])
+
+
+def test_a_sweeps_folder_elsewhere_shares_its_helpers(tmp_path, monkeypatch, capsys):
+    """Any folder of grid files works like experiments/sweeps: its helpers import relatively
+    and are one module for all its grids; a folder elsewhere with the same names is apart."""
+    for name, lengths in (("mine", "[1, 2]"), ("other", "[3]")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "_shared.py").write_text(f"LENGTHS = {lengths}\n")
+        (folder / "grid.py").write_text(
+            "from prefix_jax.study.sweep import Sweep, sweep\n"
+            "from . import _shared\n\n"
+            "def get_sweep():\n"
+            "    return Sweep('grid', 'c.py', sweep('prefix.length', _shared.LENGTHS))\n"
+        )
+    monkeypatch.chdir(tmp_path)
+    mine = grid_module(tmp_path / "mine" / "_shared.py")
+    assert [t.name for t in load_sweep("grid", "mine").trials()] == [
+        "prefix.length=1,seed=0",
+        "prefix.length=2,seed=0",
+    ]
+    monkeypatch.setattr(mine, "LENGTHS", [7])
+    assert [t.name for t in load_sweep("mine/grid.py").trials()] == ["prefix.length=7,seed=0"]
+    assert [t.name for t in load_sweep("grid", "other").trials()] == ["prefix.length=3,seed=0"]
+    assert launch_cli.main(["grid", "--sweeps-dir", "other", "--workdir", "w", "--dry-run"]) == 0
+    assert "--config.prefix.length=3" in capsys.readouterr().out
 
 
 def test_config_template_gives_each_method_its_own_config():
@@ -244,7 +290,7 @@ def test_overrides_parse_into_the_real_configs():
         s = load_sweep(name)
         plans = launch.plan_trials(s, "runs/x", python=["python"])
         for plan in (plans[0], plans[-1]):
-            argv = ["train", *plan.steps[0].argv[3:]]
+            argv = ["train", *plan.steps[0].argv[4:]]
             fv = flags.FlagValues()
             config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
             flags.DEFINE_string("workdir", None, "", flag_values=fv)
@@ -258,7 +304,7 @@ def test_overrides_parse_into_the_real_configs():
 
 def test_set_overrides_seeds_and_only():
     s = load_sweep("small_cpu")
-    sets = launch.parse_sets(["data.path=/d/devset.csv", "config.max_steps=5"])
+    sets = launch_cli.parse_sets(["data.path=/d/devset.csv", "config.max_steps=5"])
     plans = launch.plan_trials(
         s, "w", python=["py"], global_overrides=sets, seeds=[3, 4], only=r"length=5,"
     )
@@ -275,7 +321,7 @@ def test_set_overrides_seeds_and_only():
     with pytest.raises(ValueError, match="sweep's own axis"):
         launch.plan_trials(s, "w", python=["py"], global_overrides={"prefix.length": "3"})
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        launch.parse_sets(["oops"])
+        launch_cli.parse_sets(["oops"])
 
 
 # ------------------------------------------------------------------------- launcher
@@ -296,7 +342,7 @@ def fake(tmp_path, monkeypatch):
     def run(*extra: str, workdir: Path = root) -> int:
         argv = [str(sweep_file), "--workdir", str(workdir)]
         argv += ["--python", shlex.join([sys.executable, str(prog)]), *extra]
-        return launch.main(argv)
+        return launch_cli.main(argv)
 
     def calls() -> list[dict]:
         out = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -323,15 +369,15 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
 
     assert fake() == 1
     calls = fake.calls()
-    ran = [(c["trial"], c["module"]) for c in calls]
-    assert (_trial(1), "prefix_jax.train.loop") not in ran  # finished: skipped
+    ran = [(c["trial"], c["command"]) for c in calls]
+    assert (_trial(1), "train") not in ran  # finished: skipped
     assert [c for c in calls if c["trial"] == _trial(10)][0]["resumed"] is True
-    assert (_trial(10), "prefix_jax.infer.evaluate") in ran
-    assert (_trial(5), "prefix_jax.infer.evaluate") not in ran  # failed in training
+    assert (_trial(10), "evaluate") in ran
+    assert (_trial(5), "evaluate") not in ran  # failed in training
     assert [c for c in calls if c["trial"] == _trial(5)][0]["failed"] is True
-    assert (_trial(20), "prefix_jax.train.loop") in ran and (
+    assert (_trial(20), "train") in ran and (
         _trial(20),
-        "prefix_jax.infer.evaluate",
+        "evaluate",
     ) in ran
 
     failed = (root / _trial(5) / "FAILED").read_text()
@@ -356,9 +402,9 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     assert fake("--skip-failed") == 0 and fake.calls() == []
     monkeypatch.delenv("FAKE_FAIL")
     assert fake() == 0
-    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(5), "prefix_jax.train.loop"),
-        (_trial(5), "prefix_jax.infer.evaluate"),
+    assert [(c["trial"], c["command"]) for c in fake.calls()] == [
+        (_trial(5), "train"),
+        (_trial(5), "evaluate"),
     ]
     assert not (root / _trial(5) / "FAILED").exists()
 
@@ -369,13 +415,11 @@ def test_launcher_does_not_retrain_a_finished_training(fake):
     (tdir / "train_summary.json").write_text("{}")
     (tdir / "config.json").write_text('{"prefix.length": 5}')
     assert fake("--only", "length=5,") == 0
-    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(5), "prefix_jax.infer.evaluate")
-    ]
+    assert [(c["trial"], c["command"]) for c in fake.calls()] == [(_trial(5), "evaluate")]
 
 
 def test_launcher_records_a_program_that_cannot_start(tmp_path, fake):
-    code = launch.main(
+    code = launch_cli.main(
         [str(fake.sweep_file), "--workdir", str(fake.root), "--only", "length=1,"]
         + ["--python", str(tmp_path / "no-such-python")]
     )
@@ -395,8 +439,7 @@ def test_dry_run_prints_commands_and_touches_nothing(fake, capsys):
     out = capsys.readouterr().out
     assert not fake.root.exists() and fake.calls() == []
     assert (
-        out.count("-m prefix_jax.train.loop") == 4
-        and out.count("-m prefix_jax.infer.evaluate") == 4
+        out.count("-m prefix_jax.cli train") == 4 and out.count("-m prefix_jax.cli evaluate") == 4
     )
     assert "--config.prefix.length=5" in out and "--config.max_steps=2" in out
     assert "'--config.data.path=/data/e2e devset.csv'" in out  # shell-quoted
@@ -407,16 +450,16 @@ def test_print_backend_lines_are_runnable_and_idempotent(fake, tmp_path, monkeyp
     out_file = tmp_path / "trials.sh"
     assert fake("--backend=print", "-o", str(out_file)) == 0
     lines = out_file.read_text().splitlines()
-    assert len(lines) == 4 and all("-m prefix_jax.train.loop" in line for line in lines)
+    assert len(lines) == 4 and all("-m prefix_jax.cli train" in line for line in lines)
     assert "--config.prefix.length=5" in lines[1]
 
     def bash(line: str) -> int:
         return subprocess.run(["bash", "-c", line], capture_output=True, check=False).returncode
 
     assert bash(lines[0]) == 0
-    assert [c["module"] for c in fake.calls()] == [
-        "prefix_jax.train.loop",
-        "prefix_jax.infer.evaluate",
+    assert [c["command"] for c in fake.calls()] == [
+        "train",
+        "evaluate",
     ]
     assert json.loads((fake.root / _trial(1) / "trial.json").read_text())["trial"] == _trial(1)
     assert bash(lines[0]) == 0 and fake.calls() == []  # finished: nothing reruns
@@ -443,9 +486,37 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
         str(fake.sweep_file.parent / "fake_prog.py"),
         "-m",
     ]
-    assert "prefix_jax.infer.evaluate" in evaluate[evaluate.index("--command") + 1]
+    assert "prefix_jax.cli evaluate" in evaluate[evaluate.index("--command") + 1]
     with pytest.raises(SystemExit):
         fake("--backend=tpu-pod", "--tpu", "pod-1")
+
+
+def test_a_backend_gets_the_planned_trials(tmp_path):
+    """The seam for other schedulers: a backend receives every planned trial, planned with
+    its own interpreter, and its exit status is the launcher's."""
+
+    class Recording:
+        python = ("remote-python",)
+        runs_here = False
+
+        def __init__(self):
+            self.launches = []
+
+        def launch(self, request: launch.Launch) -> int:
+            self.launches.append(request)
+            return 3
+
+    backend = Recording()
+    study = Sweep("s", "configs/x_{method}.py", grid=sweep("method", ["a", "b"]), seeds=(0, 1))
+    request = launch.plan_launch(study, tmp_path / "w", backend, only="seed=1", command="c")
+    assert backend.launch(request) == 3 and backend.launches == [request]
+    assert [p.trial.name for p in request.plans] == ["method=a,seed=1", "method=b,seed=1"]
+    assert request.plans[0].steps[0].argv[:4] == ["remote-python", "-m", "prefix_jax.cli", "train"]
+    assert "--config=configs/x_a.py" in request.plans[0].steps[0].argv
+    assert request.workdir == tmp_path / "w" and request.command == "c"
+    assert not (tmp_path / "w").exists()  # planning writes nothing
+    with pytest.raises(ValueError, match="no trial of sweep 's' matches --only 'x'"):
+        launch.plan_launch(study, tmp_path / "w", backend, only="x")
 
 
 # --------------------------------------------------------------------------- report
@@ -500,7 +571,7 @@ def test_report_tables_and_plots(tmp_path):
     ]
     (root / "sweep.json").write_text(json.dumps({"sweep": "pl", "trials": planned}))
 
-    written = report.report(root)
+    written = write_report(root)
 
     with open(root / "summary.csv") as f:
         summary = {(r["prefix.length"], r["prefix.reparam"]): r for r in csv.DictReader(f)}
@@ -534,8 +605,8 @@ def test_report_tables_and_plots(tmp_path):
     rows = [line.split(" | ")[:2] for line in md.splitlines() if line.startswith("| ")][1:]
     assert rows == [[f"| {n}", r] for n in (5, 10, 20) for r in ("none", "mlp")]
     assert "1,000 (10%)" in md  # trainable params of p=5, mlp
-    assert report._params_cell(134_515_008, 134_515_008) == "134,515,008 (100%)"
-    assert report._params_cell(5760, 134_515_008) == "5,760 (0.00428%)"
+    assert params_cell(134_515_008, 134_515_008) == "134,515,008 (100%)"
+    assert params_cell(5760, 134_515_008) == "5,760 (0.00428%)"
     assert f"- `{bad}`: failed: RuntimeError: out of memory" in md
     assert "incomplete" in md and "missing (planned, never started)" in md
     assert "10 trials: 7 finished, 1 failed, 1 incomplete, 1 missing." in md
@@ -546,7 +617,7 @@ def test_report_tables_and_plots(tmp_path):
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 2000
         assert f"![{name}]({name}.png)" in md
-    assert report.read_loss_curve(root / bad / "metrics.jsonl") == [(1, 3.0), (2, 1.9)]
+    assert read_loss_curve(root / bad / "metrics.jsonl") == [(1, 3.0), (2, 1.9)]
 
 
 def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
@@ -558,13 +629,13 @@ def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
     axes = ["data.train_examples", "method"]
     methods = ("prefix", "full", "prompt", "lora")
     few = [group(n, m) for n in (50, 500) for m in methods]  # 8 settings: one panel
-    [(title, members)] = report.loss_panels(few, axes)
+    [(title, members)] = loss_panels(few, axes)
     assert title == "" and [c for _, c, _ in members] == list(range(8))
     assert members[5][2] == "data.train_examples=500, method=full"
 
     # 13 settings, the baseline listed first: one panel per size, then the baseline's.
     many = [group(None, "zero_shot")] + [group(n, m) for n in (500, 50, 200) for m in methods]
-    panels = report.loss_panels(many, axes)
+    panels = loss_panels(many, axes)
     assert [t for t, _ in panels] == [
         "data.train_examples=50",
         "data.train_examples=200",
@@ -587,11 +658,11 @@ def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
         for m in methods[:3]
         for r in rates
     ]
-    panels = report.loss_panels(sweep, axes_lr)
+    panels = loss_panels(sweep, axes_lr)
     assert [t for t, _ in panels] == ["method=prefix", "method=full", "method=prompt"]
     colours = {label: c for _, members in panels for _, c, label in members}
     assert sorted(colours, key=colours.get) == [
-        f"optim.learning_rate={report.format_value(r)}" for r in sorted(rates)
+        f"optim.learning_rate={format_value(r)}" for r in sorted(rates)
     ]
 
     # 11 rates x 11 methods: neither split fits the colours, so one unlabelled panel
@@ -600,11 +671,11 @@ def test_loss_panels_split_by_size_when_colours_run_out(tmp_path):
         for m in range(11)
         for r in range(11)
     ]
-    panels = report.loss_panels(grid, axes_lr)
+    panels = loss_panels(grid, axes_lr)
     assert len(panels) == 1 and panels[0][0] == "" and len(panels[0][1]) == 121
 
     path = tmp_path / "loss.png"
-    assert report.plot_train_loss(many, axes, path, "t")
+    assert plot_train_loss(many, axes, path, "t")
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 
@@ -617,12 +688,12 @@ def test_report_without_numeric_axis_draws_bars_and_cli(tmp_path, capsys):
         results = {"metrics": {"BLEU": bleu}}
         (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
     out = tmp_path / "out"
-    assert report.main([str(root), "--out", str(out)]) == 0
+    assert report_cli.main([str(root), "--out", str(out)]) == 0
     assert "| lora | 1/1 | 0.65 |" in capsys.readouterr().out
     assert (out / "metric_by_setting.png").read_bytes().startswith(PNG_MAGIC)
     assert not (out / "train_loss.png").exists()  # no metrics.jsonl: no curves
     with pytest.raises(SystemExit):
-        report.main([str(tmp_path / "nothing")])
+        report_cli.main([str(tmp_path / "nothing")])
 
 
 def test_launcher_logs_command_commit_machine_and_step_times(fake):
@@ -630,7 +701,7 @@ def test_launcher_logs_command_commit_machine_and_step_times(fake):
     events = [json.loads(x) for x in (fake.root / "launch.jsonl").read_text().splitlines()]
     launch_event = events[0]
     assert launch_event["event"] == "launch"
-    assert launch_event["command"].startswith("python -m prefix_jax.study.launch ")
+    assert launch_event["command"].startswith("prefix-jax launch ")
     assert "--only length=5," in launch_event["command"]
     expected = provenance.git_commit(launch.REPO_ROOT)
     assert launch_event["commit"] == expected["commit"]
@@ -663,7 +734,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": old, "event": "finished"},
         {
             "event": "launch",
-            "command": "python -m prefix_jax.study.launch pl --workdir r",
+            "command": "prefix-jax launch pl --workdir r",
             "commit": "a" * 40,
             "dirty": False,
             "machine": machine,
@@ -671,7 +742,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": resumed, "event": "started"},
         {
             "event": "launch",
-            "command": "python -m prefix_jax.study.launch pl --workdir r",
+            "command": "prefix-jax launch pl --workdir r",
             "commit": "b" * 40,
             "dirty": True,
             "machine": machine,
@@ -684,7 +755,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
         {"trial": fresh, "event": "step", "step": "evaluate", "seconds": 5.0},
         {  # a relaunch that finds every trial finished: it starts none
             "event": "launch",
-            "command": "python -m prefix_jax.study.launch pl --workdir r",
+            "command": "prefix-jax launch pl --workdir r",
             "commit": "c" * 40,
             "dirty": False,
             "machine": machine,
@@ -694,7 +765,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     lines = [json.dumps(e) for e in events]
     (root / "launch.jsonl").write_text("\n".join(lines) + '\n{"cut sh')
 
-    report.report(root, command="python -m prefix_jax.study.report pl")
+    write_report(root, command="prefix-jax report pl")
 
     with open(root / "trials.csv") as f:
         trials = {r["trial"]: r for r in csv.DictReader(f)}
@@ -710,9 +781,9 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
     section = md[md.index("## How this was made") :]
     assert (
         "- Launched (2 launches that ran trials, 1 more that started none) with:\n"
-        "  - `python -m prefix_jax.study.launch pl --workdir r`" in section
+        "  - `prefix-jax launch pl --workdir r`" in section
     )
-    assert "- Report: `python -m prefix_jax.study.report pl`" in section
+    assert "- Report: `prefix-jax report pl`" in section
     assert "not recorded 1, `aaaaaaaaaaaa` 1, `bbbbbbbbbbbb+dirty` 2" in section
     assert "- Machine: 2 x AMD EPYC, jax 0.10.2" in section
     assert "- Devices trained on: NVIDIA H100 80GB HBM3 (1 trial)" in section
@@ -722,7 +793,7 @@ def test_report_says_which_commit_machine_and_time_made_each_trial(tmp_path):
 
 def test_launch_then_report_end_to_end(fake):
     assert fake() == 0
-    written = report.report(fake.root)
+    written = write_report(fake.root)
     with open(written["summary_csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["prefix.length"] for r in rows] == ["1", "5", "10", "20"]
@@ -742,14 +813,12 @@ def test_a_sweep_goes_on_elsewhere_from_its_archive(fake, tmp_path):
     unpacked = tmp_path / "fresh" / fake.root.name
 
     assert fake(workdir=unpacked) == 0
-    assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(n), module)
-        for n in (10, 20)
-        for module in ("prefix_jax.train.loop", "prefix_jax.infer.evaluate")
+    assert [(c["trial"], c["command"]) for c in fake.calls()] == [
+        (_trial(n), command) for n in (10, 20) for command in ("train", "evaluate")
     ]
     events = [json.loads(x) for x in (unpacked / "launch.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("launch") == 2
-    with open(report.report(unpacked)["summary_csv"]) as f:
+    with open(write_report(unpacked)["summary_csv"]) as f:
         assert [r["finished"] for r in csv.DictReader(f)] == ["1"] * 4
 
 
@@ -776,7 +845,7 @@ def test_baselines_without_the_x_key_are_horizontal_lines(tmp_path, monkeypatch)
         return axhline(self, y, *args, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "axhline", record)
-    written = report.report(root)
+    written = write_report(root)
     assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
     assert drawn == [(pytest.approx(0.65), "method=lora")]
 
@@ -910,7 +979,7 @@ def test_report_shows_bootstrap_intervals_and_seed_points(tmp_path, monkeypatch)
         return scatter(self, x, y, *args, **kw)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record)
-    written = report.report(root)
+    written = write_report(root)
 
     with open(root / "summary.csv") as f:
         summary = {r["prefix.length"]: r for r in csv.DictReader(f)}
@@ -934,7 +1003,7 @@ def test_report_shows_bootstrap_intervals_and_seed_points(tmp_path, monkeypatch)
     assert [y for _, y in points] == pytest.approx([y for _, y in expected])
     assert written["metric_vs_prefix_length"].read_bytes().startswith(PNG_MAGIC)
     # No predictions: no interval columns; --bootstrap 0 turns them off.
-    report.report(root, tmp_path / "off", bootstrap=0)
+    write_report(root, tmp_path / "off", bootstrap=0)
     assert "BLEU_ci_low" not in (tmp_path / "off" / "summary.csv").read_text()
 
 
@@ -960,7 +1029,7 @@ def test_report_selects_the_learning_rate_per_method_by_validation_loss(tmp_path
     for (method, lr), pair in losses.items():
         for seed, loss in enumerate(pair):
             _write_lr_trial(root, method, lr, seed, loss, bleu=60 + 100 * lr)
-    written = report.report(root)
+    written = write_report(root)
     with open(written["selection_csv"]) as f:
         rows = {r["setting"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"method=prefix", "method=lora"}
@@ -973,7 +1042,7 @@ def test_report_selects_the_learning_rate_per_method_by_validation_loss(tmp_path
     assert '    "method=prefix": 0.001,' in md and "0.001 (edge of grid)" in md
     assert written["eval_loss_vs_optim_learning_rate"].read_bytes().startswith(PNG_MAGIC)
     assert "metric_vs_optim_learning_rate" in written  # lr varies within a method: an x axis
-    assert report.main([str(root), "--select", "", "--out", str(tmp_path / "o")]) == 0
+    assert report_cli.main([str(root), "--select", "", "--out", str(tmp_path / "o")]) == 0
     assert not (tmp_path / "o" / "selection.csv").exists()
     capsys.readouterr()
 
@@ -993,7 +1062,7 @@ def test_a_learning_rate_fixed_per_method_is_not_an_x_axis(tmp_path):
         (tdir / "trial.json").write_text(json.dumps({"overrides": overrides}))
         results = {"metrics": {"BLEU": 50.0}}
         (tdir / "eval_validation" / "results.json").write_text(json.dumps(results))
-    written = report.report(root)
+    written = write_report(root)
     assert "metric_vs_prefix_length" in written
     assert "metric_vs_optim_learning_rate" not in written and "selection_csv" not in written
 
@@ -1005,7 +1074,7 @@ STUDIES = ("lr_select", "low_data", "prefix_length")
 
 def _rate_key(overrides: dict) -> str:
     """The `_learning_rates` key a trial's setting belongs to."""
-    from experiments.sweeps import _learning_rates as rates
+    rates = grid_module(SWEEPS_DIR / "_learning_rates.py")
 
     method = overrides.get("method", "prefix")
     if method != "prefix":
@@ -1014,7 +1083,8 @@ def _rate_key(overrides: dict) -> str:
 
 
 def test_study_sweeps_share_data_budget_and_held_out_set():
-    from experiments.sweeps._study import CPU_BUDGET, DATA
+    study = grid_module(SWEEPS_DIR / "_study.py")
+    CPU_BUDGET, DATA = study.CPU_BUDGET, study.DATA
 
     for name in STUDIES:
         s = load_sweep(name)
@@ -1033,7 +1103,7 @@ def test_study_sweeps_share_data_budget_and_held_out_set():
 
 
 def test_a_study_using_a_stand_in_rate_says_so(monkeypatch):
-    from experiments.sweeps import _learning_rates as rates
+    rates = grid_module(SWEEPS_DIR / "_learning_rates.py")
 
     monkeypatch.setattr(rates, "NOT_CHOSEN", (rates.FULL, rates.PREFIX_DIRECT))
     assert "method=full not chosen by lr_select" in load_sweep("low_data").note
@@ -1044,7 +1114,7 @@ def test_a_study_using_a_stand_in_rate_says_so(monkeypatch):
 
 
 def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
-    from experiments.sweeps import _learning_rates as rates
+    rates = grid_module(SWEEPS_DIR / "_learning_rates.py")
 
     for name in ("low_data", "prefix_length"):
         for trial in load_sweep(name).trials():
@@ -1067,7 +1137,7 @@ def test_study_sweeps_take_their_rates_from_one_module(monkeypatch):
 
 
 def test_study_sweep_grids():
-    from experiments.sweeps._study import TEXT_INIT
+    TEXT_INIT = grid_module(SWEEPS_DIR / "_study.py").TEXT_INIT
 
     low = [t.overrides for t in load_sweep("low_data").trials()]
     assert sorted({o["data.train_examples"] for o in low}) == [50, 200, 500]
@@ -1096,7 +1166,7 @@ def test_study_sweep_grids():
 
 
 def test_scaling_a_study_with_set_flags():
-    sets = launch.parse_sets(
+    sets = launch_cli.parse_sets(
         ["max_steps=2000", "batch_size=10", "decode.beam_size=5", "data.path=e2e_nlg"]
     )
     plans = launch.plan_trials(
@@ -1109,7 +1179,7 @@ def test_scaling_a_study_with_set_flags():
 
 def test_lr_select_report_labels_are_the_learning_rate_keys(tmp_path):
     """What the report chooses from lr_select's trials can be pasted over LEARNING_RATES."""
-    from experiments.sweeps import _learning_rates as rates
+    rates = grid_module(SWEEPS_DIR / "_learning_rates.py")
 
     root = tmp_path / "lr"
     plans = launch.plan_trials(load_sweep("lr_select"), root, python=["py"])
@@ -1118,7 +1188,7 @@ def test_lr_select_report_labels_are_the_learning_rate_keys(tmp_path):
         (plan.dir / "trial.json").write_text(json.dumps(plan.record))
         loss = abs(plan.trial.overrides["optim.learning_rate"] - 1e-3) + i * 1e-6
         (plan.dir / "train_summary.json").write_text(json.dumps({"eval_loss": loss}))
-    written = report.report(root)
+    written = write_report(root)
     with open(written["selection_csv"]) as f:
         chosen = {r["setting"]: float(r["chosen"]) for r in csv.DictReader(f)}
     assert set(chosen) == set(rates.LEARNING_RATES)

@@ -1,9 +1,9 @@
 """Learning rates of the study sweeps (low_data, prefix_length): the one place
 they come from. `lr_select` chooses them on validation loss; copy the dict that
-`python -m prefix_jax.study.report runs/lr_select` prints (its keys are the settings as the
+`prefix-jax report runs/lr_select` prints (its keys are the settings as the
 report labels them) over the one below and say which run chose it.
 
-Chosen by: `python -m prefix_jax.study.launch lr_select --workdir runs/lr_select` (one seed,
+Chosen by: `prefix-jax launch lr_select --workdir runs/lr_select` (one seed,
 200 steps of batch 8, loss on 50 tuning MRs; `experiments/results/lr_select/`): each rate
 is the interior minimum of its method's grid.
 """

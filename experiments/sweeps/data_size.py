@@ -1,7 +1,7 @@
 """Data efficiency (Li & Liang Sec. 7.2 / Fig. 3): train on 10% ... 100% of the E2E sources.
 
-    python -m prefix_jax.study.launch experiments/sweeps/data_size.py --workdir runs/data
-    python -m prefix_jax.study.report runs/data        # metric_vs_data_train_fraction.png
+    prefix-jax launch data_size --workdir runs/data
+    prefix-jax report runs/data        # metric_vs_data_train_fraction.png
 
 `data.train_fraction` keeps that share of distinct training sources (all references of a
 kept source stay); the subset is drawn with `seed`, so the seed axis varies both the subset

@@ -1,6 +1,6 @@
 """Prefix initialization (Li & Liang Fig. 5): random vs real-word activations, low-data.
 
-    python -m prefix_jax.study.launch experiments/sweeps/init.py --workdir runs/init
+    prefix-jax launch init --workdir runs/init
 
 The paper finds that initializing with activations of real words helps most with little
 data, task-relevant words ("table-to-text:") more than irrelevant ones ("elephant"); so this

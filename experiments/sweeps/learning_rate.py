@@ -1,7 +1,7 @@
 """Learning rate x reparameterization on E2E (Li & Liang report the MLP as more stable).
 
-    python -m prefix_jax.study.launch experiments/sweeps/learning_rate.py --workdir runs/lr
-    python -m prefix_jax.study.report runs/lr          # metric_vs_optim_learning_rate.png (log x)
+    prefix-jax launch learning_rate --workdir runs/lr
+    prefix-jax report runs/lr          # metric_vs_optim_learning_rate.png (log x)
 
 The paper's E2E value is 8e-5 (batch 10, 5 epochs, linear decay, no warm-up).
 """

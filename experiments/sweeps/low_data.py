@@ -1,7 +1,7 @@
 """Low-data E2E (Li & Liang Sec. 7.3): 50, 200 and 500 training examples, subsampled by MR.
 
-    python -m prefix_jax.study.launch low_data --workdir runs/low_data
-    python -m prefix_jax.study.report runs/low_data --out experiments/results/low_data
+    prefix-jax launch low_data --workdir runs/low_data
+    prefix-jax report runs/low_data --out experiments/results/low_data
 
 Prefix-tuning (MLP, p=10) initialized with the activations of real words
 (`text:table-to-text:`) and randomly, full fine-tuning, prompt tuning (p=10) and LoRA
@@ -18,7 +18,9 @@ not change with N or the seed. Every trial has the same budget, 200 steps of bat
 (`_study.py`, which also shows the `--set` flags for a GPU).
 """
 
-from experiments.sweeps._learning_rates import (
+from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, sweep
+
+from ._learning_rates import (
     FULL,
     LORA,
     PREFIX_MLP,
@@ -26,8 +28,7 @@ from experiments.sweeps._learning_rates import (
     lr,
     not_chosen_note,
 )
-from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
-from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, sweep
+from ._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 SIZES = (50, 200, 500)
 

@@ -1,7 +1,7 @@
 """Each method's learning rate, chosen on validation loss, for the study sweeps.
 
-    python -m prefix_jax.study.launch lr_select --workdir runs/lr_select
-    python -m prefix_jax.study.report runs/lr_select --out experiments/results/lr_select
+    prefix-jax launch lr_select --workdir runs/lr_select
+    prefix-jax report runs/lr_select --out experiments/results/lr_select
 
 The report's "chosen by validation loss" section gives, per method, the rate with the
 lowest mean `eval_loss` and the dict to paste into `experiments/sweeps/_learning_rates.py`
@@ -18,9 +18,10 @@ scaling them up (see `_study.py`). The direct prefix is tuned with the vocabular
 (the random init diverges; `experiments/results/small_cpu`).
 """
 
-from experiments.sweeps._learning_rates import FULL, LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT
-from experiments.sweeps._study import CPU_BUDGET, DATA
 from prefix_jax.study.sweep import METHOD_SEED_KEYS, Sweep, chain, product, sweep
+
+from ._learning_rates import FULL, LORA, PREFIX_DIRECT, PREFIX_MLP, PROMPT
+from ._study import CPU_BUDGET, DATA
 
 # Three rates per method, a factor of about 3 apart, around the current rate, extended
 # where the lowest loss was at the top of the grid:

@@ -1,7 +1,7 @@
 """Method comparison on E2E: prefix-tuning vs prompt tuning, LoRA and full fine-tuning.
 
-    python -m prefix_jax.study.launch experiments/sweeps/method.py --workdir runs/method
-    python -m prefix_jax.study.report runs/method        # metric_by_setting.png
+    prefix-jax launch method --workdir runs/method
+    prefix-jax report runs/method        # metric_by_setting.png
 
 Each method trains from its own config, `configs/e2e_<method>.py`, so with its own optimizer
 settings (`configs.base.METHOD_OPTIM`); tune them further with a learning-rate sweep per

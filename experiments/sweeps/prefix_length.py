@@ -1,7 +1,7 @@
 """Li & Liang Fig. 4 and Sec. 7.4 at a fixed budget: prefix length and reparameterization.
 
-    python -m prefix_jax.study.launch prefix_length --workdir runs/prefix_length
-    python -m prefix_jax.study.report runs/prefix_length --out experiments/results/prefix_length
+    prefix-jax launch prefix_length --workdir runs/prefix_length
+    prefix-jax report runs/prefix_length --out experiments/results/prefix_length
 
 - Prefix length: the MLP prefix (hidden 512, random init, the config default) at p in
   {1, 5, 10, 20, 40}.
@@ -20,7 +20,9 @@ Every method at its rate from `_learning_rates.py`, the whole training pool of 4
 the paper's full-E2E setting, whose rates need lr_select rerun); 3 seeds: 27 trials.
 """
 
-from experiments.sweeps._learning_rates import (
+from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, product, sweep
+
+from ._learning_rates import (
     LORA,
     PREFIX_DIRECT,
     PREFIX_MLP,
@@ -28,8 +30,7 @@ from experiments.sweeps._learning_rates import (
     lr,
     not_chosen_note,
 )
-from experiments.sweeps._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
-from prefix_jax.study.sweep import METHOD_SEED_KEYS, Contrast, Sweep, chain, product, sweep
+from ._study import CPU_BUDGET, DATA, SEEDS, TEXT_INIT
 
 LENGTHS = (1, 5, 10, 20, 40)
 REPARAM_LENGTH = 10

@@ -1,8 +1,8 @@
 """A sweep this 2-core CPU machine can finish: prefix length p in {1, 5, 10, 20} x
 reparameterization {none, mlp}, plus prompt tuning and LoRA at the same budget.
 
-    python -m prefix_jax.study.launch experiments/sweeps/small_cpu.py --workdir runs/cpu
-    python -m prefix_jax.study.report runs/cpu
+    prefix-jax launch small_cpu --workdir runs/cpu
+    prefix-jax report runs/cpu
 
 Every trial uses its method's `:local` config (`configs/e2e_<method>.py:local`: 60 steps
 of batch 8, 32 held-out MRs, beam 2) on the E2E devset split by MR (100 MRs held out), as
@@ -11,14 +11,9 @@ the demo does. The devset is read from `$PREFIX_JAX_DATA/e2e/devset.csv` (defaul
 minutes each; one seed.
 """
 
-import os
-from pathlib import Path
-
 from prefix_jax.study.sweep import METHOD_SEED_KEYS, Sweep, chain, product, sweep
 
-DATA_ROOT = Path(
-    os.environ.get("PREFIX_JAX_DATA", Path(__file__).resolve().parents[3] / "shared/data")
-)
+from ._study import DATA
 
 
 def get_sweep() -> Sweep:
@@ -35,8 +30,5 @@ def get_sweep() -> Sweep:
         ),
         seeds=(0,),
         seed_keys=METHOD_SEED_KEYS,
-        base_overrides={
-            "data.path": str(DATA_ROOT / "e2e" / "devset.csv"),
-            "data.eval_sources": 100,
-        },
+        base_overrides=dict(DATA),
     )

@@ -1,6 +1,6 @@
 """Pack a sweep's results (not its checkpoints) into one small, reproducible tar.gz.
 
-    python -m prefix_jax.study.archive runs/low_data experiments/results/low_data/trials.tar.gz
+    prefix-jax archive runs/low_data experiments/results/low_data/trials.tar.gz
 
 A sweep directory holds hundreds of MB of checkpoints and exports; what the report reads
 is a few hundred KB per trial. The archive keeps exactly that: `sweep.json` and
@@ -9,18 +9,16 @@ is a few hundred KB per trial. The archive keeps exactly that: `sweep.json` and
 `eval_*/predictions.jsonl` (outputs with their references, from which the report
 recomputes the bootstrap intervals). Unpacked, it is a sweep directory again:
 
-    tar xzf trials.tar.gz -C /tmp && python -m prefix_jax.study.report /tmp/low_data
+    tar xzf trials.tar.gz -C /tmp && prefix-jax report /tmp/low_data
 
 Members are sorted and carry no owner or time, so the same results give the same bytes.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 ROOT_FILES = ("sweep.json", "launch.jsonl")
@@ -55,23 +53,3 @@ def archive(root: str | Path, out: str | Path) -> list[Path]:
     with open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         gz.write(buffer.getvalue())
     return files
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m prefix_jax.study.archive", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("root", help="sweep directory (the launcher's --workdir)")
-    parser.add_argument("out", help="archive to write, e.g. experiments/results/NAME/trials.tar.gz")
-    args = parser.parse_args(argv)
-    try:
-        files = archive(args.root, args.out)
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out}: {len(files)} files, {size / 1024:.0f} KiB")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Sweeps as data: each `experiments/sweeps/<name>.py` defines `get_sweep() -> Sweep`.
+"""Sweeps as data: each grid file `experiments/sweeps/<name>.py` defines `get_sweep() -> Sweep`.
 
 A grid is a plain list of override dicts such as `{"prefix.length": 5, "prefix.reparam": "mlp"}`
 whose keys are config paths, passed to training as `--config.<key>=<value>`. It is built with
@@ -11,6 +11,9 @@ four helpers, so a sweep file reads like the experiment it describes:
 Seeds are an axis of their own (`Sweep.seeds`), kept out of the grid so that the launcher can
 change them (`--seeds 0,1,2`) and the report can average over them. Trial names are built
 from a trial's overrides, so they are stable across reruns and need no bookkeeping.
+
+Grid files are read by path (`load_sweep`), a bare name from `experiments/sweeps/` under the
+current directory; they import this module for the API and their neighbours relatively.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import itertools
 import json
@@ -25,6 +29,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 Value = bool | int | float | str
@@ -33,7 +38,8 @@ Point = dict[str, Value]
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 MAX_NAME = 120
-SWEEPS_PACKAGE = "experiments.sweeps"  # the shipped grids, importable from the repository root
+# The shipped grids, relative to the directory the command runs in (the repository root).
+SWEEPS_DIR = Path("experiments/sweeps")
 # Seed keys for sweeps across methods: each method's own init seed follows the trial seed.
 METHOD_SEED_KEYS = ("seed", "prefix.seed", "prompt.seed", "lora.seed")
 
@@ -127,8 +133,8 @@ class Contrast:
     `a` and `b` are partial settings (`{"method": "full"}`) that pick one setting each among
     the sweep's trials; `within` names keys on which the two are paired value by value (e.g.
     `("data.train_examples",)`: each training-set size is compared with itself, and the
-    mean difference over sizes is reported too). `prefix_jax.study.report` answers it with a
-    paired bootstrap interval of the BLEU difference (`experiments/contrasts.py`).
+    mean difference over sizes is reported too). The report answers it with a paired
+    bootstrap interval of the BLEU difference (`prefix_jax.study.report.contrasts`).
     """
 
     question: str
@@ -212,31 +218,46 @@ class Sweep:
         return trials
 
 
-def load_sweep(spec: str) -> Sweep:
-    """The Sweep of a file path (`experiments/sweeps/x.py`), module (`experiments.sweeps.x`)
-    or bare name (`x`); the module must define `get_sweep()` returning a Sweep or a dict."""
+def grid_module(path: str | Path) -> ModuleType:
+    """The module of a grid file (or of a helper beside it, such as `_study.py`).
+
+    Grid files are data read by path, not an installed package, yet they share helpers
+    through relative imports (`from ._study import DATA`). So each folder of grid files is
+    imported as a package of its own under a private name made from its absolute path: the
+    files of one folder share their helpers' modules (imported once, like any module), and
+    two folders never clash.
+    """
+    path = Path(path)
+    if path.suffix != ".py" or not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} not found")
+    folder = path.resolve().parent
+    package = "_prefix_jax_sweeps_" + hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+    if package not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"{package}.{path.stem}")
+
+
+def load_sweep(spec: str, sweeps_dir: str | Path = SWEEPS_DIR) -> Sweep:
+    """The Sweep of a grid file path (`experiments/sweeps/x.py`) or of a bare name (`x`,
+    looked up in `sweeps_dir`); the file must define `get_sweep()` returning a Sweep or a
+    dict."""
     if spec.endswith(".py") or "/" in spec or "\\" in spec:
         path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep file {spec} not found")
-        module_name = f"_sweep_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"cannot import {spec}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
     else:
-        name = spec if "." in spec else f"{SWEEPS_PACKAGE}.{spec}"
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            raise ModuleNotFoundError(
-                f"no sweep {spec!r}; shipped: {', '.join(available())} (or give a file path)",
-                name=name,
-            ) from None
+        path = Path(sweeps_dir) / f"{spec}.py"
+        if not Path(sweeps_dir).is_dir():
+            raise FileNotFoundError(
+                f"no sweep {spec!r}: no folder {sweeps_dir} under {Path.cwd()} (run from the "
+                "repository root, give the grid file's path, or --sweeps-dir)"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no sweep {spec!r} in {sweeps_dir}; shipped: {', '.join(available(sweeps_dir))}"
+                " (or give a grid file's path)"
+            )
+    module = grid_module(path)
     if not hasattr(module, "get_sweep"):
         raise AttributeError(f"{spec} defines no get_sweep()")
     result: Any = module.get_sweep()
@@ -250,13 +271,9 @@ def load_sweep(spec: str) -> Sweep:
     return result
 
 
-def available() -> list[str]:
-    """Names of the sweep files shipped in this package."""
-    spec = importlib.util.find_spec(SWEEPS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    here = Path(list(spec.submodule_search_locations)[0])
-    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_"))
+def available(sweeps_dir: str | Path = SWEEPS_DIR) -> list[str]:
+    """Names of the grid files in `sweeps_dir` (helpers, `_*.py`, are not sweeps)."""
+    return sorted(p.stem for p in Path(sweeps_dir).glob("*.py") if not p.stem.startswith("_"))
 
 
 def _check_key(key: str) -> None:

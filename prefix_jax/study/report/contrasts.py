@@ -1,5 +1,5 @@
-"""Answers to a sweep's yes/no questions (`experiments.sweeps.Contrast`): is setting a ahead
-of setting b on BLEU?
+"""Answers to a sweep's yes/no questions (`prefix_jax.study.sweep.Contrast`): is setting a
+ahead of setting b on BLEU?
 
 For each contrast (and each value of its `within` keys) the report gives:
 - the difference of the seed-mean corpus BLEU, a - b;

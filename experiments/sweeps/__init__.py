@@ -1,1 +1,0 @@
-"""The shipped sweep grids, as data: `prefix_jax.study.sweep` runs them."""
