@@ -21,7 +21,8 @@ from flax import nnx
 from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
 from prefix_jax.data import BatchIterator, encode_examples
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import (

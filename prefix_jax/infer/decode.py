@@ -34,22 +34,6 @@ from prefix_jax.models.transformer import (
 Array = jax.Array
 
 
-def left_pad(
-    sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to a common length (rounded up to `multiple` to limit shapes)."""
-    if not sequences or any(len(s) == 0 for s in sequences):
-        raise ValueError("every prompt needs at least one token")
-    length = max(len(s) for s in sequences)
-    length = -(-length // multiple) * multiple
-    tokens = np.full((len(sequences), length), pad_id, np.int32)
-    mask = np.zeros((len(sequences), length), bool)
-    for i, s in enumerate(sequences):
-        tokens[i, length - len(s) :] = s
-        mask[i, length - len(s) :] = True
-    return tokens, mask
-
-
 class _Options(NamedTuple):
     """Decoding options as traced arrays, so changing them does not recompile."""
 
