@@ -17,8 +17,8 @@ def train_flops(
     batch: int,
     length: int,
     *,
-    target_length: int | None = None,
     virtual_tokens: int = 0,
+    target_length: int | None = None,
     remat: bool = False,
 ) -> float:
     """Analytic FLOPs of one train step of `method`; matmuls and attention.
