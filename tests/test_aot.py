@@ -331,6 +331,15 @@ def test_encoder_decoder_full_fine_tuning_counts_weight_gradients():
     assert aot.train_flops(TINY_T5, "full", BATCH, LENGTH, target_length=32) == 1.5 * frozen
 
 
+def test_encoder_decoder_decode_needs_its_source_length():
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.decode_floor(TINY_T5, {"fsdp": 1}, 4, 8)
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.decode_flops(TINY_T5, 4, 8)
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.compile_decode_step(TINY_T5, cpu_mesh(1), 4, 8)
+
+
 def test_encoder_decoder_public_shapes():
     # transformers' num_parameters() of facebook/bart-large and google-t5/t5-base; ours also
     # counts BART's final_logits_bias (a buffer there, one per vocabulary entry).

@@ -232,9 +232,6 @@ def compile_decode_step(
     runs once the sources are encoded: its cache holds the decoder prefix and `cache_length`
     target slots, and every decoder layer's cross keys/values of the cross prefix and
     `source_length` encoder states."""
-    model = abstract_model(
-        config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
-    )
     if is_encoder_decoder(config):
         if source_length is None:
             raise ValueError("an encoder-decoder's decode step needs source_length")
@@ -243,6 +240,9 @@ def compile_decode_step(
         )
     else:
         cache = _decoder_cache(mesh, batch, cache_length, prefix_length)
+    model = abstract_model(
+        config, param_dtype=param_dtype, dtype=dtype, mesh=mesh, rules=rules, attention=attention
+    )
     return _compile_cached_step(model, mesh, rules, batch, *cache)
 
 
