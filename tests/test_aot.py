@@ -290,8 +290,8 @@ def test_encoder_decoder_train_step_splits_over_fsdp_8():
     }
     assert fits[8].memory.temporaries <= fits[1].memory.temporaries / 4
     assert fits[8].trainable_state_bytes <= fits[1].trainable_state_bytes / 4
-    floor = aot.seq2seq_train_floor(
-        TINY_T5, {"fsdp": 8}, BATCH, LENGTH, 32,
+    floor = aot.train_floor(
+        TINY_T5, {"fsdp": 8}, BATCH, LENGTH, target_length=32,
         trainable_state_bytes=fits[8].trainable_state_bytes, prefix_length=8, dtype_bytes=4,
         dense_attention=False,
     )  # fmt: skip
@@ -304,12 +304,12 @@ def test_encoder_decoder_decode_step_splits_both_caches_over_fsdp_8():
     under FSDP 8 the weights and both caches are split, and the analytic floor stays below
     what XLA reports."""
     fits = {
-        n: aot.compile_seq2seq_decode_step(
+        n: aot.compile_decode_step(
             TINY_T5,
             cpu_mesh(n),
             BATCH,
             256,
-            LENGTH,
+            source_length=LENGTH,
             prefix_length=8,
             param_dtype=jnp.float32,
             dtype=jnp.float32,
@@ -319,16 +319,25 @@ def test_encoder_decoder_decode_step_splits_both_caches_over_fsdp_8():
     assert fits[8].memory.arguments <= fits[1].memory.arguments / 6
     assert fits[8].memory.temporaries <= fits[1].memory.temporaries / 4
     for n, fit in fits.items():
-        floor = aot.seq2seq_decode_floor(
-            TINY_T5, {"fsdp": n}, BATCH, 256, LENGTH, prefix_length=8, dtype_bytes=4
+        floor = aot.decode_floor(
+            TINY_T5, {"fsdp": n}, BATCH, 256, source_length=LENGTH, prefix_length=8, dtype_bytes=4
         )
         assert floor["cache shard"] + floor["weights shard"] <= fit.memory.arguments
         assert sum(floor.values()) <= fit.total
 
 
 def test_encoder_decoder_full_fine_tuning_counts_weight_gradients():
-    frozen = aot.seq2seq_train_flops(TINY_T5, BATCH, LENGTH, 32)
-    assert aot.seq2seq_train_flops(TINY_T5, BATCH, LENGTH, 32, method="full") == 1.5 * frozen
+    frozen = aot.train_flops(TINY_T5, "prefix", BATCH, LENGTH, target_length=32)
+    assert aot.train_flops(TINY_T5, "full", BATCH, LENGTH, target_length=32) == 1.5 * frozen
+
+
+def test_encoder_decoder_decode_needs_its_source_length():
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.decode_floor(TINY_T5, {"fsdp": 1}, 4, 8)
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.decode_flops(TINY_T5, 4, 8)
+    with pytest.raises(ValueError, match="needs source_length"):
+        aot.compile_decode_step(TINY_T5, cpu_mesh(1), 4, 8)
 
 
 def test_encoder_decoder_public_shapes():

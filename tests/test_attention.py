@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prefix_jax.data.tokens import left_pad
 from prefix_jax.infer import decode
 from prefix_jax.models import PrefixKV, load
 from prefix_jax.models import attention as att
@@ -374,7 +375,7 @@ def test_model_logits_and_prefix_gradients_equal_dense(models, p, padding, small
 def test_model_decoding_equals_dense(models, small_flash_blocks):
     """Greedy and beam search (cached steps, prefix in the cache, mixed per-row prefixes)."""
     prompts = [[5, 9, 13, 2, 7, 3, 11], [4, 4, 8], [17, 1, 6, 6, 20, 30, 2, 9, 12, 14]]
-    tokens, mask = decode.left_pad(prompts, 0)
+    tokens, mask = left_pad(prompts, 0)
     prefix = model_prefix(models["xla"], 7, len(prompts), mixed=True, seed=1)
     results = {
         kind: (

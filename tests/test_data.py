@@ -34,6 +34,7 @@ from prefix_jax.data import (
     pick_bucket,
     split_by_source,
 )
+from prefix_jax.data.tokens import left_pad, pad_id_of, pad_rows, until_eos
 
 DATA = Path(os.environ.get("PREFIX_JAX_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
 
@@ -366,14 +367,27 @@ def test_loss_mask_covers_exactly_target_and_eos(tokenizer: PreTrainedTokenizerF
     assert all(v.dtype == np.int32 for v in batch.values())
 
 
-def test_separator_none_bos_and_pad() -> None:
+def test_separator_none_and_pad() -> None:
     tok = byte_tokenizer()
-    tok.add_special_tokens({"pad_token": "<pad>", "bos_token": "<bos>"})
-    config = EncodeConfig(separator=None, add_bos=True)
-    data = encode_examples([Example("a", "b")], tok, config)
-    bos, pad = tok.bos_token_id, tok.pad_token_id
-    assert data.sequences[0].tolist() == [bos, ord("a"), EOS, ord("b"), EOS]
-    assert data.prompt_lengths.tolist() == [3] and data.pad_id == pad
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    data = encode_examples([Example("a", "b")], tok, EncodeConfig(separator=None))
+    assert data.sequences[0].tolist() == [ord("a"), EOS, ord("b"), EOS]
+    assert data.prompt_lengths.tolist() == [2] and data.pad_id == tok.pad_token_id
+
+
+def test_one_pad_policy_and_eos_trim() -> None:
+    """Padding is masked, so any vocabulary id works: the tokenizer's pad, else eos, else 0."""
+
+    class Ids:
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+
+    assert [pad_id_of(Ids(*ids)) for ids in ((3, 2), (None, 2), (None, None))] == [3, 2, 0]
+    assert until_eos(np.array([5, 6, 2, 7, 2]), 2) == ([5, 6], 3)
+    assert until_eos([5, 6], 2) == ([5, 6], 2) and until_eos([5, 2], None) == ([5, 2], 2)
+    tokens, mask = pad_rows([[1, 2], [3]], 9, 3, 3, left=True)
+    assert tokens.tolist() == [[9, 1, 2], [9, 9, 3], [9, 9, 9]] and mask.sum() == 3
+    assert left_pad([[1, 2, 3]], 0, multiple=4)[0].tolist() == [[0, 1, 2, 3]]
 
 
 def test_truncation_is_counted(tokenizer: PreTrainedTokenizerFast) -> None:

@@ -16,8 +16,9 @@ import pytest
 from conftest import padded_batch
 from flax import nnx
 
+from prefix_jax.data.tokens import left_pad
 from prefix_jax.infer import decode
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.models import PrefixKV, load
 
 

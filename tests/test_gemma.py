@@ -15,7 +15,8 @@ import torch
 import transformers
 from conftest import hf_logits, padded_batch
 
-from prefix_jax.infer.decode import greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.models import (
     PrefixKV,

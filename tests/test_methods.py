@@ -20,7 +20,8 @@ from conftest import make_config, padded_batch
 from flax import nnx
 
 from prefix_jax.data import BatchIterator, encode_examples
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import (

@@ -9,7 +9,8 @@ import torch
 import transformers
 from conftest import hf_logits, padded_batch
 
-from prefix_jax.infer.decode import greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import greedy
 from prefix_jax.models import load
 
 KINDS = ["gpt2", "llama", "llama_tied", "llama3_rope", "qwen2", "qwen3", "mistral_window"]

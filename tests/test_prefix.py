@@ -12,7 +12,8 @@ import transformers
 from conftest import hf_logits, padded_batch
 from flax import nnx
 
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, count_params, create_prefix
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.core import Prefix, activations_table

@@ -9,7 +9,8 @@ import pytest
 import transformers
 from jax.sharding import PartitionSpec as P
 
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.data.tokens import left_pad
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods import PrefixConfig, PrefixLM, PrefixParam, create_prefix
 from prefix_jax.models import load
 from prefix_jax.scale import sharding

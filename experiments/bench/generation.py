@@ -25,7 +25,7 @@ SETTINGS = [("greedy", 1), ("greedy", 16), ("beam5", 1), ("beam5", 16)]
 
 def prompts(batch: int, vocab: int = 49152) -> tuple[np.ndarray, np.ndarray]:
     """Random prompts of lengths in [PROMPT_LENGTH/2, PROMPT_LENGTH], left-padded."""
-    from prefix_jax.infer.decode import left_pad
+    from prefix_jax.data.tokens import left_pad
 
     rng = np.random.default_rng(batch)
     lengths = rng.integers(PROMPT_LENGTH // 2, PROMPT_LENGTH + 1, batch)

@@ -11,7 +11,8 @@ import time
 
 import jax
 
-from prefix_jax.infer.decode import greedy, left_pad
+from prefix_jax.data.tokens import left_pad, pad_id_of
+from prefix_jax.infer.decode import greedy
 from prefix_jax.models import load
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             for p in prompts
         ]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     tokens, mask = left_pad(ids, pad_id, multiple=16)
     start = time.perf_counter()
     out = jax.device_get(

@@ -1,15 +1,8 @@
-"""Data: task loaders (records -> examples) and the batch pipeline (examples -> arrays)."""
+"""Data: task loaders (records -> examples), token rules (`tokens`) and batches (examples ->
+arrays): `causal` for decoder-only models, `pairs` for encoder-decoders, `batching` shared."""
 
-from prefix_jax.data.pipeline import (
-    DEFAULT_SEPARATOR,
-    BatchIterator,
-    EncodeConfig,
-    EncodedDataset,
-    default_buckets,
-    encode_examples,
-    eval_batches,
-    pick_bucket,
-)
+from prefix_jax.data.batching import ShuffledBatches, default_buckets, pick_bucket
+from prefix_jax.data.causal import BatchIterator, EncodedDataset, encode_examples, eval_batches
 from prefix_jax.data.tasks import (
     TASKS,
     DataError,
@@ -28,6 +21,7 @@ from prefix_jax.data.tasks import (
     parse_mr,
     split_by_source,
 )
+from prefix_jax.data.tokens import DEFAULT_SEPARATOR, EncodeConfig
 
 __all__ = [
     "DEFAULT_SEPARATOR",
@@ -39,6 +33,7 @@ __all__ = [
     "EvalGroup",
     "Example",
     "LoadResult",
+    "ShuffledBatches",
     "default_buckets",
     "encode_examples",
     "eval_batches",

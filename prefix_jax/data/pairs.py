@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from prefix_jax.data.pipeline import BatchIterator, EncodeConfig, _checked_buckets, pick_bucket
+from prefix_jax.data.batching import ShuffledBatches, padded_eval_batches, pick_bucket
 from prefix_jax.data.tasks import EvalGroup, Example
+from prefix_jax.data.tokens import EncodeConfig, pad_id_of, pad_rows, plain_ids
 
 log = logging.getLogger(__name__)
 
@@ -102,26 +103,12 @@ class SpecialTokens:
         return out, n_cut
 
 
-def _pad_id(tokenizer: Any) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has neither pad_token_id nor eos_token_id")
-    return tokenizer.eos_token_id
-
-
-def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-
 def encode_sources(
     tokenizer: Any, sources: Sequence[str], config: EncodeConfig
 ) -> tuple[list[np.ndarray], int]:
     """Encoder inputs with special tokens, at most `config.max_source_tokens` each."""
     sources_ids, n_cut = SpecialTokens(tokenizer).wrap(
-        _ids(tokenizer, sources), config.max_source_tokens
+        plain_ids(tokenizer, sources), config.max_source_tokens
     )
     if n_cut:
         log.warning(
@@ -140,7 +127,9 @@ def encode_pairs(
     config = config or EncodeConfig()
     sources, n_source_cut = encode_sources(tokenizer, [e.source for e in examples], config)
     labels, n_target_cut = SpecialTokens(tokenizer).wrap(
-        _ids(tokenizer, [e.target for e in examples]), config.max_target_tokens, close_cut=False
+        plain_ids(tokenizer, [e.target for e in examples]),
+        config.max_target_tokens,
+        close_cut=False,
     )
     if n_target_cut:
         log.warning(
@@ -150,12 +139,12 @@ def encode_pairs(
             config.max_target_tokens,
         )
     return EncodedPairs(
-        sources, labels, _pad_id(tokenizer), decoder_start_id, n_source_cut, n_target_cut
+        sources, labels, pad_id_of(tokenizer), decoder_start_id, n_source_cut, n_target_cut
     )
 
 
-class PairBatchIterator(BatchIterator):
-    """`BatchIterator`'s shuffled, pooled, resumable order over encoder-decoder pairs.
+class PairBatchIterator(ShuffledBatches):
+    """`ShuffledBatches` of encoder-decoder pairs.
 
     Yields `source`, `source_mask` ([rows, source bucket]), `target` (the decoder input,
     shifted right), `labels` and `target_mask` ([rows, target bucket]), int32.
@@ -173,28 +162,19 @@ class PairBatchIterator(BatchIterator):
         self, indices: np.ndarray, source_len: int, target_len: int
     ) -> dict[str, np.ndarray]:
         data = self.dataset
-        rows = len(indices)
-        source = np.full((rows, source_len), data.pad_id, dtype=np.int32)
-        source_mask = np.zeros((rows, source_len), dtype=np.int32)
-        target = np.full((rows, target_len), data.pad_id, dtype=np.int32)
-        labels = np.full((rows, target_len), data.pad_id, dtype=np.int32)
-        target_mask = np.zeros((rows, target_len), dtype=np.int32)
-        for row, index in enumerate(indices):
-            if index < 0:
-                continue
-            src, lab = data.sources[index], data.labels[index]
-            source[row, : len(src)] = src
-            source_mask[row, : len(src)] = 1
-            labels[row, : len(lab)] = lab
-            target[row, 0] = data.decoder_start_id
-            target[row, 1 : len(lab)] = lab[:-1]
-            target_mask[row, : len(lab)] = 1
+        pairs = [(data.sources[i], data.labels[i]) if i >= 0 else ((), ()) for i in indices]
+        source, source_mask = pad_rows([s for s, _ in pairs], data.pad_id, source_len, left=False)
+        labels, target_mask = pad_rows(
+            [lab for _, lab in pairs], data.pad_id, target_len, left=False
+        )
+        shifted = [[data.decoder_start_id, *lab[:-1]] if len(lab) else () for _, lab in pairs]
+        target, _ = pad_rows(shifted, data.pad_id, target_len, left=False)
         return {
             "source": source,
-            "source_mask": source_mask,
+            "source_mask": source_mask.astype(np.int32),
             "target": target,
             "labels": labels,
-            "target_mask": target_mask,
+            "target_mask": target_mask.astype(np.int32),
         }
 
 
@@ -211,26 +191,9 @@ def pair_eval_batches(
     Each batch has `source`, `source_mask` (int32 [batch_size, bucket]), `valid` (bool,
     False for rows padding the last batch) and per row `sources` and `references`.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     config = config or EncodeConfig()
     encoded, _ = encode_sources(tokenizer, [g.source for g in groups], config)
-    pad = _pad_id(tokenizer)
-    buckets = _checked_buckets(buckets, max((len(s) for s in encoded), default=1))
-    for start in range(0, len(groups), batch_size):
-        chunk = encoded[start : start + batch_size]
-        length = pick_bucket(max(len(s) for s in chunk), buckets)
-        source = np.full((batch_size, length), pad, dtype=np.int32)
-        source_mask = np.zeros((batch_size, length), dtype=np.int32)
-        for row, ids in enumerate(chunk):
-            source[row, : len(ids)] = ids
-            source_mask[row, : len(ids)] = 1
-        batch_groups = groups[start : start + batch_size]
-        n_pad = batch_size - len(chunk)
-        yield {
-            "source": source,
-            "source_mask": source_mask,
-            "valid": np.arange(batch_size) < len(chunk),
-            "sources": [g.source for g in batch_groups] + [""] * n_pad,
-            "references": [list(g.references) for g in batch_groups] + [[] for _ in range(n_pad)],
-        }
+    for source, source_mask, rest in padded_eval_batches(
+        groups, encoded, batch_size, pad_id_of(tokenizer), buckets, left=False
+    ):
+        yield {"source": source, "source_mask": source_mask, **rest}

@@ -34,23 +34,7 @@ from prefix_jax.models.transformer import (
 Array = jax.Array
 
 
-def left_pad(
-    sequences: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to a common length (rounded up to `multiple` to limit shapes)."""
-    if not sequences or any(len(s) == 0 for s in sequences):
-        raise ValueError("every prompt needs at least one token")
-    length = max(len(s) for s in sequences)
-    length = -(-length // multiple) * multiple
-    tokens = np.full((len(sequences), length), pad_id, np.int32)
-    mask = np.zeros((len(sequences), length), bool)
-    for i, s in enumerate(sequences):
-        tokens[i, length - len(s) :] = s
-        mask[i, length - len(s) :] = True
-    return tokens, mask
-
-
-class _Options(NamedTuple):
+class TracedOptions(NamedTuple):
     """Decoding options as traced arrays, so changing them does not recompile."""
 
     eos_id: Array  # [] int32, -1 for none
@@ -60,7 +44,7 @@ class _Options(NamedTuple):
     length_penalty: Array  # [] float32
 
 
-def _options(
+def traced_options(
     model: Transformer,
     *,
     max_new_tokens: int,
@@ -69,9 +53,12 @@ def _options(
     pad_id: int,
     banned_ids: Sequence[int],
     length_penalty: float = 1.0,
-) -> _Options:
+    beam_size: int = 1,
+) -> TracedOptions:
     """Validate decoding options and pack them for the compiled decoders."""
     vocab = model.config.vocab_size
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be positive, got {beam_size}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not 0 <= min_new_tokens <= max_new_tokens:
@@ -85,7 +72,7 @@ def _options(
     if np.any((ids < 0) | (ids >= vocab)):
         raise ValueError(f"banned_ids {tuple(banned_ids)} fall outside [0, {vocab})")
     banned[ids] = True
-    return _Options(
+    return TracedOptions(
         eos_id=jnp.int32(-1 if eos_id is None else eos_id),
         pad_id=jnp.int32(pad_id),
         min_new_tokens=jnp.int32(min_new_tokens),
@@ -94,7 +81,7 @@ def _options(
     )
 
 
-def _next_log_probs(logits: Array, step: Array | int, options: _Options) -> Array:
+def _next_log_probs(logits: Array, step: Array | int, options: TracedOptions) -> Array:
     """Next-token log-probs [..., V] with forbidden tokens (banned, early eos) set to -inf."""
     ids = jnp.arange(logits.shape[-1])
     early_eos = (ids == options.eos_id) & (step < options.min_new_tokens)
@@ -115,7 +102,7 @@ def greedy(
     banned_ids: Sequence[int] = (),
 ) -> Array:
     """Greedy continuation [B, max_new_tokens] of left-padded prompts; after eos, `pad_id`."""
-    options = _options(
+    options = traced_options(
         model,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
@@ -143,10 +130,10 @@ def _greedy(graphdef, state, tokens, attention_mask, prefix, options, *, max_new
     hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
     logits = model.unembed(hidden[:, -1:])[:, 0]
     step = functools.partial(decode_step, model)
-    return _greedy_loop(step, logits, cache, options, max_new_tokens)
+    return greedy_loop(step, logits, cache, options, max_new_tokens)
 
 
-def _greedy_loop(step: Callable, logits: Array, cache, options: _Options, max_new_tokens: int):
+def greedy_loop(step: Callable, logits: Array, cache, options: TracedOptions, max_new_tokens: int):
     """Greedy tokens [B, max_new_tokens] from the first step's logits [B, V] and a cache;
     `step(last [B], cache) -> (logits [B, V], cache)` runs the model on one token per row."""
     b = logits.shape[0]
@@ -199,10 +186,9 @@ def beam_search(
     when length_penalty <= 0): stopping early never changes the result. The loop ends when
     every row has stopped or max_new_tokens is reached.
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be positive, got {beam_size}")
-    options = _options(
+    options = traced_options(
         model,
+        beam_size=beam_size,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
         eos_id=eos_id,
@@ -235,7 +221,9 @@ class _Beams(NamedTuple):
     last: Array  # [B, k] int32, each alive beam's newest token
 
 
-def _beam_step(beams: _Beams, log_probs: Array, step: Array | int, options: _Options) -> _Beams:
+def _beam_step(
+    beams: _Beams, log_probs: Array, step: Array | int, options: TracedOptions
+) -> _Beams:
     """Extend every alive beam by one token (log_probs [B, k, V]) and update finished ones."""
     b, k, vocab = log_probs.shape
     n = beams.alive_seq.shape[-1]
@@ -325,7 +313,7 @@ def fill_prefix(cache: KVCache, prefix: PrefixKV) -> KVCache:
     )
 
 
-def _reorder_cache(cache: KVCache, rows: Array) -> KVCache:
+def reorder_cache(cache: KVCache, rows: Array) -> KVCache:
     """Gather batch rows of keys/values/valid/next_position: `rows` [B'] picks each new row."""
     return cache.replace(
         keys=jnp.take(cache.keys, rows, axis=1),
@@ -345,17 +333,17 @@ def _beam_search(
     hidden, cache = model.hidden_states(tokens, attention_mask, cache=cache)
     logits = model.unembed(hidden[:, -1:])[:, 0]
     step = functools.partial(decode_step, model)
-    return _beam_loop(step, logits, cache, options, beam_size, max_new_tokens)
+    return beam_loop(step, logits, cache, options, beam_size, max_new_tokens)
 
 
-def _beam_loop(
+def beam_loop(
     step: Callable,
     logits: Array,
     cache,
-    options: _Options,
+    options: TracedOptions,
     beam_size: int,
     max_new_tokens: int,
-    reorder: Callable = _reorder_cache,
+    reorder: Callable = reorder_cache,
     repeat: Callable | None = None,
 ) -> tuple[Array, Array]:
     """Beam search from the first step's logits [B, V] and a cache of B rows (see

@@ -30,6 +30,7 @@ from prefix_jax import metrics
 from prefix_jax.data import eval_batches, group_references
 from prefix_jax.data.pairs import pair_eval_batches
 from prefix_jax.data.tasks import TASKS, DataError, EvalGroup, load_task
+from prefix_jax.data.tokens import pad_id_of, until_eos
 from prefix_jax.infer.decode import beam_search
 from prefix_jax.infer.seq2seq_decode import beam_search_seq2seq
 from prefix_jax.infer.trained import Trained, load_trained
@@ -127,7 +128,7 @@ def evaluate(
     trained = load_trained(config, workdir, model, tokenizer, adapter)
 
     d = config.decode
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     banned = newline_token_ids(tokenizer) if d.ban_newline else ()
     hypotheses, references, sources = [], [], []
     generated, start = 0, time.perf_counter()
@@ -142,8 +143,8 @@ def evaluate(
         sequences = decode_batch(trained, batch, d, tokenizer.eos_token_id, pad_id, banned)
         sequences = np.asarray(jax.device_get(sequences))
         for row in np.flatnonzero(batch["valid"]):
-            ids = _until_eos(sequences[row], tokenizer.eos_token_id)
-            generated += len(ids) + 1
+            ids, n = until_eos(sequences[row], tokenizer.eos_token_id)
+            generated += n
             text = tokenizer.decode(ids, skip_special_tokens=True)
             hypotheses.append(" ".join(text.split()))
             references.append(batch["references"][row])
@@ -218,13 +219,6 @@ def _meteor_jar(config: ml_collections.ConfigDict) -> tuple[Path | None, list[st
     jar = Path(configured).expanduser() if configured else metrics.find_meteor_jar()
     missing = metrics.meteor_unavailable(jar)
     return jar, [missing] if missing else []
-
-
-def _until_eos(ids: np.ndarray, eos_id: int | None) -> list[int]:
-    ids = ids.tolist()
-    if eos_id is not None and eos_id in ids:
-        ids = ids[: ids.index(eos_id)]
-    return ids
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prefix_jax.infer.decode import _beam_loop, _greedy_loop, _Options, _options, _reorder_cache
+from prefix_jax.infer.decode import (
+    TracedOptions,
+    beam_loop,
+    greedy_loop,
+    reorder_cache,
+    traced_options,
+)
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqPrefix
 
 Array = jax.Array
@@ -74,10 +80,16 @@ def beam_search_seq2seq(
 ) -> tuple[Array, Array]:
     """Best beam per row: (target tokens [B, max_new_tokens], scores [B]); the search is
     `prefix_jax.infer.decode.beam_search`'s (Hugging Face's rules, exact early stop)."""
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be positive, got {beam_size}")
     options, start = _prepare(
-        model, max_new_tokens, min_new_tokens, eos_id, pad_id, start_id, banned_ids, length_penalty
+        model,
+        max_new_tokens,
+        min_new_tokens,
+        eos_id,
+        pad_id,
+        start_id,
+        banned_ids,
+        length_penalty,
+        beam_size,
     )
     graphdef, state = nnx.split(model)
     return _beam_search(
@@ -94,13 +106,21 @@ def beam_search_seq2seq(
 
 
 def _prepare(
-    model, max_new_tokens, min_new_tokens, eos_id, pad_id, start_id, banned_ids, penalty=1.0
-) -> tuple[_Options, Array]:
+    model,
+    max_new_tokens,
+    min_new_tokens,
+    eos_id,
+    pad_id,
+    start_id,
+    banned_ids,
+    penalty=1.0,
+    beam_size=1,
+) -> tuple[TracedOptions, Array]:
     c = model.config
     start = c.decoder_start_id if start_id is None else start_id
     if not 0 <= start < c.vocab_size:
         raise ValueError(f"decoder start id {start} is outside the vocabulary [0, {c.vocab_size})")
-    options = _options(
+    options = traced_options(
         model,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
@@ -108,6 +128,7 @@ def _prepare(
         pad_id=c.pad_id if pad_id is None else pad_id,
         banned_ids=banned_ids,
         length_penalty=penalty,
+        beam_size=beam_size,
     )
     return options, jnp.int32(start)
 
@@ -134,13 +155,13 @@ def _start(model, source, source_mask, prefix: Seq2SeqPrefix, start, max_new_tok
 
 def _reorder_self(cache: Seq2SeqCache, rows: Array) -> Seq2SeqCache:
     """Beams of one row share cross keys/values: only the self-attention cache moves."""
-    return cache.replace(self_attn=_reorder_cache(cache.self_attn, rows))
+    return cache.replace(self_attn=reorder_cache(cache.self_attn, rows))
 
 
 def _repeat_rows(cache: Seq2SeqCache, rows: Array) -> Seq2SeqCache:
     """Every part of the cache, rows gathered (each source row copied for its beams)."""
     return cache.replace(
-        self_attn=_reorder_cache(cache.self_attn, rows),
+        self_attn=reorder_cache(cache.self_attn, rows),
         cross_keys=jnp.take(cache.cross_keys, rows, axis=1),
         cross_values=jnp.take(cache.cross_values, rows, axis=1),
         cross_valid=jnp.take(cache.cross_valid, rows, axis=0),
@@ -152,7 +173,7 @@ def _greedy(graphdef, state, source, source_mask, prefix, options, start, *, max
     model = nnx.merge(graphdef, state)
     logits, cache = _start(model, source, source_mask, prefix, start, max_new_tokens)
     step = functools.partial(decoder_step, model)
-    return _greedy_loop(step, logits, cache, options, max_new_tokens)
+    return greedy_loop(step, logits, cache, options, max_new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_new_tokens"))
@@ -162,7 +183,7 @@ def _beam_search(
     model = nnx.merge(graphdef, state)
     logits, cache = _start(model, source, source_mask, prefix, start, max_new_tokens)
     step = functools.partial(decoder_step, model)
-    return _beam_loop(
+    return beam_loop(
         step,
         logits,
         cache,

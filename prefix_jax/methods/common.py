@@ -19,6 +19,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
+from prefix_jax.files import atomic_write
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqDeltas
 from prefix_jax.models.transformer import KVCache, Transformer
@@ -166,10 +167,3 @@ def read_artifact(
         if not f.exists():
             raise FileNotFoundError(f"{f} not found: not a {expected_format} export directory")
     return load_file(directory / weights_name), json.loads((directory / config_name).read_text())
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)

@@ -113,7 +113,6 @@ def main(argv=None) -> None:
 
     config = model_config(args.model)
     seq2seq = isinstance(config, Seq2SeqConfig)
-    target_seq = args.target_seq or args.seq
     topo = aot.topology(args.topology)
     mesh = sharding.make_mesh(args.mesh, aot.devices(topo))
     mesh_shape = dict(mesh.shape)
@@ -147,29 +146,18 @@ def main(argv=None) -> None:
             config, mesh, args.batch, args.seq, settings,
             param_dtype=dt, dtype=dt, remat_policy=remat,
             constrain_activations=not args.no_constraints, attention=args.attention,
-            target_length=target_seq if seq2seq else None,
+            target_length=args.target_seq or None,
         )  # fmt: skip
         p = args.prefix_length if args.method == "prefix" else 0
-        if seq2seq:
-            floor = aot.seq2seq_train_floor(
-                config, mesh_shape, args.batch, args.seq, target_seq,
-                trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
-                dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
-            )  # fmt: skip
-            flops = aot.seq2seq_train_flops(
-                config, args.batch, args.seq, target_seq, prefix_length=p,
-                remat=args.remat == "full", method=args.method,
-            )  # fmt: skip
-        else:
-            floor = aot.train_floor(
-                config, mesh_shape, args.batch, args.seq,
-                trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
-                dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
-            )  # fmt: skip
-            flops = aot.train_flops(
-                config, args.method, args.batch, args.seq,
-                virtual_tokens=args.prefix_length, remat=args.remat == "full",
-            )  # fmt: skip
+        floor = aot.train_floor(
+            config, mesh_shape, args.batch, args.seq, target_length=args.target_seq or None,
+            trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
+            dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
+        )  # fmt: skip
+        flops = aot.train_flops(
+            config, args.method, args.batch, args.seq, target_length=args.target_seq or None,
+            virtual_tokens=args.prefix_length, remat=args.remat == "full",
+        )  # fmt: skip
         rows.append(
             Row("train", args.method, args.batch, args.seq, args.remat, fit, floor, flops,
                 time.perf_counter() - start)
@@ -177,25 +165,16 @@ def main(argv=None) -> None:
     if args.decode_batch:
         start = time.perf_counter()
         p, batch, cache = args.prefix_length, args.decode_batch, args.cache_length
-        if seq2seq:
-            fit = aot.compile_seq2seq_decode_step(
-                config, mesh, batch, cache, args.seq,
-                prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
-            )  # fmt: skip
-            floor = aot.seq2seq_decode_floor(
-                config, mesh_shape, batch, cache, args.seq,
-                prefix_length=p, dtype_bytes=dtype_bytes,
-            )  # fmt: skip
-            flops = aot.seq2seq_decode_flops(config, batch, p + cache, p + args.seq)
-        else:
-            fit = aot.compile_decode_step(
-                config, mesh, batch, cache,
-                prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
-            )  # fmt: skip
-            floor = aot.decode_floor(
-                config, mesh_shape, batch, cache, prefix_length=p, dtype_bytes=dtype_bytes
-            )
-            flops = aot.decode_flops(config, batch, p + cache)
+        source = args.seq if seq2seq else None
+        fit = aot.compile_decode_step(
+            config, mesh, batch, cache, source_length=source,
+            prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
+        )  # fmt: skip
+        floor = aot.decode_floor(
+            config, mesh_shape, batch, cache, source_length=source,
+            prefix_length=p, dtype_bytes=dtype_bytes,
+        )  # fmt: skip
+        flops = aot.decode_flops(config, batch, cache, source_length=source, prefix_length=p)
         rows.append(
             Row("decode", "prefix", batch, cache, "-", fit, floor, flops,
                 time.perf_counter() - start)

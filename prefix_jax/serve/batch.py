@@ -47,7 +47,9 @@ import numpy as np
 from tqdm import tqdm
 
 from prefix_jax.data import DEFAULT_SEPARATOR, pick_bucket
-from prefix_jax.infer.decode import beam_search, greedy, left_pad
+from prefix_jax.data.tokens import left_pad, pad_id_of, plain_ids, separator_ids, until_eos
+from prefix_jax.files import atomic_write
+from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.models.transformer import Transformer
 from prefix_jax.serve.prefix_bank import BASE_TASK, NO_PREFIX, PrefixRegistry, UnknownTaskError
 
@@ -173,10 +175,7 @@ class Server:
         self.max_beam_size = max_beam_size
         self.base_separator = base_separator
         self.eos_id: int | None = tokenizer.eos_token_id
-        if tokenizer.pad_token_id is not None:
-            self.pad_id = tokenizer.pad_token_id
-        else:
-            self.pad_id = self.eos_id if self.eos_id is not None else 0
+        self.pad_id = pad_id_of(tokenizer)
         powers = (2**i for i in range(batch_size.bit_length()))
         self.batch_sizes = tuple(sorted({*powers, batch_size}))
         # Rows without a prefix join the batches of the convention most prefixes use.
@@ -208,33 +207,24 @@ class Server:
     # ------------------------------------------------------------------ prompts
 
     def prompt_ids(self, task: str | None, text: str) -> list[int]:
-        """`[bos] input separator` token ids, exactly as the task's prefix saw in training."""
+        """`input separator` token ids, exactly as the task's prefix saw in training."""
         ids, _ = self._prompt(task, text)
         return ids
 
     def _prompt(self, task: str | None, text: str) -> tuple[list[int], int]:
         if task is None or task == BASE_TASK:
-            separator, add_bos = self.base_separator, False
+            separator = self.base_separator
         else:
-            info = self.registry.task(task)
-            separator, add_bos = info.separator, info.add_bos
-        source = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        bos = []
-        if add_bos:
-            if self.tokenizer.bos_token_id is None:
-                raise RequestError(f"task {task!r} needs a bos token the tokenizer lacks")
-            bos = [self.tokenizer.bos_token_id]
-        return bos + list(source) + self._separator(separator), len(source)
+            separator = self.registry.task(task).separator
+        (source,) = plain_ids(self.tokenizer, [text])
+        return source + self._separator(separator), len(source)
 
     def _separator(self, separator: str | None) -> list[int]:
         if separator not in self._separator_ids:
-            if separator is None:
-                if self.eos_id is None:
-                    raise RequestError("the eos separator needs an eos token")
-                ids = [self.eos_id]
-            else:
-                ids = list(self.tokenizer(separator, add_special_tokens=False)["input_ids"])
-            self._separator_ids[separator] = ids
+            try:
+                self._separator_ids[separator] = separator_ids(self.tokenizer, separator)
+            except ValueError as e:
+                raise RequestError(str(e)) from None
         return self._separator_ids[separator]
 
     def _prepare(self, position: int, item: Request | Mapping) -> _Prepared:
@@ -317,7 +307,7 @@ class Server:
                 continue
             decode_s += time.perf_counter() - start
             for p, row in zip(items, sequences, strict=True):
-                ids, n = _until_eos(row, self.eos_id)
+                ids, n = until_eos(row, self.eos_id)
                 generated += n
                 record = {
                     "id": p.request.id,
@@ -430,15 +420,6 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _until_eos(row: np.ndarray, eos_id: int | None) -> tuple[list[int], int]:
-    """(ids before the first eos, generated count including that eos)."""
-    ids = row.tolist()
-    if eos_id is not None and eos_id in ids:
-        cut = ids.index(eos_id)
-        return ids[:cut], cut + 1
-    return ids, len(ids)
-
-
 def _parse_prefix(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
@@ -517,9 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
+        atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
     s = server.last_stats
     errors = sum("error" in r for r in records)
     print(

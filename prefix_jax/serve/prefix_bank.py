@@ -57,16 +57,14 @@ class TaskInfo:
     offset: int
     positions_after_prefix: bool
     separator: str | None  # text between source and target; None = the eos token
-    add_bos: bool
     source: str  # the directory it was loaded from ("" when given in memory)
 
 
-def training_prompt_format(exported: ExportedPrefix) -> tuple[str | None, bool]:
-    """(separator, add_bos) recorded in the prefix's training config, or the defaults."""
+def training_separator(exported: ExportedPrefix) -> str | None:
+    """The separator recorded in the prefix's training config, or the default."""
     config = exported.training.get("config") or {}
     data = config.get("data") or {}
-    separator = data["separator"] if "separator" in data else DEFAULT_SEPARATOR
-    return separator, bool(data.get("add_bos", False))
+    return data["separator"] if "separator" in data else DEFAULT_SEPARATOR
 
 
 class PrefixRegistry:
@@ -110,15 +108,13 @@ class PrefixRegistry:
                 )
             if exported.length == 0:
                 raise PrefixMismatchError(f"{label} has length 0")
-            separator, add_bos = training_prompt_format(exported)
             tasks[name] = TaskInfo(
                 name=name,
                 index=index,
                 length=exported.length,
                 offset=offset,
                 positions_after_prefix=exported.positions_after_prefix,
-                separator=separator,
-                add_bos=add_bos,
+                separator=training_separator(exported),
                 source=source,
             )
             tables.append(np.asarray(exported.table, np.float32).reshape(-1, width))
@@ -242,5 +238,5 @@ __all__ = [
     "TaskInfo",
     "UnknownTaskError",
     "gather_prefix",
-    "training_prompt_format",
+    "training_separator",
 ]

@@ -15,6 +15,7 @@ from prefix_jax.data import (
     EncodeConfig,
     EncodedDataset,
     Example,
+    ShuffledBatches,
     encode_examples,
     load_task,
     split_by_source,
@@ -106,7 +107,9 @@ def encode_data(
     return encode_examples(examples, tokenizer, encode_config(config))
 
 
-def batch_iterator(data: EncodedDataset | EncodedPairs, batch_size: int, **kw) -> BatchIterator:
+def batch_iterator(
+    data: EncodedDataset | EncodedPairs, batch_size: int, **kw
+) -> ShuffledBatches:
     """The resumable, bucketed batch order of either kind of data."""
     cls = PairBatchIterator if isinstance(data, EncodedPairs) else BatchIterator
     return cls(data, batch_size, **kw)

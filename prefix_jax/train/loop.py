@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from prefix_jax.data import BatchIterator
+from prefix_jax.data import ShuffledBatches
 from prefix_jax.methods import count_params, lora, prompt
 from prefix_jax.methods.common import gather
 from prefix_jax.methods.prefix import artifact as export
@@ -80,7 +80,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path.write_text(text)
 
 
-def evaluate_loss(trainer: Trainer, iterator: BatchIterator) -> float:
+def evaluate_loss(trainer: Trainer, iterator: ShuffledBatches) -> float:
     """Token-weighted mean loss over one pass of `iterator` (teacher forcing)."""
     total, count = 0.0, 0.0
     for batch in iterator.batches(0):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from prefix_jax.methods.common import atomic_write
+from prefix_jax.files import atomic_write
 from prefix_jax.methods.prefix.core import (
     Prefix,
     PrefixParts,
