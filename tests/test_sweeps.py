@@ -34,8 +34,8 @@ from prefix_jax.study.sweep import (
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# Stands in for `python -m prefix_jax.train.loop|evaluate ...`: it is run as
-# `python fake_prog.py -m MODULE ARGS...`, logs each call, fails for the trial whose
+# Stands in for `python -m prefix_jax.cli train|evaluate ...`: it is run as
+# `python fake_prog.py -m prefix_jax.cli COMMAND ARGS...`, logs each call, fails for the trial whose
 # overrides contain $FAKE_FAIL, and writes the files the real programs write.
 FAKE_PROG = textwrap.dedent(
     """
@@ -45,9 +45,9 @@ FAKE_PROG = textwrap.dedent(
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 
     args = sys.argv[1:]
-    module = args[1]
-    if module == "prefix_jax.train.loop":
-        flags = dict(a[2:].split("=", 1) for a in args[2:])
+    module = " ".join(args[1:3])
+    if module == "prefix_jax.cli train":
+        flags = dict(a[2:].split("=", 1) for a in args[3:])
         workdir = Path(flags.pop("workdir"))
         overrides = {k[len("config."):]: v for k, v in flags.items() if k.startswith("config.")}
     else:
@@ -55,7 +55,7 @@ FAKE_PROG = textwrap.dedent(
         overrides = json.loads((workdir / "config.json").read_text())
     call = {"module": module, "trial": workdir.name}
     fail = os.environ.get("FAKE_FAIL", "")
-    if module == "prefix_jax.train.loop":
+    if module == "prefix_jax.cli train":
         call["resumed"] = (workdir / "checkpoint").exists()
         if fail and fail in ",".join(f"{k}={v}" for k, v in overrides.items()):
             with open(os.environ["FAKE_LOG"], "a") as f:
@@ -89,7 +89,7 @@ SWEEP_FILE = textwrap.dedent(
     def get_sweep():
         return Sweep(
             name="tiny",
-            config="configs/e2e_prefix.py:local",
+            config="configs/e2e.py:local",
             grid=sweep("prefix.length", [1, 5, 10, 20]),
             seeds=(0,),
             base_overrides={"data.path": "/data/e2e devset.csv"},
@@ -167,7 +167,7 @@ def test_sweep_trials_cross_seeds_outermost():
             "prefix_length",
             (5 + 2 + 2) * 3,
             [
-                "--config=configs/e2e_prefix.py",
+                "--config=configs/e2e.py:method=prefix",
                 "--config.prefix.length=1",
                 "--config.max_steps=200",
             ],
@@ -182,14 +182,14 @@ def test_sweep_trials_cross_seeds_outermost():
             3 * 5 * 3,
             ["--config.data.train_examples=50", "--config.prefix.init=text:table-to-text:"],
         ),
-        ("method", 4 * 3, ["--config=configs/e2e_prefix.py", "--config.method=prefix"]),
+        ("method", 4 * 3, ["--config=configs/e2e.py:method=prefix", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
         ("init", 4 * 3, ["--config.prefix.init=random", "--config.data.train_fraction=0.1"]),
         (
             "small_cpu",
             4 * 2 + 2,
-            ["--config=configs/e2e_prefix.py:local", "--config.prefix.length=1"],
+            ["--config=configs/e2e.py:method=prefix,local", "--config.prefix.length=1"],
         ),
     ],
 )
@@ -200,13 +200,13 @@ def test_shipped_sweeps_expand(name, size, first_flags):
     assert len(plans) == size
     assert len({p.trial.name for p in plans}) == size
     train = plans[0].steps[0].argv
-    assert train[:3] == ["python", "-m", "prefix_jax.train.loop"]
+    assert train[:4] == ["python", "-m", "prefix_jax.cli", "train"]
     assert f"--workdir={Path('runs/x') / plans[0].trial.name}" in train
     for flag in first_flags:
         assert flag in train
     assert "--config.seed=0" in train and "--config.prefix.seed=0" in train
     evaluate = plans[0].steps[1].argv
-    assert evaluate[1:] == ["-m", "prefix_jax.infer.evaluate", "--workdir", str(plans[0].dir)] + [
+    assert evaluate[1:] == ["-m", "prefix_jax.cli", "evaluate", "--workdir", str(plans[0].dir)] + [
         "--split",
         "validation",
     ]
@@ -217,40 +217,39 @@ def test_sweep_module_and_bare_name_load_the_same():
     by_path = load_sweep("experiments/sweeps/prefix_length.py")
     assert load_sweep("prefix_length") == by_path
     assert load_sweep("experiments.sweeps.prefix_length") == by_path
-    assert load_sweep("small_cpu").config == "configs/e2e_{method}.py:local"
+    assert load_sweep("small_cpu").config == "configs/e2e.py:method={method},local"
 
 
 def test_config_template_gives_each_method_its_own_config():
     plans = launch.plan_trials(load_sweep("method"), "runs/m", python=["python"], seeds=[0])
     configs = [next(a for a in p.steps[0].argv if a.startswith("--config=")) for p in plans]
-    assert configs == [f"--config=configs/e2e_{m}.py" for m in ("prefix", "prompt", "lora", "full")]
+    methods = ("prefix", "prompt", "lora", "full")
+    assert configs == [f"--config=configs/e2e.py:method={m}" for m in methods]
     assert all("--config.lora.seed=0" in p.steps[0].argv for p in plans)
     small = launch.plan_trials(load_sweep("small_cpu"), "runs/s", python=["python"])
     assert [p.record["config"] for p in small[-2:]] == [
-        "configs/e2e_prompt.py:local",
-        "configs/e2e_lora.py:local",
+        "configs/e2e.py:method=prompt,local",
+        "configs/e2e.py:method=lora,local",
     ]
-    bad = Sweep(name="bad", config="configs/e2e_{method}.py", grid=[{"prefix.length": 1}])
+    bad = Sweep(name="bad", config="configs/e2e.py:method={method}", grid=[{"prefix.length": 1}])
     with pytest.raises(ValueError, match=r"\{method\}, which the trial does not set"):
         launch.plan_trials(bad, "runs/b", python=["python"])
 
 
 def test_overrides_parse_into_the_real_configs():
-    """Every shipped sweep's flags are accepted by ml_collections and set the right values."""
-    from absl import flags
-    from ml_collections import config_flags
+    """Every shipped sweep's flags are accepted by `prefix-jax train`'s config parsing and
+    set the right values."""
+    from prefix_jax.config.parse import apply_overrides, load_config, split_overrides
 
     for name in available():
         s = load_sweep(name)
         plans = launch.plan_trials(s, "runs/x", python=["python"])
         for plan in (plans[0], plans[-1]):
-            argv = ["train", *plan.steps[0].argv[3:]]
-            fv = flags.FlagValues()
-            config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
-            flags.DEFINE_string("workdir", None, "", flag_values=fv)
-            fv(argv)
+            rest, overrides = split_overrides(plan.steps[0].argv[4:])
+            config_file = next(a for a in rest if a.startswith("--config="))
+            config = apply_overrides(load_config(config_file.removeprefix("--config=")), overrides)
             for key, value in {**s.base_overrides, **plan.trial.overrides}.items():
-                got = fv.config
+                got = config
                 for part in key.split("."):
                     got = got[part]
                 assert got == value and type(got) is type(value), (name, key)
@@ -324,14 +323,14 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     assert fake() == 1
     calls = fake.calls()
     ran = [(c["trial"], c["module"]) for c in calls]
-    assert (_trial(1), "prefix_jax.train.loop") not in ran  # finished: skipped
+    assert (_trial(1), "prefix_jax.cli train") not in ran  # finished: skipped
     assert [c for c in calls if c["trial"] == _trial(10)][0]["resumed"] is True
-    assert (_trial(10), "prefix_jax.infer.evaluate") in ran
-    assert (_trial(5), "prefix_jax.infer.evaluate") not in ran  # failed in training
+    assert (_trial(10), "prefix_jax.cli evaluate") in ran
+    assert (_trial(5), "prefix_jax.cli evaluate") not in ran  # failed in training
     assert [c for c in calls if c["trial"] == _trial(5)][0]["failed"] is True
-    assert (_trial(20), "prefix_jax.train.loop") in ran and (
+    assert (_trial(20), "prefix_jax.cli train") in ran and (
         _trial(20),
-        "prefix_jax.infer.evaluate",
+        "prefix_jax.cli evaluate",
     ) in ran
 
     failed = (root / _trial(5) / "FAILED").read_text()
@@ -357,8 +356,8 @@ def test_launcher_skips_resumes_and_isolates_failures(fake, monkeypatch, capsys)
     monkeypatch.delenv("FAKE_FAIL")
     assert fake() == 0
     assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(5), "prefix_jax.train.loop"),
-        (_trial(5), "prefix_jax.infer.evaluate"),
+        (_trial(5), "prefix_jax.cli train"),
+        (_trial(5), "prefix_jax.cli evaluate"),
     ]
     assert not (root / _trial(5) / "FAILED").exists()
 
@@ -370,7 +369,7 @@ def test_launcher_does_not_retrain_a_finished_training(fake):
     (tdir / "config.json").write_text('{"prefix.length": 5}')
     assert fake("--only", "length=5,") == 0
     assert [(c["trial"], c["module"]) for c in fake.calls()] == [
-        (_trial(5), "prefix_jax.infer.evaluate")
+        (_trial(5), "prefix_jax.cli evaluate")
     ]
 
 
@@ -395,8 +394,8 @@ def test_dry_run_prints_commands_and_touches_nothing(fake, capsys):
     out = capsys.readouterr().out
     assert not fake.root.exists() and fake.calls() == []
     assert (
-        out.count("-m prefix_jax.train.loop") == 4
-        and out.count("-m prefix_jax.infer.evaluate") == 4
+        out.count("-m prefix_jax.cli train") == 4
+        and out.count("-m prefix_jax.cli evaluate") == 4
     )
     assert "--config.prefix.length=5" in out and "--config.max_steps=2" in out
     assert "'--config.data.path=/data/e2e devset.csv'" in out  # shell-quoted
@@ -407,7 +406,7 @@ def test_print_backend_lines_are_runnable_and_idempotent(fake, tmp_path, monkeyp
     out_file = tmp_path / "trials.sh"
     assert fake("--backend=print", "-o", str(out_file)) == 0
     lines = out_file.read_text().splitlines()
-    assert len(lines) == 4 and all("-m prefix_jax.train.loop" in line for line in lines)
+    assert len(lines) == 4 and all("-m prefix_jax.cli train" in line for line in lines)
     assert "--config.prefix.length=5" in lines[1]
 
     def bash(line: str) -> int:
@@ -415,8 +414,8 @@ def test_print_backend_lines_are_runnable_and_idempotent(fake, tmp_path, monkeyp
 
     assert bash(lines[0]) == 0
     assert [c["module"] for c in fake.calls()] == [
-        "prefix_jax.train.loop",
-        "prefix_jax.infer.evaluate",
+        "prefix_jax.cli train",
+        "prefix_jax.cli evaluate",
     ]
     assert json.loads((fake.root / _trial(1) / "trial.json").read_text())["trial"] == _trial(1)
     assert bash(lines[0]) == 0 and fake.calls() == []  # finished: nothing reruns
@@ -437,13 +436,13 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
     assert "--worker=all" in train and "--worker=0" in evaluate
     remote = train[train.index("--command") + 1]
     assert remote.startswith("cd prefix_jax && ")
-    assert "--config.prefix.length=5" in remote and "--config=configs/e2e_prefix.py:local" in remote
+    assert "--config.prefix.length=5" in remote and "--config=configs/e2e.py:local" in remote
     assert shlex.split(remote.split(" || ")[1].rstrip("; }"))[:3] == [
         sys.executable,
         str(fake.sweep_file.parent / "fake_prog.py"),
         "-m",
     ]
-    assert "prefix_jax.infer.evaluate" in evaluate[evaluate.index("--command") + 1]
+    assert "prefix_jax.cli evaluate" in evaluate[evaluate.index("--command") + 1]
     with pytest.raises(SystemExit):
         fake("--backend=tpu-pod", "--tpu", "pod-1")
 
@@ -745,7 +744,7 @@ def test_a_sweep_goes_on_elsewhere_from_its_archive(fake, tmp_path):
     assert [(c["trial"], c["module"]) for c in fake.calls()] == [
         (_trial(n), module)
         for n in (10, 20)
-        for module in ("prefix_jax.train.loop", "prefix_jax.infer.evaluate")
+        for module in ("prefix_jax.cli train", "prefix_jax.cli evaluate")
     ]
     events = [json.loads(x) for x in (unpacked / "launch.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("launch") == 2
@@ -1018,7 +1017,7 @@ def test_study_sweeps_share_data_budget_and_held_out_set():
 
     for name in STUDIES:
         s = load_sweep(name)
-        assert s.name == name and s.config.startswith("configs/e2e_")
+        assert s.name == name and s.config.startswith("configs/e2e.py")
         assert s.base_overrides.items() >= DATA.items()
         assert 150 <= s.base_overrides["max_steps"] <= 300
         assert 2 <= s.base_overrides["decode.beam_size"] <= 5

@@ -46,8 +46,7 @@ from prefix_jax.study import provenance
 from prefix_jax.study.sweep import Point, Sweep, Trial, available, format_value, load_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_MODULE = "prefix_jax.train.loop"
-EVAL_MODULE = "prefix_jax.infer.evaluate"
+CLI_MODULE = "prefix_jax.cli"  # `python -m prefix_jax.cli <command>`: the current interpreter
 TAIL_LINES = 40
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|FATAL|Error)")
 
@@ -85,14 +84,15 @@ def parse_sets(items: Sequence[str]) -> Point:
 
 
 def train_argv(python: Sequence[str], config: str, workdir: Path, overrides: Point) -> list[str]:
-    """`python -m prefix_jax.train.loop --config=... --workdir=... --config.k=v ...`."""
+    """`python -m prefix_jax.cli train --config=... --workdir=... --config.k=v ...`."""
     flags = [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
-    return [*python, "-m", TRAIN_MODULE, f"--config={config}", f"--workdir={workdir}", *flags]
+    command = [*python, "-m", CLI_MODULE, "train"]
+    return [*command, f"--config={config}", f"--workdir={workdir}", *flags]
 
 
 def eval_argv(python: Sequence[str], workdir: Path, split: str) -> list[str]:
-    """`python -m prefix_jax.infer.evaluate --workdir ... --split ...`."""
-    return [*python, "-m", EVAL_MODULE, "--workdir", str(workdir), "--split", split]
+    """`python -m prefix_jax.cli evaluate --workdir ... --split ...`."""
+    return [*python, "-m", CLI_MODULE, "evaluate", "--workdir", str(workdir), "--split", split]
 
 
 def plan_trials(
@@ -362,7 +362,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.]+)\}")
 
 def resolve_config(config: str, overrides: Point) -> str:
     """Fill `{key}` placeholders of a sweep's config path from the trial's overrides, so
-    that e.g. `configs/e2e_{method}.py` gives each method its own config file."""
+    that e.g. `configs/e2e.py:method={method}` gives each method its own config."""
 
     def value(match: re.Match) -> str:
         key = match.group(1)
