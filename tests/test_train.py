@@ -1,5 +1,5 @@
-"""Tests for prefix_jax.train.loop: outputs, exact resumption (exception and SIGKILL), the NaN
-guard, and config errors.
+"""Tests for prefix_jax.train.loop and `prefix-jax train`: outputs, exact resumption (exception
+and SIGKILL), the NaN guard, and config errors.
 
 Everything runs on a tiny random Llama (vocab 257 = bytes + eos) with a byte-level tokenizer
 and a 26-line jsonl task: 4 held-out sources leave 22 training examples, so an epoch is 6
@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 from test_data import byte_tokenizer
 
-from configs import e2e_prefix
+from prefix_jax.config.parse import load_config
+from prefix_jax.config.upgrade import load_run_config
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.train import assemble as experiment
 from prefix_jax.train import step as train_step
@@ -123,8 +124,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_config(tiny: dict[str, Path], **overrides) -> ml_collections.ConfigDict:
-    """`configs/e2e_prefix.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
-    config = e2e_prefix.get_config("local")
+    """`configs/e2e.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
+    config = load_config(f"{REPO / 'configs' / 'e2e.py'}:local")
     settings = {**OVERRIDES, "model": str(tiny["model"]), "data.path": str(tiny["data"])}
     settings |= {key.replace("__", "."): value for key, value in overrides.items()}
     for key, value in settings.items():
@@ -139,8 +140,8 @@ def make_config(tiny: dict[str, Path], **overrides) -> ml_collections.ConfigDict
 def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
     settings = {**OVERRIDES, "model": tiny["model"], "data.path": tiny["data"], **overrides}
     flags = [f"--config.{key}={_flag_value(value)}" for key, value in settings.items()]
-    config_file = "configs/e2e_prefix.py:local"  # relative to the repository root (cwd)
-    command = [sys.executable, "-m", "prefix_jax.train.loop", "--config", config_file]
+    config_file = "configs/e2e.py:local"  # relative to the repository root (cwd)
+    command = [sys.executable, "-m", "prefix_jax.cli", "train", "--config", config_file]
     return command + ["--workdir", str(workdir), *flags]
 
 
@@ -522,7 +523,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 def run_config(workdir: Path) -> ml_collections.ConfigDict:
     """The run's config as `evaluate`'s CLI reads it, with a short greedy decode."""
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config = load_run_config(workdir)
     config.decode.update(beam_size=1, max_new_tokens=4)
     return config
 
@@ -530,7 +531,8 @@ def run_config(workdir: Path) -> ml_collections.ConfigDict:
 def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys):
     """`evaluate --data FILE [--task T]` scores FILE's sources into eval_<stem>/, records the
     file and task, and leaves the run's own eval_validation/ as it was."""
-    from prefix_jax.infer.evaluate import evaluate, main
+    from prefix_jax.cli.evaluate import main
+    from prefix_jax.infer.evaluate import evaluate
 
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir, ignore=shutil.ignore_patterns("checkpoints", "tb"))
@@ -617,6 +619,7 @@ def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys)
 )
 def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args, message):
     """Bad --data input stops with one message before any model is loaded."""
+    from prefix_jax.cli import evaluate as cli
     from prefix_jax.infer import evaluate
 
     (tmp_path / "config.json").write_text(make_config(tiny).to_json_best_effort())
@@ -629,11 +632,12 @@ def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args
     monkeypatch.setattr(evaluate.experiment, "load_model", no_model)
     argv = ["--workdir", str(tmp_path)] + [a.format(tmp=tmp_path) for a in args]
     with pytest.raises(SystemExit, match=message):
-        evaluate.main(argv)
+        cli.main(argv)
 
 
 def test_evaluate_cli_rejects_bad_flags(tiny, tmp_path, capsys):
-    from prefix_jax.infer.evaluate import DataError, data_file_groups, main, output_dir
+    from prefix_jax.cli.evaluate import main
+    from prefix_jax.infer.evaluate import DataError, data_file_groups, output_dir
 
     base = ["--workdir", str(tmp_path)]
     for args, message in [
