@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefix_jax.config.parse import add_config_argument, parse_with_config
+from prefix_jax.cli.config_args import add_config_argument, parse_with_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

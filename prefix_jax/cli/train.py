@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from prefix_jax.config.parse import add_config_argument, parse_with_config
+from prefix_jax.cli.config_args import add_config_argument, parse_with_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,8 @@ naming it, so a typo never adds a field that nothing reads.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,34 +102,6 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str
                 raise ConfigError(f"{item} needs a value")
         overrides.append((key, text))
     return rest, overrides
-
-
-def add_config_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """`--config path[:args]`, documented with the override convention."""
-    parser.add_argument(
-        "--config",
-        required=required,
-        metavar="FILE[:ARGS]",
-        help="config file and its arguments, e.g. configs/e2e.py:method=lora,local; "
-        "override any field with --config.KEY=VALUE (e.g. --config.optim.learning_rate=1e-3)",
-    )
-
-
-def parse_with_config(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None
-) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
-    """Parse `argv` with `parser` (which has `add_config_argument`) and build the config:
-    the file, then the overrides in order. Any config problem is a parser error."""
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    try:
-        config = apply_overrides(load_config(args.config), overrides)
-    except ValueError as e:  # ConfigError, or a get_config that rejects its argument
-        parser.error(str(e))
-    return args, config
 
 
 def _typed(name: str, text: str, kind: type) -> Any:
