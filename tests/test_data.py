@@ -580,9 +580,9 @@ def test_smollm2_tokenizer_masks_and_prompts() -> None:
 
 
 def _splits_config(path: Path, **data):
-    from configs.e2e_prefix import get_config
+    from prefix_jax.config.parse import load_config
 
-    config = get_config()
+    config = load_config(str(Path(__file__).parents[1] / "configs" / "e2e.py"))
     config.data.path = str(path)
     config.data.eval_sources = 100
     for key, value in data.items():

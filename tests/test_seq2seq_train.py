@@ -19,7 +19,7 @@ import pytest
 from conftest import word_tokenizer
 from flax import nnx
 
-from configs import xsum_prefix
+from prefix_jax.config.parse import load_config
 from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import PrefixConfig, PrefixParam, PrefixParts, Seq2SeqPrefixLM
@@ -29,6 +29,8 @@ from prefix_jax.models import load
 from prefix_jax.train import assemble as experiment
 from prefix_jax.train.loop import train
 from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
+
+XSUM = str(Path(__file__).parents[1] / "configs" / "xsum.py")
 
 WORDS = [f"w{i}" for i in range(57)]  # 4 special tokens + 57 words = the tiny vocab of 61
 
@@ -118,7 +120,7 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     decoder_only, _ = load(str(tiny_checkpoints["llama"]), with_tokenizer=False)
     with pytest.raises(ValueError, match=r"\['encoder'\] do not exist in this model"):
         create_prefix(decoder_only, PrefixConfig(length=2, parts="encoder"))
-    config = xsum_prefix.get_config()
+    config = load_config(XSUM)
     config.method, config.finetune.top_layers = "full", 1
     with pytest.raises(ValueError, match="is for decoder-only models"):
         experiment.build_method(config, model, None)
@@ -228,7 +230,7 @@ def xsum_like(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
-    c = xsum_prefix.get_config("local")
+    c = load_config(f"{XSUM}:local")
     c.mesh = ()
     c.model, c.data.path = str(xsum_like["model"]), str(xsum_like["data"])
     c.data.eval_sources = 2
@@ -258,7 +260,7 @@ def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
 def test_full_fine_tuning_of_an_encoder_decoder_trains_every_weight(xsum_like, tmp_path):
     """Li & Liang's fine-tuning baseline on XSum: every weight of both stacks trains, the
     run has no export, and evaluate decodes with the weights of the latest checkpoint."""
-    c = xsum_prefix.get_config("local")
+    c = load_config(f"{XSUM}:local")
     c.mesh, c.method = (), "full"
     c.model, c.data.path = str(xsum_like["model"]), str(xsum_like["data"])
     c.data.eval_sources = 2
@@ -435,7 +437,7 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     from prefix_jax.train.loop import export_artifacts
 
     model, _ = load(str(tiny_seq2seq_checkpoints["bart"]), with_tokenizer=False)
-    config = xsum_prefix.get_config()
+    config = load_config(XSUM)
     config.method = method
     config.prompt.update({"length": 3, "init": "random", "init_scale": 0.5})
     config.lora.update({"rank": 2, "targets": ("q", "cross_v"), "dropout": 0.1})

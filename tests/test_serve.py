@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from conftest import byte_tokenizer
 
+from prefix_jax.cli.serve import main
 from prefix_jax.data.tokens import left_pad
 from prefix_jax.infer import decode
 from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models import load, model_identity
-from prefix_jax.serve.batch import DecodeOptions, Request, RequestError, Server, main
+from prefix_jax.serve.batch import DecodeOptions, Request, RequestError, Server
 from prefix_jax.serve.prefix_bank import PrefixRegistry, UnknownTaskError
 
 EOS = 256

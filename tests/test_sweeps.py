@@ -98,7 +98,7 @@ SWEEP_FILE = textwrap.dedent(
     def get_sweep():
         return Sweep(
             name="tiny",
-            config="configs/e2e_prefix.py:local",
+            config="configs/e2e.py:local",
             grid=sweep("prefix.length", [1, 5, 10, 20]),
             seeds=(0,),
             base_overrides={"data.path": "/data/e2e devset.csv"},
@@ -176,7 +176,7 @@ def test_sweep_trials_cross_seeds_outermost():
             "prefix_length",
             (5 + 2 + 2) * 3,
             [
-                "--config=configs/e2e_prefix.py",
+                "--config=configs/e2e.py:method=prefix",
                 "--config.prefix.length=1",
                 "--config.max_steps=200",
             ],
@@ -191,14 +191,14 @@ def test_sweep_trials_cross_seeds_outermost():
             3 * 5 * 3,
             ["--config.data.train_examples=50", "--config.prefix.init=text:table-to-text:"],
         ),
-        ("method", 4 * 3, ["--config=configs/e2e_prefix.py", "--config.method=prefix"]),
+        ("method", 4 * 3, ["--config=configs/e2e.py:method=prefix", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
         ("init", 4 * 3, ["--config.prefix.init=random", "--config.data.train_fraction=0.1"]),
         (
             "small_cpu",
             4 * 2 + 2,
-            ["--config=configs/e2e_prefix.py:local", "--config.prefix.length=1"],
+            ["--config=configs/e2e.py:method=prefix,local", "--config.prefix.length=1"],
         ),
     ],
 )
@@ -225,7 +225,7 @@ def test_sweep_path_and_bare_name_load_the_same(tmp_path, monkeypatch):
     assert set(available()) >= {"prefix_length", "method", "small_cpu", "data_size", "init"}
     by_path = load_sweep("experiments/sweeps/prefix_length.py")
     assert load_sweep("prefix_length") == by_path
-    assert load_sweep("small_cpu").config == "configs/e2e_{method}.py:local"
+    assert load_sweep("small_cpu").config == "configs/e2e.py:method={method},local"
     # Grids and the helpers they import relatively load by path from any directory.
     sweeps_dir = SWEEPS_DIR.resolve()
     monkeypatch.chdir(tmp_path)
@@ -269,34 +269,33 @@ def test_a_sweeps_folder_elsewhere_shares_its_helpers(tmp_path, monkeypatch, cap
 def test_config_template_gives_each_method_its_own_config():
     plans = launch.plan_trials(load_sweep("method"), "runs/m", python=["python"], seeds=[0])
     configs = [next(a for a in p.steps[0].argv if a.startswith("--config=")) for p in plans]
-    assert configs == [f"--config=configs/e2e_{m}.py" for m in ("prefix", "prompt", "lora", "full")]
+    methods = ("prefix", "prompt", "lora", "full")
+    assert configs == [f"--config=configs/e2e.py:method={m}" for m in methods]
     assert all("--config.lora.seed=0" in p.steps[0].argv for p in plans)
     small = launch.plan_trials(load_sweep("small_cpu"), "runs/s", python=["python"])
     assert [p.record["config"] for p in small[-2:]] == [
-        "configs/e2e_prompt.py:local",
-        "configs/e2e_lora.py:local",
+        "configs/e2e.py:method=prompt,local",
+        "configs/e2e.py:method=lora,local",
     ]
-    bad = Sweep(name="bad", config="configs/e2e_{method}.py", grid=[{"prefix.length": 1}])
+    bad = Sweep(name="bad", config="configs/e2e.py:method={method}", grid=[{"prefix.length": 1}])
     with pytest.raises(ValueError, match=r"\{method\}, which the trial does not set"):
         launch.plan_trials(bad, "runs/b", python=["python"])
 
 
 def test_overrides_parse_into_the_real_configs():
-    """Every shipped sweep's flags are accepted by ml_collections and set the right values."""
-    from absl import flags
-    from ml_collections import config_flags
+    """Every shipped sweep's flags are accepted by `prefix-jax train`'s config parsing and
+    set the right values."""
+    from prefix_jax.config.parse import apply_overrides, load_config, split_overrides
 
     for name in available():
         s = load_sweep(name)
         plans = launch.plan_trials(s, "runs/x", python=["python"])
         for plan in (plans[0], plans[-1]):
-            argv = ["train", *plan.steps[0].argv[4:]]
-            fv = flags.FlagValues()
-            config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
-            flags.DEFINE_string("workdir", None, "", flag_values=fv)
-            fv(argv)
+            rest, overrides = split_overrides(plan.steps[0].argv[4:])
+            config_file = next(a for a in rest if a.startswith("--config="))
+            config = apply_overrides(load_config(config_file.removeprefix("--config=")), overrides)
             for key, value in {**s.base_overrides, **plan.trial.overrides}.items():
-                got = fv.config
+                got = config
                 for part in key.split("."):
                     got = got[part]
                 assert got == value and type(got) is type(value), (name, key)
@@ -480,7 +479,7 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
     assert "--worker=all" in train and "--worker=0" in evaluate
     remote = train[train.index("--command") + 1]
     assert remote.startswith("cd prefix_jax && ")
-    assert "--config.prefix.length=5" in remote and "--config=configs/e2e_prefix.py:local" in remote
+    assert "--config.prefix.length=5" in remote and "--config=configs/e2e.py:local" in remote
     assert shlex.split(remote.split(" || ")[1].rstrip("; }"))[:3] == [
         sys.executable,
         str(fake.sweep_file.parent / "fake_prog.py"),
@@ -1088,7 +1087,7 @@ def test_study_sweeps_share_data_budget_and_held_out_set():
 
     for name in STUDIES:
         s = load_sweep(name)
-        assert s.name == name and s.config.startswith("configs/e2e_")
+        assert s.name == name and s.config.startswith("configs/e2e.py")
         assert s.base_overrides.items() >= DATA.items()
         assert 150 <= s.base_overrides["max_steps"] <= 300
         assert 2 <= s.base_overrides["decode.beam_size"] <= 5

@@ -1,5 +1,5 @@
-"""Tests for prefix_jax.train.loop: outputs, exact resumption (exception and SIGKILL), the NaN
-guard, and config errors.
+"""Tests for prefix_jax.train.loop and `prefix-jax train`: outputs, exact resumption (exception
+and SIGKILL), the NaN guard, and config errors.
 
 Everything runs on a tiny random Llama (vocab 257 = bytes + eos) with a byte-level tokenizer
 and a 26-line jsonl task: 4 held-out sources leave 22 training examples, so an epoch is 6
@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from conftest import MAX_STEPS, OVERRIDES, make_config
 
+from prefix_jax.config.upgrade import load_run_config
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.train import assemble as experiment
 from prefix_jax.train import step as train_step
@@ -68,8 +69,8 @@ def compilation_cache(tmp_path_factory):
 def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
     settings = {**OVERRIDES, "model": tiny["model"], "data.path": tiny["data"], **overrides}
     flags = [f"--config.{key}={_flag_value(value)}" for key, value in settings.items()]
-    config_file = "configs/e2e_prefix.py:local"  # relative to the repository root (cwd)
-    command = [sys.executable, "-m", "prefix_jax.train.loop", "--config", config_file]
+    config_file = "configs/e2e.py:local"  # relative to the repository root (cwd)
+    command = [sys.executable, "-m", "prefix_jax.cli", "train", "--config", config_file]
     return command + ["--workdir", str(workdir), *flags]
 
 
@@ -451,7 +452,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 def run_config(workdir: Path) -> ml_collections.ConfigDict:
     """The run's config as `evaluate`'s CLI reads it, with a short greedy decode."""
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config = load_run_config(workdir)
     config.decode.update(beam_size=1, max_new_tokens=4)
     return config
 
@@ -459,7 +460,8 @@ def run_config(workdir: Path) -> ml_collections.ConfigDict:
 def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys):
     """`evaluate --data FILE [--task T]` scores FILE's sources into eval_<stem>/, records the
     file and task, and leaves the run's own eval_validation/ as it was."""
-    from prefix_jax.infer.evaluate import evaluate, main
+    from prefix_jax.cli.evaluate import main
+    from prefix_jax.infer.evaluate import evaluate
 
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir, ignore=shutil.ignore_patterns("checkpoints", "tb"))
@@ -546,6 +548,7 @@ def test_evaluate_on_a_data_file(tiny, reference, tmp_path, monkeypatch, capsys)
 )
 def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args, message):
     """Bad --data input stops with one message before any model is loaded."""
+    from prefix_jax.cli import evaluate as cli
     from prefix_jax.infer import evaluate
 
     (tmp_path / "config.json").write_text(make_config(tiny).to_json_best_effort())
@@ -558,11 +561,12 @@ def test_evaluate_data_errors_name_the_problem(tiny, tmp_path, monkeypatch, args
     monkeypatch.setattr(evaluate.experiment, "load_model", no_model)
     argv = ["--workdir", str(tmp_path)] + [a.format(tmp=tmp_path) for a in args]
     with pytest.raises(SystemExit, match=message):
-        evaluate.main(argv)
+        cli.main(argv)
 
 
 def test_evaluate_cli_rejects_bad_flags(tiny, tmp_path, capsys):
-    from prefix_jax.infer.evaluate import DataError, data_file_groups, main, output_dir
+    from prefix_jax.cli.evaluate import main
+    from prefix_jax.infer.evaluate import DataError, data_file_groups, output_dir
 
     base = ["--workdir", str(tmp_path)]
     for args, message in [

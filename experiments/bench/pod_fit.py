@@ -3,11 +3,12 @@
     python -m experiments.bench.pod_fit [--out experiments/results/pod_fit/pod_fit.jsonl] \
         [--only N,M] [--skip-before]
 
-Compiles each row of `ROWS` with `prefix_jax.scale.aot_table` for its TPU topology (libtpu, no TPU
-needed), once as the project runs now and, for rows marked so, once without the
-activation sharding constraints (how the step compiled before activations had logical
-axes; `--skip-before` leaves those out when only the current step is re-measured). Each
-compile runs in its own process. Prints one markdown table; every result is also appended
+Compiles each row of `ROWS` with `prefix-jax aot` (the E2E config with the row's model,
+method, mesh, batch and remat, in bfloat16) for its TPU topology (libtpu, no TPU needed),
+once as the project runs now and, for rows marked so, once without the activation sharding
+constraints (how the step compiled before activations had logical axes; `--skip-before`
+leaves those out when only the current step is re-measured). Each compile runs in its own
+process. Prints one markdown table; every result is also appended
 to `--out` as a JSON line.
 """
 
@@ -19,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "e2e.py"
+BF16 = ("--config.param_dtype=bfloat16", "--config.dtype=bfloat16")
 FSDP = '(("data",1),("fsdp",-1),("tensor",1))'
 # (model, topology, mesh, batch, seq, remat, method, compare without constraints, extra args)
 ROWS = [
@@ -39,20 +42,24 @@ ROWS = [
      ("--decode-batch", "256", "--cache-length", "2048")),
     # long sequences and a long prefix: splash (what auto picks on TPU) vs the dense kernel
     ("llama-3-8b", "v5e-256", FSDP, 256, 8192, "full", "prefix", False,
-     ("--prefix-length", "200", "--attention", "splash")),
+     ("--config.prefix.length=200", "--config.attention=splash")),
     ("llama-3-8b", "v5e-256", FSDP, 256, 8192, "full", "prefix", False,
-     ("--prefix-length", "200", "--attention", "xla")),
+     ("--config.prefix.length=200", "--config.attention=xla")),
 ]  # fmt: skip
 
 
 def run(row, constrained: bool, out: Path) -> dict | None:
     model, topo, mesh, batch, seq, remat, method, _, extra = row
-    cmd = [sys.executable, "-m", "prefix_jax.scale.aot_table", "--model", model, "--topology", topo]
-    cmd += ["--mesh", mesh, "--method", method, "--json", str(out), *extra]
+    cmd = [sys.executable, "-m", "prefix_jax.cli", "aot", "--config", f"{CONFIG}:method={method}"]
+    cmd += ["--topology", topo, f"--config.model={model}", f"--config.mesh={mesh}", *BF16]
+    cmd += ["--json", str(out), *extra]
     if batch:
-        cmd += ["--batch", str(batch), "--seq", str(seq), "--remat", remat]
+        remat = "" if remat == "none" else remat
+        cmd += [f"--config.batch_size={batch}", "--seq", str(seq), f"--config.remat={remat}"]
+    else:
+        cmd += ["--no-train"]
     if not constrained:  # as the project compiled before: no constraints, dense attention
-        cmd += ["--no-constraints", "--attention", "xla"]
+        cmd += ["--no-constraints", "--config.attention=xla"]
     before = out.read_text().count("\n") if out.exists() else 0
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = out.read_text().splitlines() if out.exists() else []

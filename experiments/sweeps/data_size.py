@@ -17,7 +17,7 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 def get_sweep() -> Sweep:
     return Sweep(
         name="data_size",
-        config="configs/e2e_prefix.py",
+        config="configs/e2e.py",
         grid=product(sweep("data.train_fraction", FRACTIONS)),
         seeds=(0, 1, 2),
     )

@@ -15,7 +15,7 @@ INITS = ("random", "vocab", "text:table-to-text:", "text:elephant")
 def get_sweep() -> Sweep:
     return Sweep(
         name="init",
-        config="configs/e2e_prefix.py",
+        config="configs/e2e.py",
         grid=sweep("prefix.init", INITS),
         seeds=(0, 1, 2),
         base_overrides={"data.train_fraction": 0.1},

@@ -14,7 +14,7 @@ LEARNING_RATES = (1e-5, 3e-5, 8e-5, 2e-4, 5e-4, 1e-3)
 def get_sweep() -> Sweep:
     return Sweep(
         name="learning_rate",
-        config="configs/e2e_prefix.py",
+        config="configs/e2e.py",
         grid=product(
             sweep("optim.learning_rate", LEARNING_RATES),
             sweep("prefix.reparam", ["none", "mlp"]),

@@ -78,7 +78,7 @@ def get_sweep() -> Sweep:
     sizes = sweep("data.train_examples", SIZES)
     return Sweep(
         name="low_data",
-        config="configs/e2e_{method}.py",
+        config="configs/e2e.py:method={method}",
         grid=chain(*([{**size, **method} for size in sizes] for method in methods())),
         seeds=SEEDS,
         seed_keys=METHOD_SEED_KEYS,

@@ -48,7 +48,7 @@ def _setting(key: str) -> list[dict]:
 def get_sweep() -> Sweep:
     return Sweep(
         name="lr_select",
-        config="configs/e2e_{method}.py",
+        config="configs/e2e.py:method={method}",
         grid=chain(
             *(
                 product(_setting(key), sweep("optim.learning_rate", rates))

@@ -3,8 +3,9 @@
     prefix-jax launch method --workdir runs/method
     prefix-jax report runs/method        # metric_by_setting.png
 
-Each method trains from its own config, `configs/e2e_<method>.py`, so with its own optimizer
-settings (`configs.base.METHOD_OPTIM`); tune them further with a learning-rate sweep per
+Each method trains from the task config with its `method` argument,
+`configs/e2e.py:method=<method>`, so with its own optimizer settings
+(`prefix_jax.config.defaults.use_method`); tune them further with a learning-rate sweep per
 method (`--set method=lora` on learning_rate.py).
 """
 
@@ -16,7 +17,7 @@ METHODS = ("prefix", "prompt", "lora", "full")
 def get_sweep() -> Sweep:
     return Sweep(
         name="method",
-        config="configs/e2e_{method}.py",
+        config="configs/e2e.py:method={method}",
         grid=sweep("method", METHODS),
         seeds=(0, 1, 2),
         seed_keys=METHOD_SEED_KEYS,

@@ -65,7 +65,7 @@ def get_sweep() -> Sweep:
     direct = {"method": "prefix", "prefix.reparam": "none", "prefix.length": REPARAM_LENGTH}
     return Sweep(
         name="prefix_length",
-        config="configs/e2e_{method}.py",
+        config="configs/e2e.py:method={method}",
         grid=chain(
             product([{**mlp, **lr(PREFIX_MLP)}], sweep("prefix.length", LENGTHS)),
             product([{**direct, **lr(PREFIX_DIRECT)}], sweep("prefix.init", ["vocab", TEXT_INIT])),

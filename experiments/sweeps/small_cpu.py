@@ -4,7 +4,7 @@ reparameterization {none, mlp}, plus prompt tuning and LoRA at the same budget.
     prefix-jax launch small_cpu --workdir runs/cpu
     prefix-jax report runs/cpu
 
-Every trial uses its method's `:local` config (`configs/e2e_<method>.py:local`: 60 steps
+Every trial uses its method's `:local` config (`configs/e2e.py:method=<method>,local`: 60 steps
 of batch 8, 32 held-out MRs, beam 2) on the E2E devset split by MR (100 MRs held out), as
 the demo does. The devset is read from `$PREFIX_JAX_DATA/e2e/devset.csv` (default:
 `shared/data` next to the repository), or pass `--set data.path=PATH`. Ten trials of a few
@@ -19,7 +19,7 @@ from ._study import DATA
 def get_sweep() -> Sweep:
     return Sweep(
         name="small_cpu",
-        config="configs/e2e_{method}.py:local",
+        config="configs/e2e.py:method={method},local",
         grid=chain(
             product(
                 sweep("method", ["prefix"]),

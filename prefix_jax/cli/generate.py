@@ -1,6 +1,6 @@
 """Greedy generation from the command line.
 
-    python -m prefix_jax.cli.generate --model smollm2 --prompt "The capital of France is" \
+    prefix-jax generate --model smollm2 --prompt "The capital of France is" \
         --max-new-tokens 30
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import jax
 
@@ -16,7 +17,7 @@ from prefix_jax.infer.decode import greedy
 from prefix_jax.models import load
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="HF directory, .gguf file or name")
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
@@ -54,7 +55,4 @@ def main(argv: list[str] | None = None) -> None:
         text = tokenizer.decode(row, skip_special_tokens=True)
         print(f"--- {prompt}\n{text}")
     print(f"generated {out.size} tokens in {elapsed:.1f}s (includes compilation)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -44,6 +44,12 @@ class TracedOptions(NamedTuple):
     length_penalty: Array  # [] float32
 
 
+def newline_token_ids(tokenizer) -> tuple[int, ...]:
+    """Every token whose text contains a newline (outputs are one line, as in Li & Liang)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return tuple(i for i, text in enumerate(texts) if "\n" in text)
+
+
 def traced_options(
     model: Transformer,
     *,

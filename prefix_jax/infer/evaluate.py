@@ -1,23 +1,18 @@
 r"""Decode a split or a data file with a run's trained model (or the untuned base), score it.
 
-    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --split validation
-    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --adapter none  # untuned
-    python -m prefix_jax.infer.evaluate --workdir runs/e2e_prefix --data testset.csv [--task e2e]
-
-Reads the run's `config.json` for the model, method, data and decoding settings. Prefix,
-prompt and LoRA runs decode with the run's `export/` (or `--adapter DIR`, e.g. a PEFT
-prefix); full fine-tuning with the latest checkpoint. Writes `predictions.txt` (one output
-per distinct source, in order), `predictions.jsonl` (with sources and references) and
-`results.json` (metrics, data, decoding settings, timing) into
-`<workdir>/eval_<split>[_<tag>]/`, or for `--data FILE` (read as the run's task unless
-`--task` names another) into `<workdir>/eval_<file stem>[_<tag>]/`.
+The command line is `prefix-jax evaluate` (`prefix_jax.cli.evaluate`); it reads the run's
+`config.json` (upgraded by `prefix_jax.config.upgrade`) for the model, method, data and
+decoding settings. Prefix, prompt and LoRA runs decode with the run's `export/` (or another
+export, e.g. a PEFT prefix); full fine-tuning with the latest checkpoint. Writes
+`predictions.txt` (one output per distinct source, in order), `predictions.jsonl` (with
+sources and references) and `results.json` (metrics, data, decoding settings, timing) into
+`<workdir>/eval_<split>[_<tag>]/`, or for a data file (read as the run's task unless
+another is named) into `<workdir>/eval_<file stem>[_<tag>]/`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,18 +26,12 @@ from prefix_jax.data import eval_batches, group_references
 from prefix_jax.data.pairs import pair_eval_batches
 from prefix_jax.data.tasks import TASKS, DataError, EvalGroup, load_task
 from prefix_jax.data.tokens import pad_id_of, until_eos
-from prefix_jax.infer.decode import beam_search
+from prefix_jax.infer.decode import beam_search, newline_token_ids
 from prefix_jax.infer.seq2seq_decode import beam_search_seq2seq
 from prefix_jax.infer.trained import Trained, load_trained
 from prefix_jax.train import assemble as experiment
 
 SPLITS = ("validation", "train")
-
-
-def newline_token_ids(tokenizer) -> tuple[int, ...]:
-    """Every token whose text contains a newline (outputs are one line, as in Li & Liang)."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return tuple(i for i, text in enumerate(texts) if "\n" in text)
 
 
 def score(task: str, hypotheses: list[str], references: list[list[str]], meteor_jar=None):
@@ -166,7 +155,7 @@ def evaluate(
         "split": split if data is None else None,
         "data": data_name,
         "task": task,
-        "method": config.get("method", "prefix") if adapter is not None else "none",
+        "method": config.method if adapter is not None else "none",
         "weights": trained.source,
         "num_sources": len(hypotheses),
         "metrics": scores,
@@ -213,7 +202,7 @@ def decode_batch(
 def _meteor_jar(config: ml_collections.ConfigDict) -> tuple[Path | None, list[str]]:
     """(the configured METEOR jar, else pycocoevalcap's; [the line saying how to get what is
     missing]); a configured jar that does not exist fails now, not after decoding."""
-    configured = config.get("meteor_jar")
+    configured = config.meteor_jar
     if configured and not Path(configured).expanduser().is_file():
         raise FileNotFoundError(f"meteor_jar {configured} not found")
     jar = Path(configured).expanduser() if configured else metrics.find_meteor_jar()
@@ -235,67 +224,3 @@ def _fmt(value) -> str:
     if value is None:
         return "absent"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True)
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--split", choices=SPLITS, help="split of the run's data (default: validation)"
-    )
-    source.add_argument(
-        "--data",
-        help="score this data file instead (e.g. a task's official test set); outputs go to "
-        "eval_<file stem>[_<tag>]",
-    )
-    parser.add_argument(
-        "--task",
-        choices=sorted(TASKS),
-        help="how to read --data (default: the run's task); also picks the metrics",
-    )
-    parser.add_argument(
-        "--adapter",
-        "--prefix",
-        default="",
-        help="export directory to decode with instead of the run's (a prefix may be PEFT's), "
-        "or 'none' for the untuned base model",
-    )
-    parser.add_argument("--tag", default="", help="suffix of the output directory")
-    parser.add_argument("--beam-size", type=int)
-    parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--max-groups", type=int, help="score only the first N sources")
-    args = parser.parse_args(argv)
-    if args.task and not args.data:
-        parser.error("--task needs --data")
-
-    config_file = Path(args.workdir) / "config.json"
-    if not config_file.exists():
-        raise SystemExit(f"{config_file} not found: --workdir must be a training run directory")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    if args.beam_size:
-        config.decode.beam_size = args.beam_size
-    if args.max_new_tokens:
-        config.decode.max_new_tokens = args.max_new_tokens
-    adapter = None if args.adapter == "none" else args.adapter
-    tag = args.tag or ("noprefix" if adapter is None else "")
-    try:
-        results = evaluate(
-            config,
-            args.workdir,
-            split=args.split or "validation",
-            data=args.data,
-            task=args.task,
-            adapter=adapter,
-            tag=tag,
-            max_groups=args.max_groups,
-        )
-    except DataError as err:
-        raise SystemExit(f"evaluate: {err}") from None
-    print(format_table({results["method"]: results["metrics"]}))
-    for note in results["notes"]:
-        print(note, file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -46,7 +46,7 @@ def load_trained(
     `""` the run's own export (or checkpoint for fine-tuning), a path another export."""
     if artifact is None:
         return Trained(model, None, "base model")
-    method = config.get("method", "prefix")
+    method = config.method
     if method == "full":
         if artifact:
             raise ValueError("full fine-tuning has no export to load: it is read from checkpoints")

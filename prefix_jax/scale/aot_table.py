@@ -1,86 +1,43 @@
-"""Will the step fit? Compile the train step (and a decode step) ahead of time for a slice.
+"""Will the step fit? Compile the train step (and a decode step) ahead of time for a slice,
+and print the table of per-chip memory and FLOPs (`fit_table`; the command line is
+`prefix-jax aot`, `prefix_jax.cli.aot`, which takes the same config as training).
 
-    python -m prefix_jax.scale.aot_table --model llama-3-8b --topology v5e-256 \\
-        --mesh '(("data",1),("fsdp",-1),("tensor",1))' --batch 256 --seq 2048 --remat full
-
-`--attention` picks the kernel (default `auto`: splash on a TPU topology; on CPU devices
-flash, or xla for short rows; `xla` is the dense reference that keeps [batch, heads, T,
-p + T] scores).
-`--model` is a public architecture (`llama-3-8b`, `llama-3-70b`, `smollm2-135m`,
-`phi-3-mini-4k`; encoder-decoders `bart-large`, `t5-base`, `flan-t5-base`) or an HF
-`config.json` (or its directory); no weights are read. For an encoder-decoder `--seq` is the
-source length and `--target-seq` the target length, and the prefix is Li & Liang's three
-(encoder, decoder, cross-attention), each `--prefix-length` long. `--topology` is a TPU slice
-(`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
-simulated CPU devices). `--decode-batch B --cache-length S` also compiles one greedy
+The experiment config gives the model (`model`: a public architecture such as
+`llama-3-8b`, `llama-3-70b`, `smollm2-135m`, `phi-3-mini-4k`, the encoder-decoders
+`bart-large`, `t5-base`, `flan-t5-base`, or an HF `config.json` or its directory; no weights
+are read), the method and its block, `batch_size`, `mesh`, `remat`, `param_dtype`, `dtype`
+and `attention` (`auto`: splash on a TPU topology; on CPU devices flash, or xla for short
+rows; `xla` is the dense reference that keeps [batch, heads, T, p + T] scores). The prefix
+starts random (an activation init needs weights and does not change the step). For an
+encoder-decoder `seq` is the source length and `target_seq` the target length, and the
+prefix is Li & Liang's three (encoder, decoder, cross-attention). The topology is a TPU
+slice (`v5e-256`, `v5p-256`, ...; needs libtpu: `pip install -e '.[tpu]'`) or `cpu-N` (N
+simulated CPU devices). `decode_batch` B with `cache_length` S also compiles one greedy
 decode step with an S-token cache (plus the prefix; for an encoder-decoder S target slots
-beside the cross keys/values of `--seq` encoded source tokens and the cross prefix).
+beside the cross keys/values of `seq` encoded source tokens and the cross prefix).
 Prints per-chip memory from XLA's `memory_analysis()` (arguments, temporaries, total)
-against the chip's HBM and the analytic floor (`prefix_jax.scale.aot.train_floor`), the analytic
-FLOPs per chip (`prefix_jax.scale.aot.train_flops`) and XLA's compiled count beside them (XLA
-counts the body of the layer scan once, so its number is about one layer's share);
-`--json FILE` appends each row as a JSON line.
+against the chip's HBM and the analytic floor (`prefix_jax.scale.aot.train_floor`), the
+analytic FLOPs per chip (`prefix_jax.scale.aot.train_flops`) and XLA's compiled count beside
+them (XLA counts the body of the layer scan once, so its number is about one layer's
+share); with `json_path` each row is also appended as a JSON line.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import ml_collections
 
-from configs.base import get_base_config
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--topology", required=True)
-    parser.add_argument("--mesh", default='(("data",1),("fsdp",-1),("tensor",1))')
-    parser.add_argument("--batch", type=int, default=0, help="global train batch (0: skip)")
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument(
-        "--target-seq", type=int, default=0, help="encoder-decoders: target length (0: --seq)"
-    )
-    parser.add_argument("--method", default="prefix", choices=("prefix", "prompt", "lora", "full"))
-    parser.add_argument("--prefix-length", type=int, default=10)
-    parser.add_argument("--reparam", default="mlp", choices=("mlp", "none"))
-    parser.add_argument("--top-layers", type=int, default=0, help="full: train only the last k")
-    parser.add_argument("--remat", default="full", help="full|dots|dots_no_batch|nothing|none")
-    parser.add_argument("--dtype", default="bfloat16", help="weights and compute dtype")
-    parser.add_argument(
-        "--attention",
-        default="auto",
-        choices=("auto", "xla", "flash", "splash", "cudnn"),
-        help="attention kernel (auto: splash on TPU; elsewhere flash, or xla for short rows)",
-    )
-    parser.add_argument("--decode-batch", type=int, default=0)
-    parser.add_argument("--cache-length", type=int, default=2048)
-    parser.add_argument("--json", type=Path, help="append each result as a JSON line")
-    parser.add_argument(
-        "--no-constraints",
-        action="store_true",
-        help="train step without activation sharding constraints (for comparison)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        args.mesh = [(str(n), int(s)) for n, s in ast.literal_eval(args.mesh)]
-    except (ValueError, SyntaxError, TypeError) as e:
-        parser.error(f'--mesh must look like \'(("data",1),("fsdp",-1))\': {e}')
-    if not args.batch and not args.decode_batch:
-        parser.error("give --batch (train step) and/or --decode-batch (decode step)")
-    return args
+from prefix_jax.config.defaults import get_base_config
 
 
 def method_config(
     method: str, prefix_length: int = 10, reparam: str = "mlp", top_layers: int = 0
 ) -> ml_collections.ConfigDict:
-    """The experiment config `train` would use (configs/base.py) for `method`.
+    """The experiment config `train` would use (the library defaults) for `method`.
 
     Prefix and prompt get `prefix_length` virtual tokens; the prefix starts random (an
     activation init needs weights, and does not change the step).
@@ -97,39 +54,58 @@ def gib(x: float) -> str:
     return f"{x / 2**30:.2f}"
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only use of libtpu
+def fit_table(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    *,
+    seq: int = 2048,
+    target_seq: int = 0,
+    train: bool = True,
+    decode_batch: int = 0,
+    cache_length: int = 2048,
+    constrain: bool = True,
+    json_path: str | Path | None = None,
+) -> list[Row]:
+    """Compile `config`'s train step (global batch `config.batch_size` x `seq`; unless
+    `train` is false) and, with `decode_batch`, one decode step for `topology`; print the
+    table and return its rows. A `cpu-N` topology needs N CPU devices set before JAX
+    starts (`jax_num_cpu_devices`)."""
     import jax
 
-    if args.topology.startswith("cpu-"):
-        jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
-        jax.config.update("jax_platforms", "cpu")
     from prefix_jax.models.attention import resolve as resolve_attention
     from prefix_jax.models.seq2seq import Seq2SeqConfig
     from prefix_jax.models.shapes import model_config
     from prefix_jax.scale import aot, sharding
     from prefix_jax.train.assemble import dtype
 
-    config = model_config(args.model)
-    seq2seq = isinstance(config, Seq2SeqConfig)
-    topo = aot.topology(args.topology)
-    mesh = sharding.make_mesh(args.mesh, aot.devices(topo))
+    if not train and not decode_batch:
+        raise ValueError("nothing to compile: give the train step and/or a decode batch")
+    settings = ml_collections.ConfigDict(config.to_dict())
+    settings.prefix.init = "random"
+    method = settings.method
+    virtual_tokens = settings.prompt.length if method == "prompt" else settings.prefix.length
+    prefix_length = settings.prefix.length
+    remat_label = settings.remat or "none"
+    model = model_config(settings.model)
+    seq2seq = isinstance(model, Seq2SeqConfig)
+    target_seq = target_seq or seq
+    topo = aot.topology(topology)
+    mesh = sharding.make_mesh([tuple(axis) for axis in settings.mesh], aot.devices(topo))
     mesh_shape = dict(mesh.shape)
-    remat = None if args.remat == "none" else args.remat
-    dt = dtype(args.dtype)
+    remat = settings.remat or None
+    param_dt, dt = dtype(settings.param_dtype), dtype(settings.dtype)
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
     platform = mesh.devices.flat[0].platform
-    scores = args.seq * (args.seq + (args.prefix_length if args.method == "prefix" else 0))
-    attention = resolve_attention(args.attention, platform, scores=scores)
-    if args.no_constraints and attention == "splash" and args.batch:
-        raise SystemExit(
+    scores = seq * (seq + (prefix_length if method == "prefix" else 0))
+    attention = resolve_attention(settings.attention, platform, scores=scores)
+    if not constrain and attention == "splash" and train:
+        raise ValueError(
             "splash attention runs per device under shard_map, which needs the activation "
-            "constraints: with --no-constraints use --attention xla or flash"
+            "constraints: without them use attention xla or flash"
         )
     print(
-        f"{config.name}: {config.num_params() / 1e9:.2f}B params; {topo.name} "
+        f"{model.name}: {model.num_params() / 1e9:.2f}B params; {topo.name} "
         f"({topo.chips} chips, HBM {gib(hbm) + ' GiB' if hbm else 'n/a'}); mesh {mesh_shape}; "
         f"attention {attention}"
     )
@@ -139,42 +115,42 @@ def main(argv=None) -> None:
     )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     rows = []
-    if args.batch:
-        settings = method_config(args.method, args.prefix_length, args.reparam, args.top_layers)
+    if train:
+        batch = settings.batch_size
         start = time.perf_counter()
         fit = aot.compile_train_step(
-            config, mesh, args.batch, args.seq, settings,
-            param_dtype=dt, dtype=dt, remat_policy=remat,
-            constrain_activations=not args.no_constraints, attention=args.attention,
-            target_length=args.target_seq or None,
+            model, mesh, batch, seq, settings,
+            param_dtype=param_dt, dtype=dt, remat_policy=remat,
+            constrain_activations=constrain, attention=settings.attention,
+            target_length=target_seq if seq2seq else None,
         )  # fmt: skip
-        p = args.prefix_length if args.method == "prefix" else 0
+        p = prefix_length if method == "prefix" else 0
         floor = aot.train_floor(
-            config, mesh_shape, args.batch, args.seq, target_length=args.target_seq or None,
+            model, mesh_shape, batch, seq, target_length=target_seq if seq2seq else None,
             trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
             dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
         )  # fmt: skip
         flops = aot.train_flops(
-            config, args.method, args.batch, args.seq, target_length=args.target_seq or None,
-            virtual_tokens=args.prefix_length, remat=args.remat == "full",
+            model, method, batch, seq, target_length=target_seq if seq2seq else None,
+            virtual_tokens=virtual_tokens, remat=remat == "full",
         )  # fmt: skip
         rows.append(
-            Row("train", args.method, args.batch, args.seq, args.remat, fit, floor, flops,
+            Row("train", method, batch, seq, remat_label, fit, floor, flops,
                 time.perf_counter() - start)
         )  # fmt: skip
-    if args.decode_batch:
+    if decode_batch:
         start = time.perf_counter()
-        p, batch, cache = args.prefix_length, args.decode_batch, args.cache_length
-        source = args.seq if seq2seq else None
+        p, batch, cache = prefix_length, decode_batch, cache_length
+        source = seq if seq2seq else None
         fit = aot.compile_decode_step(
-            config, mesh, batch, cache, source_length=source,
-            prefix_length=p, param_dtype=dt, dtype=dt, attention=args.attention,
+            model, mesh, batch, cache, source_length=source,
+            prefix_length=p, param_dtype=param_dt, dtype=dt, attention=settings.attention,
         )  # fmt: skip
         floor = aot.decode_floor(
-            config, mesh_shape, batch, cache, source_length=source,
+            model, mesh_shape, batch, cache, source_length=source,
             prefix_length=p, dtype_bytes=dtype_bytes,
         )  # fmt: skip
-        flops = aot.decode_flops(config, batch, cache, source_length=source, prefix_length=p)
+        flops = aot.decode_flops(model, batch, cache, source_length=source, prefix_length=p)
         rows.append(
             Row("decode", "prefix", batch, cache, "-", fit, floor, flops,
                 time.perf_counter() - start)
@@ -182,19 +158,20 @@ def main(argv=None) -> None:
     for row in rows:
         print(row.markdown(hbm, topo.chips))
         print("  floor: " + ", ".join(f"{k} {gib(v)}" for k, v in row.floor.items()))
-        if args.json:
+        if json_path:
             record = {
-                "model": config.name,
+                "model": model.name,
                 "topology": topo.name,
                 "mesh": mesh_shape,
-                "constrained": not args.no_constraints,
-                "dtype": args.dtype,
+                "constrained": constrain,
+                "dtype": settings.dtype,
                 "attention": attention,
                 "hbm_bytes": hbm,
                 **row.record(topo.chips),
             }
-            with args.json.open("a") as f:
+            with Path(json_path).open("a") as f:
                 f.write(json.dumps(record) + "\n")
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +225,3 @@ class Row:
             "flops_per_chip": self.flops / chips,
             "compile_s": self.seconds,
         }
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,9 @@
-r"""One base model, many prefixes: mixed-task batched generation and a batch inference CLI.
-
-    python -m prefix_jax.serve.batch --model smollm2 --prefix e2e=runs/e2e/export \
-        --prefix webnlg=runs/webnlg/export --input requests.jsonl --output out.jsonl
+r"""One base model, many prefixes: mixed-task batched generation (the engine of
+`prefix-jax serve`, `prefix_jax.cli.serve`).
 
 Each input line is a JSON object `{"id", "task", "input"}` plus optional decoding options
-(`max_new_tokens`, `beam_size`, `min_new_tokens`, `length_penalty`, `ban_newline`; the
-CLI flags give the defaults). `task` names a loaded prefix; `null` or `"base"` decodes
+(`max_new_tokens`, `beam_size`, `min_new_tokens`, `length_penalty`, `ban_newline`;
+`Server.defaults` gives the rest). `task` names a loaded prefix; `null` or `"base"` decodes
 with the base model alone. The prompt is `input` followed by the separator the prefix was
 trained with (recorded in its export, else "\nTarget:\n"), as in training.
 
@@ -29,14 +27,11 @@ Python API (load once, generate many):
 
 from __future__ import annotations
 
-import argparse
 import collections
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,8 +43,7 @@ from tqdm import tqdm
 
 from prefix_jax.data import DEFAULT_SEPARATOR, pick_bucket
 from prefix_jax.data.tokens import left_pad, pad_id_of, plain_ids, separator_ids, until_eos
-from prefix_jax.files import atomic_write
-from prefix_jax.infer.decode import beam_search, greedy
+from prefix_jax.infer.decode import beam_search, greedy, newline_token_ids
 from prefix_jax.models.transformer import Transformer
 from prefix_jax.serve.prefix_bank import BASE_TASK, NO_PREFIX, PrefixRegistry, UnknownTaskError
 
@@ -376,8 +370,6 @@ class Server:
 
     def _newline_ids(self) -> tuple[int, ...]:
         if self._banned is None:
-            from prefix_jax.infer.evaluate import newline_token_ids
-
             self._banned = newline_token_ids(self.tokenizer)
         return self._banned
 
@@ -420,95 +412,3 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _parse_prefix(spec: str) -> tuple[str, str]:
-    name, sep, path = spec.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"--prefix wants NAME=DIR, got {spec!r}")
-    return name, path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2", help="HF directory, .gguf file or name")
-    parser.add_argument(
-        "--prefix",
-        action="append",
-        default=[],
-        type=_parse_prefix,
-        metavar="NAME=DIR",
-        help="an exported prefix (ours or PEFT) served as task NAME; repeat for more",
-    )
-    parser.add_argument("--input", required=True, help="requests, JSON lines ('-' = stdin)")
-    parser.add_argument("--output", required=True, help="records, JSON lines ('-' = stdout)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-input-tokens", type=int, default=512)
-    parser.add_argument("--dtype", default="float32", help="compute dtype")
-    parser.add_argument("--tokens", action="store_true", help="add generated token ids")
-    defaults = DecodeOptions()
-    group = parser.add_argument_group("decoding defaults (a request may override them)")
-    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    group.add_argument("--beam-size", type=int, default=defaults.beam_size, help="1 = greedy")
-    group.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens)
-    group.add_argument("--length-penalty", type=float, default=defaults.length_penalty)
-    group.add_argument("--ban-newline", action="store_true")
-    args = parser.parse_args(argv)
-
-    names = [name for name, _ in args.prefix]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        parser.error(f"task names given twice: {', '.join(duplicates)}")
-    defaults = DecodeOptions(
-        max_new_tokens=args.max_new_tokens,
-        beam_size=args.beam_size,
-        min_new_tokens=args.min_new_tokens,
-        length_penalty=args.length_penalty,
-        ban_newline=args.ban_newline,
-    )
-    try:
-        defaults.check(max(1024, defaults.max_new_tokens), max(16, defaults.beam_size))
-    except RequestError as e:
-        parser.error(str(e))
-
-    start = time.perf_counter()
-    server = Server.load(
-        args.model,
-        dict(args.prefix),
-        dtype=args.dtype,
-        defaults=defaults,
-        batch_size=args.batch_size,
-        max_input_tokens=args.max_input_tokens,
-        max_new_tokens_limit=max(1024, defaults.max_new_tokens),
-        max_beam_size=max(16, defaults.beam_size),
-    )
-    print(
-        f"loaded {args.model} and {len(server.registry)} prefixes "
-        f"({server.registry.nbytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f}s",
-        file=sys.stderr,
-    )
-    with contextlib.ExitStack() as stack:
-        source = (
-            sys.stdin
-            if args.input == "-"
-            else stack.enter_context(open(args.input, encoding="utf-8"))
-        )
-        records = server.serve_lines(source, progress=True, return_tokens=args.tokens)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
-    s = server.last_stats
-    errors = sum("error" in r for r in records)
-    print(
-        f"{len(records)} records ({errors} errors), {s.get('batches', 0)} batches, "
-        f"{s.get('generated_tokens', 0)} tokens in {s.get('decode_s', 0.0):.1f}s "
-        f"({s.get('tokens_per_s', 0.0):.0f} tok/s, compilation included)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -161,8 +161,8 @@ class Contrast:
 class Sweep:
     """A named grid of config overrides on top of one config file.
 
-    `config` is a config path as `--config` takes it (`configs/e2e_prefix.py:local`); it may
-    name a trial's override in braces (`configs/e2e_{method}.py`) to pick a file per trial;
+    `config` is a config path as `--config` takes it (`configs/e2e.py:local`); it may
+    name a trial's override in braces (`configs/e2e.py:method={method}`) to pick per trial;
     `base_overrides` apply to every trial without naming it (data paths and the like);
     `seeds` are crossed with the grid and every key in `seed_keys` gets the seed (data order
     and prefix init both vary). `note` is printed by the launcher (e.g. missing features);

@@ -76,7 +76,7 @@ def load_model(config: ml_collections.ConfigDict, mesh: Mesh | None = None):
         param_dtype=dtype(config.param_dtype),
         dtype=dtype(config.dtype),
         remat_policy=config.remat or None,
-        attention=config.get("attention", "auto"),
+        attention=config.attention,
         mesh=mesh,
         rules=sharding_rules(config) if mesh is not None else sharding.DEFAULT_RULES,
     )
@@ -130,17 +130,16 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[list[Example], list[
        sources with `seed` (see `_keep_examples_of_sources`).
     """
     d = config.data
-    # A run saved before `data.split_seed` existed held out its sources with `seed`.
-    split_seed = d.get("split_seed", config.seed)
+    split_seed = d.split_seed  # an old run's config.json: see prefix_jax.config.upgrade
     train = _load(d, d.train_split)
     if d.eval_sources:
         train, evaluation = split_by_source(train, d.eval_sources, seed=split_seed)
     else:
         evaluation = _load(d, d.eval_split)
-    tune_sources = d.get("tune_sources", 0)
+    tune_sources = d.tune_sources
     if tune_sources:
         train, evaluation = split_by_source(train, tune_sources, seed=split_seed)
-    train_examples = d.get("train_examples", 0)
+    train_examples = d.train_examples
     if d.train_fraction < 1.0 and train_examples:
         raise ValueError(
             "set data.train_fraction or data.train_examples, not both "

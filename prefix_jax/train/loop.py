@@ -1,9 +1,7 @@
-r"""Train a method (prefix-tuning by default) from an ml_collections config.
+r"""Train a method (prefix-tuning by default) from an ml_collections config (`train`; the
+command line is `prefix-jax train`, `prefix_jax.cli.train`).
 
-    python -m prefix_jax.train.loop --config configs/e2e_prefix.py --workdir runs/e2e_prefix \
-        [--config.prefix.length=20 ...]
-
-Restarting the same command resumes from the latest checkpoint in the workdir, with the
+Training again in the same workdir resumes from its latest checkpoint, with the
 train state and the data position restored, so the result equals an uninterrupted run.
 The workdir receives `config.json`, `metrics.jsonl`, TensorBoard events (`tb/`),
 `checkpoints/`, the method's exported artifact (`export/`, and `export_peft/` in PEFT's
@@ -314,28 +312,3 @@ def _check_finite(first_nonfinite: jax.Array, step: int, checkpoints: Checkpoint
             f"loss or gradient became NaN or inf at step {bad} (found at step {step}); "
             f"stopped without saving it: {kept}."
         )
-
-
-def main(argv) -> None:
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if _DISTRIBUTED.value or _COORDINATOR.value:
-        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    summary = train(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (resumes if it has checkpoints)")
-    _DISTRIBUTED = flags.DEFINE_bool(
-        "distributed", False, "call jax.distributed.initialize (TPU pods need no other flag)"
-    )
-    _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host)")
-    _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes")
-    _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)

@@ -1,7 +1,11 @@
-"""Defaults shared by every experiment config; task files override what differs.
+"""Defaults shared by every experiment config; the task files in `configs/` override what
+differs.
 
-Each task config is `configs/<task>_<method>.py` with `get_config(arg)`; `arg="local"`
-shrinks the run so it finishes in minutes on a laptop CPU.
+Each task config is `configs/<task>.py` with `get_config("method=lora,local")`: `method`
+switches to a baseline with that method's optimizer settings (`use_method`), `local` shrinks
+the run so it finishes in minutes on a laptop CPU (`apply_local`). These live in the
+library, not in `configs/`, because a config file is loaded by path and cannot import a
+sibling module.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     )
 
     # Baselines (config.method = "prompt" | "lora" | "full"); each reads only its own block.
+    # Registry plug-in point: each method's block becomes `registry.get(name).default_config()`.
     # Prompt tuning (Lester et al.): sampled vocabulary embeddings init better than random.
     c.prompt = ml_collections.ConfigDict(
         {"length": 10, "init": "vocab", "init_scale": 1.0, "seed": 0}
@@ -126,6 +131,9 @@ def apply_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# Every method a config can name. Registry plug-in point: becomes `registry.METHODS`.
+METHODS = ("prefix", "prompt", "lora", "full")
+
 # Optimizer settings per baseline: (full runs, `:local` runs). Starting points, not tuned here:
 # LoRA follows Hu et al. on E2E (lr 2e-4, weight decay 0.01, 500 warmup steps); fine-tuning
 # uses the usual GPT-2 fine-tuning rate 5e-5; prompt tuning needs a large rate (PEFT's
@@ -143,7 +151,12 @@ METHOD_OPTIM = {
 def use_method(
     c: ml_collections.ConfigDict, method: str, local: bool = False
 ) -> ml_collections.ConfigDict:
-    """Switch a task config to a baseline method with that method's optimizer settings."""
+    """Switch a task config to `method` with that method's optimizer settings (prefix-tuning
+    keeps the task's own). Registry plug-in point: the settings become
+    `registry.get(method).optimizer_defaults(local)`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     c.method = method
-    c.optim.update(METHOD_OPTIM[method][1 if local else 0])
+    if method in METHOD_OPTIM:
+        c.optim.update(METHOD_OPTIM[method][1 if local else 0])
     return c

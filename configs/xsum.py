@@ -1,8 +1,8 @@
 r"""Prefix-tuning of BART on XSum (Narayan et al., 2018), Li & Liang's summarization setting.
 
-    python -m prefix_jax.train.loop --config configs/xsum_prefix.py --workdir runs/xsum_prefix \
+    prefix-jax train --config configs/xsum.py --workdir runs/xsum_prefix \
         --config.model=/path/to/bart-large --config.data.path=/path/to/xsum.jsonl
-    python -m prefix_jax.infer.evaluate --workdir runs/xsum_prefix
+    prefix-jax evaluate --workdir runs/xsum_prefix
 
 `model` is a local Hugging Face directory of `facebook/bart-large` (config.json,
 model.safetensors and the tokenizer files, e.g. from `huggingface-cli download
@@ -15,14 +15,17 @@ batch 14, 30 epochs, beam 6. Sources are cut to 512 tokens and summaries to 60, 
 XSum setting; decoding gives 10 to 60 new tokens. `prefix.parts` chooses which of the
 three prefixes are trained, e.g. `--config.prefix.parts=decoder` for PEFT's setting.
 
-`:local` is a few minutes on a CPU: 60 steps of batch 8 at lr 1e-3, 32 documents decoded
-with beam 2, on whatever `model` and `data.path` name (e.g. a small BART).
+`get_config("method=M,local")`: `method` (prefix by default; prompt, lora, full) as in
+configs/e2e.py; `local` is a few minutes on a CPU: 60 steps of batch 8 at lr 1e-3, 32
+documents decoded with beam 2, on whatever `model` and `data.path` name (e.g. a small BART).
 """
 
-from configs.base import apply_local, get_base_config
+from prefix_jax.config.defaults import apply_local, get_base_config, use_method
+from prefix_jax.config.parse import parse_arg
 
 
 def get_config(arg: str | None = None):
+    args = parse_arg(arg, method="prefix", local=False)
     c = get_base_config()
     c.model = "facebook/bart-large"
     c.data.task = "xsum"
@@ -42,8 +45,8 @@ def get_config(arg: str | None = None):
     c.decode.max_new_tokens = 60
     c.decode.min_new_tokens = 10
     c.decode.batch_size = 8
-    if arg == "local":
+    if args.local:
         c = apply_local(c)
         c.data.max_source_tokens = 256
         c.decode.min_new_tokens = 0
-    return c
+    return use_method(c, args.method, local=args.local)

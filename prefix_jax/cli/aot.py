@@ -1,0 +1,73 @@
+r"""Will the step fit? Compile the train (and a decode) step ahead of time for a slice,
+from the same config as training (MaxText's train_compile idea).
+
+    prefix-jax aot --config configs/e2e.py:method=prefix --topology v5e-256 \
+        --config.model=llama-3-8b --config.batch_size=256 --config.remat=full \
+        --config.param_dtype=bfloat16 --config.dtype=bfloat16 \
+        --config.mesh='(("data",1),("fsdp",-1),("tensor",1))' --seq 2048
+
+The config gives the model (a public architecture or an HF `config.json`; no weights are
+read), method, batch size, mesh, remat, dtypes and attention kernel; the flags below give
+what training reads from its data (the sequence lengths) and the decode step's shape. Prints
+per-chip memory and FLOPs against the chip's HBM and the analytic floor
+(`prefix_jax.scale.aot_table`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefix_jax.cli.config_args import add_config_argument, parse_with_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_argument(parser)
+    parser.add_argument(
+        "--topology", required=True, help="TPU slice (v5e-256, v5p-128, ...) or cpu-N"
+    )
+    parser.add_argument("--seq", type=int, default=2048, help="train sequence (source) length")
+    parser.add_argument(
+        "--target-seq", type=int, default=0, help="encoder-decoders: target length (0: --seq)"
+    )
+    parser.add_argument(
+        "--no-train", action="store_true", help="skip the train step (only the decode step)"
+    )
+    parser.add_argument("--decode-batch", type=int, default=0, help="also compile a decode step")
+    parser.add_argument("--cache-length", type=int, default=2048)
+    parser.add_argument("--json", type=Path, help="append each result as a JSON line")
+    parser.add_argument(
+        "--no-constraints",
+        action="store_true",
+        help="train step without activation sharding constraints (for comparison)",
+    )
+    args, config = parse_with_config(parser, argv)
+    if args.no_train and not args.decode_batch:
+        parser.error("--no-train leaves nothing to compile: give --decode-batch")
+
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only use of libtpu
+    import jax
+
+    if args.topology.startswith("cpu-"):
+        jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
+        jax.config.update("jax_platforms", "cpu")
+    from prefix_jax.scale.aot_table import fit_table
+
+    try:
+        fit_table(
+            config,
+            args.topology,
+            seq=args.seq,
+            target_seq=args.target_seq,
+            train=not args.no_train,
+            decode_batch=args.decode_batch,
+            cache_length=args.cache_length,
+            constrain=not args.no_constraints,
+            json_path=args.json,
+        )
+    except ValueError as e:
+        parser.exit(2, f"prefix-jax aot: {e}\n")
+    return 0
