@@ -18,7 +18,7 @@ from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import Seq2SeqConfig
 from prefix_jax.models.shapes import PUBLIC_CONFIGS, model_config
 from prefix_jax.scale import aot, sharding
-from prefix_jax.scale.aot_table import method_config
+from prefix_jax.scale.aot.table import method_config
 
 REPO = Path(__file__).parents[1]
 FSDP = '(("data",1),("fsdp",-1),("tensor",1))'

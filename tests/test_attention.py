@@ -409,7 +409,7 @@ LONG = ModelConfig(
 def test_flash_step_needs_a_third_of_dense_memory():
     """A prefix train step at 2 x 2048 (one CPU device): XLA's own memory analysis."""
     mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)], jax.devices("cpu")[:1])
-    from prefix_jax.scale.aot_table import method_config
+    from prefix_jax.scale.aot.table import method_config
 
     temps = {
         kind: aot.compile_train_step(

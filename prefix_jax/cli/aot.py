@@ -10,7 +10,7 @@ The config gives the model (a public architecture or an HF `config.json`; no wei
 read), method, batch size, mesh, remat, dtypes and attention kernel; the flags below give
 what training reads from its data (the sequence lengths) and the decode step's shape. Prints
 per-chip memory and FLOPs against the chip's HBM and the analytic floor
-(`prefix_jax.scale.aot_table`).
+(`prefix_jax.scale.aot.table`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.topology.startswith("cpu-"):
         jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
         jax.config.update("jax_platforms", "cpu")
-    from prefix_jax.scale.aot_table import fit_table
+    from prefix_jax.scale.aot.table import fit_table
 
     try:
         fit_table(
