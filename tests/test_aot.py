@@ -187,7 +187,7 @@ def test_train_step_compiles_for_a_tpu_v5e_topology():
     weights_shard = TINY.num_params() * 2 / 4  # bf16, FSDP 4
     assert weights_shard <= fit.memory.arguments < topo.hbm_bytes
     # XLA counts the layer scan's body once: its FLOPs are below the analytic step's share.
-    analytic = aot.train_flops(TINY, "prefix", 16, 128, virtual_tokens=8) / 4
+    analytic = aot.train_flops(TINY, method_config("prefix", 8), 16, 128) / 4
     assert analytic / TINY.num_layers < fit.memory.flops < analytic
 
 

@@ -22,11 +22,16 @@ from flax import nnx
 from configs import xsum_prefix
 from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
-from prefix_jax.methods import PrefixConfig, PrefixParam, PrefixParts, Seq2SeqPrefixLM
+from prefix_jax.methods import (
+    PrefixConfig,
+    PrefixParam,
+    PrefixParts,
+    Seq2SeqPrefixLM,
+    registry,
+)
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.core import create_prefix, prefix_shapes
 from prefix_jax.models import load
-from prefix_jax.train import assemble as experiment
 from prefix_jax.train.loop import train
 from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
 
@@ -121,7 +126,7 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     config = xsum_prefix.get_config()
     config.method, config.finetune.top_layers = "full", 1
     with pytest.raises(ValueError, match="is for decoder-only models"):
-        experiment.build_method(config, model, None)
+        registry.get(config.method).create(model, config)
     # A decoder-only prefix does not load into an encoder-decoder, nor parts into a decoder.
     lm = prefix_lm(tiny_seq2seq_checkpoints["t5_v1"])
     export.save(export.collapse(lm.prefix, lm.base), tmp_path / "parts")
@@ -244,7 +249,7 @@ def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
     assert losses[-1] < losses[0] / 4, losses  # measured: 7.6 -> 1.4
     model, _ = load(c.model, with_tokenizer=False)
     shapes = prefix_shapes(model.config)
-    prefix = experiment.prefix_config(c)
+    prefix = registry.get("prefix").read_config(c)
     assert summary["params_trainable"] == sum(prefix.num_params(s) for s in shapes.values())
     assert summary["exports"] == ["export"]  # PEFT has no format for the three parts
 
@@ -437,7 +442,7 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     config.method = method
     config.prompt.update({"length": 3, "init": "random", "init_scale": 0.5})
     config.lora.update({"rank": 2, "targets": ("q", "cross_v"), "dropout": 0.1})
-    lm, trainable, _ = experiment.build_method(config, model, None)
+    lm, trainable, _ = registry.get(config.method).create(model, config)
     if method == "lora":
         assert lm.lora.encoder.targets == ("q",)
         assert lm.lora.decoder.targets == ("q", "cross_v")

@@ -21,10 +21,13 @@ head; Li & Liang's fine-tuning baseline on XSum); top-k is for decoder-only mode
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
+import ml_collections
 from flax import nnx
 
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
 from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import EncoderDecoder
@@ -125,3 +128,28 @@ def create_finetune(
             )
         return Seq2SeqFinetuneLM(model), {}
     return FinetuneLM(model, config.top_layers), {}
+
+
+class FinetuneMethod(Method):
+    """Full fine-tuning (`finetune.top_layers=k`: the last k layers only). No small
+    artifact: the trained weights are the run's checkpoint. The usual GPT-2 fine-tuning
+    rate 5e-5."""
+
+    name = "full"
+    config_block = "finetune"
+    config_class = FinetuneConfig
+    optimizer = ({"learning_rate": 5e-5}, {"learning_rate": 1e-4})
+    trains_base_weights = True
+    has_artifact = False
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        del tokenizer
+        finetune = self.read_config(config)
+        lm, info = create_finetune(model, finetune)
+        return lm, finetune.trainable, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {}
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        raise ValueError("full fine-tuning has no export to load: it is read from checkpoints")

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
 from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
@@ -449,3 +451,34 @@ def save_peft(
     return write_artifact(
         directory, "adapter_model.safetensors", tensors, "adapter_config.json", config
     )
+
+
+class LoraMethod(Method):
+    """Hu et al.'s LoRA; the defaults are their GPT-2 E2E setting (r=4, alpha=32, dropout
+    0.1 on W_q and W_v) and optimizer (lr 2e-4, weight decay 0.01, 500 warmup steps)."""
+
+    name = "lora"
+    config_block = "lora"
+    config_class = LoraConfig
+    defaults = {"rank": 4, "alpha": 32.0, "dropout": 0.1}
+    seed_keys = ("lora.seed",)
+    optimizer = (
+        {"learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": 500},
+        {"learning_rate": 1e-3, "weight_decay": 0.01},
+    )
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        del tokenizer
+        factors, info = create_lora(model, self.read_config(config))
+        wrapper = Seq2SeqLoraLM if isinstance(model, EncoderDecoder) else LoraLM
+        return wrapper(model, factors), LoraParam, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {
+            "export": lambda d: save(lm.lora, model, d, training),
+            "export_peft": lambda d: save_peft(lm.lora, model, d),
+        }
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        wrapper = Seq2SeqLoraLM if isinstance(model, EncoderDecoder) else LoraLM
+        return Loaded(wrapper(model, load(directory, model)))

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
 from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
@@ -312,3 +314,33 @@ def save_peft(
         "adapter_config.json",
         config,
     )
+
+
+class PromptMethod(Method):
+    """Lester et al.'s soft prompt. Sampled vocabulary embeddings start better than random;
+    prompt tuning needs a large rate (PEFT's causal-LM prompt-tuning example: 3e-2)."""
+
+    name = "prompt"
+    config_block = "prompt"
+    config_class = PromptConfig
+    defaults = {"init": "vocab"}
+    seed_keys = ("prompt.seed",)
+    optimizer = ({"learning_rate": 3e-2}, {"learning_rate": 3e-2})
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        soft, info = create_prompt(model, self.read_config(config), tokenizer)
+        wrapper = Seq2SeqPromptLM if isinstance(model, EncoderDecoder) else PromptLM
+        return wrapper(model, soft), PromptParam, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {
+            "export": lambda d: save(lm.prompt, model, d, training),
+            "export_peft": lambda d: save_peft(lm.prompt, model, d),
+        }
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        wrapper = Seq2SeqPromptLM if isinstance(model, EncoderDecoder) else PromptLM
+        return Loaded(wrapper(model, load(directory, model)))
+
+    def extra_input_tokens(self, config: ml_collections.ConfigDict) -> int:
+        return config.prompt.length

@@ -28,12 +28,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prefix_jax.infer import decode, seq2seq_decode
+from prefix_jax.methods import registry
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
 from prefix_jax.scale import sharding
-from prefix_jax.train.assemble import build_method
 from prefix_jax.train.step import (
     OptimConfig,
     Trainer,
@@ -224,7 +224,7 @@ def abstract_method_model(
     found = {}
 
     def wrap(base: Transformer) -> nnx.Module:
-        lm, found["trainable"], _ = build_method(settings, base, None)
+        lm, found["trainable"], _ = registry.get(settings.method).create(base, settings)
         return lm
 
     lm = abstract_model(
@@ -571,11 +571,10 @@ def seq2seq_decode_floor(
 
 def train_flops(
     c: ModelConfig,
-    method: str,
+    settings: ml_collections.ConfigDict,
     batch: int,
     length: int,
     *,
-    virtual_tokens: int = 0,
     remat: bool = False,
 ) -> float:
     """Analytic FLOPs of one train step (all devices together); matmuls and attention.
@@ -584,16 +583,18 @@ def train_flops(
     per layer. The backward pass costs one forward for the activation gradients (frozen
     methods) or two (full fine-tuning also builds weight gradients); full remat recomputes
     the forward once more. XLA's own `cost_analysis()` counts a scanned layer once, so it
-    cannot stand in for this.
+    cannot stand in for this. `settings` is the experiment config training takes: its
+    method says what tokens and key positions it adds.
     """
-    seq = length + (virtual_tokens if method == "prompt" else 0)
-    keys = seq + (virtual_tokens if method == "prefix" else 0)
+    method = registry.get(settings.method)
+    seq = length + method.extra_input_tokens(settings)
+    keys = seq + method.extra_key_positions(settings)
     tokens = batch * seq
     per_layer = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * c.kv_dim)
     per_layer += c.hidden_size * c.intermediate_size * (3 if c.gated_mlp else 2)
     forward = 2 * tokens * (c.num_layers * per_layer + c.hidden_size * c.vocab_size)
     forward += 4 * tokens * keys * c.num_heads * c.head_dim * c.num_layers
-    return (3 if method == "full" else 2) * forward + (forward if remat else 0)
+    return (3 if method.trains_base_weights else 2) * forward + (forward if remat else 0)
 
 
 def seq2seq_train_flops(
@@ -618,7 +619,8 @@ def seq2seq_train_flops(
     decoder += 2 * batch * S * c.num_decoder_layers * 2 * d * attn_dim  # cross keys/values
     decoder += 4 * batch * T * ((p + T) + (p + S)) * attn_dim * c.num_decoder_layers
     forward = encoder + decoder + 2 * batch * T * d * c.vocab_size
-    return (3 if method == "full" else 2) * forward + (forward if remat else 0)
+    full = registry.get(method).trains_base_weights
+    return (3 if full else 2) * forward + (forward if remat else 0)
 
 
 def decode_flops(c: ModelConfig, batch: int, keys: int) -> float:

@@ -35,6 +35,7 @@ from pathlib import Path
 import ml_collections
 
 from configs.base import get_base_config
+from prefix_jax.methods import registry
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--target-seq", type=int, default=0, help="encoder-decoders: target length (0: --seq)"
     )
-    parser.add_argument("--method", default="prefix", choices=("prefix", "prompt", "lora", "full"))
+    parser.add_argument("--method", default="prefix", choices=tuple(registry.METHODS))
     parser.add_argument("--prefix-length", type=int, default=10)
     parser.add_argument("--reparam", default="mlp", choices=("mlp", "none"))
     parser.add_argument("--top-layers", type=int, default=0, help="full: train only the last k")
@@ -122,7 +123,9 @@ def main(argv=None) -> None:
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
     platform = mesh.devices.flat[0].platform
-    scores = args.seq * (args.seq + (args.prefix_length if args.method == "prefix" else 0))
+    settings = method_config(args.method, args.prefix_length, args.reparam, args.top_layers)
+    p = registry.get(args.method).extra_key_positions(settings)  # a prefix's key positions
+    scores = args.seq * (args.seq + p)
     attention = resolve_attention(args.attention, platform, scores=scores)
     if args.no_constraints and attention == "splash" and args.batch:
         raise SystemExit(
@@ -141,7 +144,6 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     rows = []
     if args.batch:
-        settings = method_config(args.method, args.prefix_length, args.reparam, args.top_layers)
         start = time.perf_counter()
         fit = aot.compile_train_step(
             config, mesh, args.batch, args.seq, settings,
@@ -149,7 +151,6 @@ def main(argv=None) -> None:
             constrain_activations=not args.no_constraints, attention=args.attention,
             target_length=target_seq if seq2seq else None,
         )  # fmt: skip
-        p = args.prefix_length if args.method == "prefix" else 0
         if seq2seq:
             floor = aot.seq2seq_train_floor(
                 config, mesh_shape, args.batch, args.seq, target_seq,
@@ -167,9 +168,8 @@ def main(argv=None) -> None:
                 dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
             )  # fmt: skip
             flops = aot.train_flops(
-                config, args.method, args.batch, args.seq,
-                virtual_tokens=args.prefix_length, remat=args.remat == "full",
-            )  # fmt: skip
+                config, settings, args.batch, args.seq, remat=args.remat == "full"
+            )
         rows.append(
             Row("train", args.method, args.batch, args.seq, args.remat, fit, floor, flops,
                 time.perf_counter() - start)

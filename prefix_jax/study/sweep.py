@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prefix_jax.methods import registry
+
 Value = bool | int | float | str
 Point = dict[str, Value]
 
@@ -35,7 +37,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 MAX_NAME = 120
 SWEEPS_PACKAGE = "experiments.sweeps"  # the shipped grids, importable from the repository root
 # Seed keys for sweeps across methods: each method's own init seed follows the trial seed.
-METHOD_SEED_KEYS = ("seed", "prefix.seed", "prompt.seed", "lora.seed")
+METHOD_SEED_KEYS = registry.seed_keys()
 
 
 def sweep(key: str, values: Iterable[Value]) -> list[Point]:
