@@ -24,9 +24,9 @@ from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
 from prefix_jax.methods import (
     PrefixConfig,
+    PrefixLM,
     PrefixParam,
     PrefixParts,
-    Seq2SeqPrefixLM,
     registry,
 )
 from prefix_jax.methods.prefix import artifact as export
@@ -55,10 +55,10 @@ def batch(rng: np.random.Generator, vocab: int, rows: int = 3) -> dict[str, jax.
     }
 
 
-def prefix_lm(path: Path, **prefix) -> Seq2SeqPrefixLM:
+def prefix_lm(path: Path, **prefix) -> PrefixLM:
     model, _ = load(str(path), with_tokenizer=False)
     parts, _ = create_prefix(model, PrefixConfig(length=3, hidden=16, **prefix))
-    return Seq2SeqPrefixLM(model, parts)
+    return PrefixLM(model, parts)
 
 
 @pytest.mark.parametrize("kind", [pytest.param("bart", marks=pytest.mark.slow), "t5_v11"])
@@ -395,7 +395,7 @@ def test_prompt_and_lora_export_to_peft_with_our_logits(
             for name in part.targets:  # B starts at zero: draw it, so every update shows
                 b = getattr(part, f"{name}_b")
                 b[...] = jnp.asarray(rng.normal(0, 0.1, b.shape), jnp.float32)
-        lm = lora_method.Seq2SeqLoraLM(model, adapter)
+        lm = lora_method.LoraLM(model, adapter)
         lora_method.save_peft(adapter, model, tmp_path / "peft")
         names = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
         assert ("fc1" in names["target_modules"]) == (kind == "bart")

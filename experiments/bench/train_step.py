@@ -141,31 +141,33 @@ def peft_model(method: str, device: str = "cpu", dtype: str = "float32", model: 
 
 
 def peft_wrap(model, method: str, virtual_tokens: int = P):
-    """PEFT's version of `method` around a transformers model (full: the bare model)."""
+    """PEFT's version of the variant `method` around a transformers model (full: the bare
+    model)."""
     import peft as peft_lib
 
-    if method == "full":
-        return model.train()
-    if method.startswith("prefix"):
-        config = peft_lib.PrefixTuningConfig(
-            task_type="CAUSAL_LM",
-            num_virtual_tokens=virtual_tokens,
-            prefix_projection=method == "prefix-mlp",
-            encoder_hidden_size=512,
-        )
-    elif method == "prompt":
-        config = peft_lib.PromptTuningConfig(
+    prefix = {"num_virtual_tokens": virtual_tokens, "encoder_hidden_size": 512}
+    configs = {
+        "prefix-none": lambda: peft_lib.PrefixTuningConfig(
+            task_type="CAUSAL_LM", prefix_projection=False, **prefix
+        ),
+        "prefix-mlp": lambda: peft_lib.PrefixTuningConfig(
+            task_type="CAUSAL_LM", prefix_projection=True, **prefix
+        ),
+        "prompt": lambda: peft_lib.PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens
-        )
-    else:
-        config = peft_lib.LoraConfig(
+        ),
+        "lora": lambda: peft_lib.LoraConfig(
             task_type="CAUSAL_LM",
             r=LORA_RANK,
             lora_alpha=2 * LORA_RANK,
             lora_dropout=0.0,
             target_modules=["q_proj", "v_proj"],
-        )
-    return peft_lib.get_peft_model(model, config).train()
+        ),
+        "full": None,
+    }
+    if configs[method] is None:
+        return model.train()
+    return peft_lib.get_peft_model(model, configs[method]()).train()
 
 
 def peft_step_fn(model):

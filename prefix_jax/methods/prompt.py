@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from prefix_jax.methods.api import Loaded, Method, Model, Writer
-from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
+from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder
@@ -151,8 +151,20 @@ class PromptLM(WrappedLM):
         )
         return hidden[:, p:], None
 
+    def __call__(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+        **kw,
+    ) -> tuple[Array, KVCache | None]:
+        """Logits [B, T, vocab] (float32) of the real tokens, and the advanced cache."""
+        hidden, cache = self.hidden_states(tokens, attention_mask, dropout_key=dropout_key, **kw)
+        return self.unembed(hidden), cache
 
-class Seq2SeqPromptLM(Seq2SeqWrapped):
+
+class Seq2SeqPromptLM(WrappedLM):
     """A frozen encoder-decoder with a soft prompt in front of every encoder input."""
 
     def __init__(self, base: EncoderDecoder, prompt: SoftPrompt):

@@ -13,10 +13,8 @@ from prefix_jax.methods.prefix.core import (
     PrefixConfig,
     PrefixLM,
     PrefixParam,
-    Seq2SeqPrefixLM,
     create_prefix,
 )
-from prefix_jax.models.seq2seq import EncoderDecoder
 
 
 class PrefixMethod(Method):
@@ -40,8 +38,7 @@ class PrefixMethod(Method):
 
     def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
         prefix, info = create_prefix(model, self.read_config(config), tokenizer)
-        wrapper = Seq2SeqPrefixLM if isinstance(model, EncoderDecoder) else PrefixLM
-        return wrapper(model, prefix), PrefixParam, info
+        return PrefixLM(model, prefix), PrefixParam, info
 
     def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
         """The collapsed table (MLP evaluated); PEFT's copy when PEFT can hold it exactly
