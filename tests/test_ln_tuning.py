@@ -216,3 +216,32 @@ def test_train_export_and_reload(tiny, tmp_path):  # noqa: F811 - `tiny` fixture
     np.testing.assert_array_equal(ours_logits(from_peft.model, tokens, mask), tuned)
     base, _ = model(jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool))
     assert gap(tuned, np.asarray(base), mask) > 1e-4  # training moved the norms
+
+
+def test_encoder_decoder_tunes_every_stack_and_decodes(tiny_seq2seq_checkpoints, tmp_path):
+    """One wrapper for both model kinds: a T5's norms (both stacks, cross-attention and the
+    final norms) tune, export in our format, and decode through the wrapper."""
+    from prefix_jax.infer.seq2seq_decode import greedy_seq2seq
+
+    model = load(str(tiny_seq2seq_checkpoints["t5_v1"]), with_tokenizer=False)[0]
+    lm = create_ln_tuning(model, LNTuningConfig())
+    names = {ln_tuning.norm_name(p) for p in lm.norms.paths}
+    assert {"attn_norm", "cross_norm", "encoder_final_norm", "decoder_final_norm"} <= names
+    rng = np.random.default_rng(0)
+    source = jnp.asarray(rng.integers(1, 60, (2, 5)), jnp.int32)
+    target = jnp.asarray(rng.integers(1, 60, (2, 4)), jnp.int32)
+    masks = jnp.ones((2, 5), bool), jnp.ones((2, 4), bool)
+    base = np.asarray(model(source, masks[0], target, masks[1]))
+    np.testing.assert_array_equal(np.asarray(lm(source, masks[0], target, masks[1])), base)
+    perturb(lm)
+    tuned = np.asarray(lm(source, masks[0], target, masks[1]))
+    assert np.abs(tuned - base).max() > 1e-2
+    writers = registry.get("ln_tuning").export(lm, model, {})
+    assert list(writers) == ["export"]  # PEFT's names are mapped for decoder-only models
+    writers["export"](tmp_path / "export")
+    reloaded = registry.get("ln_tuning").load(tmp_path / "export", model).model
+    np.testing.assert_array_equal(np.asarray(reloaded(source, masks[0], target, masks[1])), tuned)
+    out = greedy_seq2seq(reloaded, source, masks[0], max_new_tokens=3)
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(greedy_seq2seq(lm, source, masks[0], max_new_tokens=3))
+    )

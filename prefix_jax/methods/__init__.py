@@ -1,5 +1,5 @@
 """Parameter-efficient methods and baselines; each marks its trainable variables with its own
-variable type (full fine-tuning: every `nnx.Param`)."""
+variable type (full fine-tuning: every `nnx.Param`). `registry` finds a method by name."""
 
 from prefix_jax.methods.finetune import FinetuneConfig, FinetuneLM, TopLayerParam, create_finetune
 from prefix_jax.methods.lora import (
