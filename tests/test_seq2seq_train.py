@@ -456,7 +456,7 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     expected = 3 * 32 if method == "prompt" else 2 * 2 * 64 + 3 * 2 * 64 * 2
     assert sum(x.size for x in jax.tree.leaves(trainer.state.params)) == expected
 
-    exports = export_artifacts(method, trainer, model, {}, tmp_path, write=True)
+    exports = export_artifacts(registry.get(method), trainer, model, {}, tmp_path, write=True)
     assert exports == ["export", "export_peft"]
     trained = load_trained(config, tmp_path, model)
     args = (data["source"], data["source_mask"], data["target"], data["target_mask"])
