@@ -191,7 +191,7 @@ def test_train_step_compiles_for_a_tpu_v5e_topology():
     weights_shard = TINY.num_params() * 2 / 4  # bf16, FSDP 4
     assert weights_shard <= fit.memory.arguments < topo.hbm_bytes
     # XLA counts the layer scan's body once: its FLOPs are below the analytic step's share.
-    analytic = aot.train_flops(TINY, "prefix", 16, 128, virtual_tokens=8) / 4
+    analytic = aot.train_flops(TINY, method_config("prefix", 8), 16, 128) / 4
     assert analytic / TINY.num_layers < fit.memory.flops < analytic
 
 
@@ -327,8 +327,9 @@ def test_encoder_decoder_decode_step_splits_both_caches_over_fsdp_8():
 
 
 def test_encoder_decoder_full_fine_tuning_counts_weight_gradients():
-    frozen = aot.train_flops(TINY_T5, "prefix", BATCH, LENGTH, target_length=32)
-    assert aot.train_flops(TINY_T5, "full", BATCH, LENGTH, target_length=32) == 1.5 * frozen
+    frozen = aot.train_flops(TINY_T5, method_config("prefix", 0), BATCH, LENGTH, target_length=32)
+    full = aot.train_flops(TINY_T5, method_config("full", 0), BATCH, LENGTH, target_length=32)
+    assert full == 1.5 * frozen
 
 
 def test_encoder_decoder_decode_needs_its_source_length():

@@ -22,11 +22,16 @@ from flax import nnx
 from prefix_jax.config.parse import load_config
 from prefix_jax.infer.evaluate import evaluate
 from prefix_jax.infer.trained import load_trained
-from prefix_jax.methods import PrefixConfig, PrefixParam, PrefixParts, Seq2SeqPrefixLM
+from prefix_jax.methods import (
+    PrefixConfig,
+    PrefixLM,
+    PrefixParam,
+    PrefixParts,
+    registry,
+)
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.core import create_prefix, prefix_shapes
 from prefix_jax.models import load
-from prefix_jax.train import assemble as experiment
 from prefix_jax.train.loop import train
 from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer, seq2seq_loss
 
@@ -52,10 +57,10 @@ def batch(rng: np.random.Generator, vocab: int, rows: int = 3) -> dict[str, jax.
     }
 
 
-def prefix_lm(path: Path, **prefix) -> Seq2SeqPrefixLM:
+def prefix_lm(path: Path, **prefix) -> PrefixLM:
     model, _ = load(str(path), with_tokenizer=False)
     parts, _ = create_prefix(model, PrefixConfig(length=3, hidden=16, **prefix))
-    return Seq2SeqPrefixLM(model, parts)
+    return PrefixLM(model, parts)
 
 
 @pytest.mark.parametrize("kind", [pytest.param("bart", marks=pytest.mark.slow), "t5_v11"])
@@ -123,7 +128,7 @@ def test_part_choices_and_errors(tiny_seq2seq_checkpoints, tiny_checkpoints, tmp
     config = load_config(XSUM)
     config.method, config.finetune.top_layers = "full", 1
     with pytest.raises(ValueError, match="is for decoder-only models"):
-        experiment.build_method(config, model, None)
+        registry.get(config.method).create(model, config)
     # A decoder-only prefix does not load into an encoder-decoder, nor parts into a decoder.
     lm = prefix_lm(tiny_seq2seq_checkpoints["t5_v1"])
     export.save(export.collapse(lm.prefix, lm.base), tmp_path / "parts")
@@ -246,7 +251,7 @@ def test_xsum_prefix_run_trains_exports_and_scores_rouge(xsum_like, tmp_path):
     assert losses[-1] < losses[0] / 4, losses  # measured: 7.6 -> 1.4
     model, _ = load(c.model, with_tokenizer=False)
     shapes = prefix_shapes(model.config)
-    prefix = experiment.prefix_config(c)
+    prefix = registry.get("prefix").read_config(c)
     assert summary["params_trainable"] == sum(prefix.num_params(s) for s in shapes.values())
     assert summary["exports"] == ["export"]  # PEFT has no format for the three parts
 
@@ -394,7 +399,7 @@ def test_prompt_and_lora_export_to_peft_with_our_logits(
             for name in part.targets:  # B starts at zero: draw it, so every update shows
                 b = getattr(part, f"{name}_b")
                 b[...] = jnp.asarray(rng.normal(0, 0.1, b.shape), jnp.float32)
-        lm = lora_method.Seq2SeqLoraLM(model, adapter)
+        lm = lora_method.LoraLM(model, adapter)
         lora_method.save_peft(adapter, model, tmp_path / "peft")
         names = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
         assert ("fc1" in names["target_modules"]) == (kind == "bart")
@@ -441,7 +446,7 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     config.method = method
     config.prompt.update({"length": 3, "init": "random", "init_scale": 0.5})
     config.lora.update({"rank": 2, "targets": ("q", "cross_v"), "dropout": 0.1})
-    lm, trainable, _ = experiment.build_method(config, model, None)
+    lm, trainable, _ = registry.get(config.method).create(model, config)
     if method == "lora":
         assert lm.lora.encoder.targets == ("q",)
         assert lm.lora.decoder.targets == ("q", "cross_v")
@@ -455,7 +460,7 @@ def test_prompt_and_lora_train_export_load_and_decode(tiny_seq2seq_checkpoints, 
     expected = 3 * 32 if method == "prompt" else 2 * 2 * 64 + 3 * 2 * 64 * 2
     assert sum(x.size for x in jax.tree.leaves(trainer.state.params)) == expected
 
-    exports = export_artifacts(method, trainer, model, {}, tmp_path, write=True)
+    exports = export_artifacts(registry.get(method), trainer, model, {}, tmp_path, write=True)
     assert exports == ["export", "export_peft"]
     trained = load_trained(config, tmp_path, model)
     args = (data["source"], data["source_mask"], data["target"], data["target_mask"])

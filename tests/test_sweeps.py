@@ -191,7 +191,7 @@ def test_sweep_trials_cross_seeds_outermost():
             3 * 5 * 3,
             ["--config.data.train_examples=50", "--config.prefix.init=text:table-to-text:"],
         ),
-        ("method", 4 * 3, ["--config=configs/e2e.py:method=prefix", "--config.method=prefix"]),
+        ("method", 5 * 3, ["--config=configs/e2e.py:method=prefix", "--config.method=prefix"]),
         ("learning_rate", 6 * 2 * 2, ["--config.optim.learning_rate=1e-05"]),
         ("data_size", 10 * 3, ["--config.data.train_fraction=0.1"]),
         ("init", 4 * 3, ["--config.prefix.init=random", "--config.data.train_fraction=0.1"]),
@@ -269,7 +269,7 @@ def test_a_sweeps_folder_elsewhere_shares_its_helpers(tmp_path, monkeypatch, cap
 def test_config_template_gives_each_method_its_own_config():
     plans = launch.plan_trials(load_sweep("method"), "runs/m", python=["python"], seeds=[0])
     configs = [next(a for a in p.steps[0].argv if a.startswith("--config=")) for p in plans]
-    methods = ("prefix", "prompt", "lora", "full")
+    methods = ("prefix", "prompt", "lora", "full", "ln_tuning")
     assert configs == [f"--config=configs/e2e.py:method={m}" for m in methods]
     assert all("--config.lora.seed=0" in p.steps[0].argv for p in plans)
     small = launch.plan_trials(load_sweep("small_cpu"), "runs/s", python=["python"])

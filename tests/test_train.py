@@ -28,6 +28,7 @@ import pytest
 from conftest import MAX_STEPS, OVERRIDES, make_config
 
 from prefix_jax.config.upgrade import load_run_config
+from prefix_jax.methods import registry
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.train import assemble as experiment
 from prefix_jax.train import step as train_step
@@ -83,7 +84,7 @@ def _flag_value(value) -> str:
 def fresh_trainer(config: ml_collections.ConfigDict):
     """(Trainer with the initial state, base model) built as `train` builds them."""
     model, tokenizer = experiment.load_model(config)
-    lm, trainable, _ = experiment.build_method(config, model, tokenizer)
+    lm, trainable, _ = registry.get(config.method).create(model, config, tokenizer)
     optim = OptimConfig(total_steps=config.max_steps, **config.optim.to_dict())
     return Trainer(lm, make_optimizer(optim, trainable), trainable), model
 
@@ -384,7 +385,10 @@ def test_nonfinite_before_any_checkpoint_says_so(tiny, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "adapter"}, r"unknown method 'adapter'; known: prefix, prompt, lora, full"),
+        (
+            {"method": "adapter"},
+            r"unknown method 'adapter'; known: prefix, prompt, lora, full, ln_tuning",
+        ),
         ({"prefix__lenght": 5}, r"unknown config.prefix fields: \['lenght'\]"),
         ({"dtype": "fp16"}, r"unknown dtype 'fp16'; known: float32, bfloat16, float16"),
         ({"param_dtype": "float64"}, r"unknown dtype 'float64'"),

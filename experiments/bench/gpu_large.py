@@ -69,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     import jax
 
+    from experiments.bench import train_step
     from experiments.bench.gpu import nominal_tflops, torch_cuda
     from prefix_jax.models.shapes import model_config
     from prefix_jax.scale.aot import train_flops
@@ -76,7 +77,7 @@ def main() -> None:
     device = jax.devices()[0]
     nominal = nominal_tflops(device.device_kind)
     c = model_config(args.shape)
-    flops = train_flops(c, "prefix", args.batch, args.seq, virtual_tokens=P)
+    flops = train_flops(c, train_step.variant_config("prefix-mlp", P), args.batch, args.seq)
     tokens = args.batch * args.seq
     remat = None if args.remat == "none" else args.remat
     rows = {f"ours (remat {args.remat})": ours_seconds(

@@ -28,7 +28,19 @@ import numpy as np
 from experiments.bench.timing import best_seconds, median_seconds
 
 BATCH, LENGTH, P, LORA_RANK = 8, 64, 10, 8
-METHODS = ("prefix-none", "prefix-mlp", "prompt", "lora", "full")
+# The benchmarked variants: (our method, its config block's settings); prefix and prompt
+# get `virtual_tokens` (default P) as their length. PEFT's twin of each is `peft_config`.
+VARIANTS = {
+    "prefix-none": ("prefix", {"reparam": "none", "init": "random"}),
+    "prefix-mlp": ("prefix", {"reparam": "mlp", "init": "random"}),
+    "prompt": ("prompt", {"init": "random"}),
+    "lora": (
+        "lora",
+        {"rank": LORA_RANK, "alpha": 2.0 * LORA_RANK, "dropout": 0.0, "targets": ("q", "v")},
+    ),
+    "full": ("full", {}),
+}
+METHODS = tuple(VARIANTS)
 
 
 def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> float:
@@ -41,11 +53,24 @@ def matmul_gflops(repeats: int, size: int = 2048, dtype: str = "float32") -> flo
     return 2 * size**3 / best_seconds(lambda: jax.block_until_ready(f(a)), 4 * repeats) / 1e9
 
 
+def variant_config(variant: str, virtual_tokens: int = P):
+    """The experiment config (the library defaults) that trains `variant`."""
+    from prefix_jax.config.defaults import get_base_config
+    from prefix_jax.methods import registry
+
+    method, block = VARIANTS[variant]
+    c = get_base_config()
+    c.method = method
+    c.prefix.length = c.prompt.length = virtual_tokens
+    c[registry.get(method).config_block].update(block)
+    return c
+
+
 def step_flops(c, method: str, batch: int = BATCH, length: int = LENGTH) -> float:
-    """Analytic FLOPs of one train step of `method` on [batch, length] tokens."""
+    """Analytic FLOPs of one train step of the variant `method` on [batch, length] tokens."""
     from prefix_jax.scale.aot import train_flops
 
-    return train_flops(c, method.split("-")[0], batch, length, virtual_tokens=P)
+    return train_flops(c, variant_config(method), batch, length)
 
 
 def our_trainer(
@@ -58,27 +83,15 @@ def our_trainer(
     import jax.numpy as jnp
     from flax import nnx
 
-    from prefix_jax import methods
+    from prefix_jax.methods import registry
     from prefix_jax.train.step import OptimConfig, Trainer, make_optimizer
 
-    if method.startswith("prefix"):
-        config = methods.PrefixConfig(length=virtual_tokens, reparam=method.split("-")[1])
-        prefix, _ = methods.create_prefix(model, config)
-        lm, trainable = methods.PrefixLM(model, prefix), methods.PrefixParam
-    elif method == "prompt":
-        prompt, _ = methods.create_prompt(model, methods.PromptConfig(length=virtual_tokens))
-        lm, trainable = methods.PromptLM(model, prompt), methods.PromptParam
-    elif method == "lora":
-        config = methods.LoraConfig(rank=LORA_RANK, alpha=2.0 * LORA_RANK, targets=("q", "v"))
-        lora, _ = methods.create_lora(model, config)
-        lm, trainable = methods.LoraLM(model, lora), methods.LoraParam
-    else:
-        if keep_model:
-            graphdef, weights = nnx.split(model)
-            model = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
-        finetune = methods.FinetuneConfig()
-        lm, _ = methods.create_finetune(model, finetune)
-        trainable = finetune.trainable
+    settings = variant_config(method, virtual_tokens)
+    chosen = registry.get(settings.method)
+    if chosen.trains_base_weights and keep_model:
+        graphdef, weights = nnx.split(model)
+        model = nnx.merge(graphdef, jax.tree.map(jnp.copy, weights))
+    lm, trainable, _ = chosen.create(model, settings)
     tx = make_optimizer(OptimConfig(learning_rate=learning_rate), trainable)
     return Trainer(lm, tx, trainable)
 
@@ -128,31 +141,33 @@ def peft_model(method: str, device: str = "cpu", dtype: str = "float32", model: 
 
 
 def peft_wrap(model, method: str, virtual_tokens: int = P):
-    """PEFT's version of `method` around a transformers model (full: the bare model)."""
+    """PEFT's version of the variant `method` around a transformers model (full: the bare
+    model)."""
     import peft as peft_lib
 
-    if method == "full":
-        return model.train()
-    if method.startswith("prefix"):
-        config = peft_lib.PrefixTuningConfig(
-            task_type="CAUSAL_LM",
-            num_virtual_tokens=virtual_tokens,
-            prefix_projection=method == "prefix-mlp",
-            encoder_hidden_size=512,
-        )
-    elif method == "prompt":
-        config = peft_lib.PromptTuningConfig(
+    prefix = {"num_virtual_tokens": virtual_tokens, "encoder_hidden_size": 512}
+    configs = {
+        "prefix-none": lambda: peft_lib.PrefixTuningConfig(
+            task_type="CAUSAL_LM", prefix_projection=False, **prefix
+        ),
+        "prefix-mlp": lambda: peft_lib.PrefixTuningConfig(
+            task_type="CAUSAL_LM", prefix_projection=True, **prefix
+        ),
+        "prompt": lambda: peft_lib.PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens
-        )
-    else:
-        config = peft_lib.LoraConfig(
+        ),
+        "lora": lambda: peft_lib.LoraConfig(
             task_type="CAUSAL_LM",
             r=LORA_RANK,
             lora_alpha=2 * LORA_RANK,
             lora_dropout=0.0,
             target_modules=["q_proj", "v_proj"],
-        )
-    return peft_lib.get_peft_model(model, config).train()
+        ),
+        "full": None,
+    }
+    if configs[method] is None:
+        return model.train()
+    return peft_lib.get_peft_model(model, configs[method]()).train()
 
 
 def peft_step_fn(model):

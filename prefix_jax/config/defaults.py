@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from prefix_jax.methods import registry
 from prefix_jax.scale.sharding import DEFAULT_RULES
 
 
@@ -32,37 +33,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     c.sharding_rules = DEFAULT_RULES
 
-    # Li & Liang: p in {5, 10} for table-to-text, MLP reparam with hidden 512.
-    c.prefix = ml_collections.ConfigDict(
-        {
-            "length": 10,
-            "reparam": "mlp",
-            "hidden": 512,
-            "embed_dim": ml_collections.config_dict.placeholder(int),
-            "dropout": 0.0,
-            "init": "random",
-            "init_scale": 1.0,
-            "init_fit_steps": 300,
-            "positions": "from_zero",
-            "seed": 0,
-            # Encoder-decoder models: which of "encoder,decoder,cross" get a prefix; "" = all
-            # the model has (Li & Liang's three; a decoder-only model has "decoder" alone).
-            "parts": "",
-        }
-    )
-
-    # Baselines (config.method = "prompt" | "lora" | "full"); each reads only its own block.
-    # Registry plug-in point: each method's block becomes `registry.get(name).default_config()`.
-    # Prompt tuning (Lester et al.): sampled vocabulary embeddings init better than random.
-    c.prompt = ml_collections.ConfigDict(
-        {"length": 10, "init": "vocab", "init_scale": 1.0, "seed": 0}
-    )
-    # LoRA (Hu et al.) on GPT-2 E2E: r=4, alpha=32, dropout 0.1 on W_q, W_v.
-    c.lora = ml_collections.ConfigDict(
-        {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ("q", "v"), "seed": 0}
-    )
-    # Full fine-tuning; top_layers=k trains only the last k layers (FT-top2: k=2).
-    c.finetune = ml_collections.ConfigDict({"top_layers": 0})
+    # Each method's own block (`config.prefix`, `config.lora`, ...), with the defaults its
+    # `Method` in prefix_jax.methods.registry gives; a method reads only its own block.
+    for method in registry.METHODS.values():
+        c[method.config_block] = ml_collections.ConfigDict(method.default_config())
 
     c.data = ml_collections.ConfigDict()
     c.data.task = "e2e"
@@ -131,32 +105,11 @@ def apply_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-# Every method a config can name. Registry plug-in point: becomes `registry.METHODS`.
-METHODS = ("prefix", "prompt", "lora", "full")
-
-# Optimizer settings per baseline: (full runs, `:local` runs). Starting points, not tuned here:
-# LoRA follows Hu et al. on E2E (lr 2e-4, weight decay 0.01, 500 warmup steps); fine-tuning
-# uses the usual GPT-2 fine-tuning rate 5e-5; prompt tuning needs a large rate (PEFT's
-# causal-LM prompt-tuning example uses 3e-2).
-METHOD_OPTIM = {
-    "prompt": ({"learning_rate": 3e-2}, {"learning_rate": 3e-2}),
-    "lora": (
-        {"learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": 500},
-        {"learning_rate": 1e-3, "weight_decay": 0.01},
-    ),
-    "full": ({"learning_rate": 5e-5}, {"learning_rate": 1e-4}),
-}
-
-
 def use_method(
     c: ml_collections.ConfigDict, method: str, local: bool = False
 ) -> ml_collections.ConfigDict:
-    """Switch a task config to `method` with that method's optimizer settings (prefix-tuning
-    keeps the task's own). Registry plug-in point: the settings become
-    `registry.get(method).optimizer_defaults(local)`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    """Switch a task config to `method`, with that method's optimizer settings (its
+    `Method.optimizer_defaults`; `local`: those of the `:local` runs)."""
     c.method = method
-    if method in METHOD_OPTIM:
-        c.optim.update(METHOD_OPTIM[method][1 if local else 0])
+    c.optim.update(registry.get(method).optimizer_defaults(local))
     return c

@@ -1,8 +1,8 @@
 """A finished run's trained model for decoding, whatever its method.
 
-Prefix, prompt and LoRA runs are read from their small export (`<workdir>/export`, or a
-directory given by the user); full and top-k fine-tuning have no smaller artifact than
-the weights, so they are read from the run's latest orbax checkpoint.
+A run is read through its method (`prefix_jax.methods.registry`): from the method's small
+export (`<workdir>/export`, or a directory given by the user), or, for a method without
+one (full and top-k fine-tuning), from the run's latest orbax checkpoint.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import jax
 import ml_collections
 from flax import nnx
 
-from prefix_jax.methods import LoraLM, PromptLM, Seq2SeqLoraLM, Seq2SeqPromptLM, lora, prompt
-from prefix_jax.methods.prefix import artifact as export
+from prefix_jax.methods import registry
 from prefix_jax.models import Transformer
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV
-from prefix_jax.train import assemble as experiment
 from prefix_jax.train.checkpoint import Checkpointer
 from prefix_jax.train.step import OptimConfig, initial_state, make_optimizer
 
@@ -46,22 +44,14 @@ def load_trained(
     `""` the run's own export (or checkpoint for fine-tuning), a path another export."""
     if artifact is None:
         return Trained(model, None, "base model")
-    method = config.method
-    if method == "full":
+    method = registry.get(config.method)
+    if not method.has_artifact:
         if artifact:
-            raise ValueError("full fine-tuning has no export to load: it is read from checkpoints")
+            method.load(artifact, model)  # raises, saying where this method's weights are
         return Trained(restore_checkpoint(config, workdir, model, tokenizer), None, "checkpoint")
     directory = Path(artifact or Path(workdir) / "export")
-    if method == "prefix":
-        return Trained(model, export.load(directory, model).to_prefix_kv(model), str(directory))
-    seq2seq = isinstance(model, EncoderDecoder)
-    if method == "prompt":
-        wrapper = Seq2SeqPromptLM if seq2seq else PromptLM
-        return Trained(wrapper(model, prompt.load(directory, model)), None, str(directory))
-    if method == "lora":
-        wrapper = Seq2SeqLoraLM if seq2seq else LoraLM
-        return Trained(wrapper(model, lora.load(directory, model)), None, str(directory))
-    raise ValueError(f"unknown method {method!r}; known: {', '.join(experiment.METHODS)}")
+    loaded = method.load(directory, model)
+    return Trained(loaded.model, loaded.prefix, str(directory))
 
 
 def restore_checkpoint(
@@ -75,7 +65,7 @@ def restore_checkpoint(
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: no checkpoint to evaluate")
-    lm, trainable, _ = experiment.build_method(config, model, tokenizer)
+    lm, trainable, _ = registry.get(config.method).create(model, config, tokenizer)
     graphdef, params, frozen = nnx.split(lm, trainable, ...)
     tx = make_optimizer(OptimConfig(total_steps=1, **config.optim.to_dict()), trainable)
 

@@ -1,5 +1,5 @@
 """Parameter-efficient methods and baselines; each marks its trainable variables with its own
-variable type (full fine-tuning: every `nnx.Param`)."""
+variable type (full fine-tuning: every `nnx.Param`). `registry` finds a method by name."""
 
 from prefix_jax.methods.finetune import FinetuneConfig, FinetuneLM, TopLayerParam, create_finetune
 from prefix_jax.methods.lora import (
@@ -8,7 +8,6 @@ from prefix_jax.methods.lora import (
     LoraLM,
     LoraParam,
     Seq2SeqLora,
-    Seq2SeqLoraLM,
     create_lora,
 )
 from prefix_jax.methods.partition import count_params
@@ -18,7 +17,6 @@ from prefix_jax.methods.prefix.core import (
     PrefixLM,
     PrefixParam,
     PrefixParts,
-    Seq2SeqPrefixLM,
     create_prefix,
 )
 from prefix_jax.methods.prompt import (
@@ -46,8 +44,6 @@ __all__ = [
     "PromptLM",
     "PromptParam",
     "Seq2SeqLora",
-    "Seq2SeqLoraLM",
-    "Seq2SeqPrefixLM",
     "Seq2SeqPromptLM",
     "SoftPrompt",
     "TopLayerParam",

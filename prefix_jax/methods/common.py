@@ -1,10 +1,12 @@
-"""What the baseline methods share: the wrapper interface and artifact writing.
+"""What the methods share: the wrapper base class and artifact writing.
 
-A method's trainable model wraps the frozen base `Transformer` and is callable like it
-(plus `dropout_key=`), and it also exposes the base's decoding interface (`config`,
-`init_cache`, `hidden_states`, `unembed`), so `prefix_jax.infer.decode` and the train step take
-it unchanged. Around an `EncoderDecoder` the same holds with its interface (`encode`,
-`init_cache`, `decode`; `prefix_jax.infer.seq2seq_decode`).
+A method's trainable model wraps the frozen base model and is callable like it (plus
+`dropout_key=`), and it also exposes the base's decoding interface, so the train step and
+the decoders take it unchanged: a decoder-only `Transformer`'s (`hidden_states`,
+`init_cache`, `unembed`; `prefix_jax.infer.decode`) or an `EncoderDecoder`'s (`encode`,
+`init_cache`, `decode`; `prefix_jax.infer.seq2seq_decode`). One base class serves both
+kinds: each call goes to the base model's own method of that name, so the kind lives in
+the model alone; a wrapper has only the interface its base has.
 """
 
 from __future__ import annotations
@@ -21,23 +23,25 @@ from safetensors.numpy import load_file, save_file
 
 from prefix_jax.files import atomic_write
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqDeltas
-from prefix_jax.models.transformer import KVCache, Transformer
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 
 
 class WrappedLM(nnx.Module):
-    """Base class of method wrappers: `self.base` plus whatever `forward_kwargs` adds.
+    """Base class of method wrappers: `self.base` plus whatever the method adds.
 
-    Subclasses set `self.base` and override `forward_kwargs` (extra arguments of the base
-    forward pass, e.g. LoRA deltas) or `hidden_states` itself (prompt tuning).
+    Subclasses set `self.base` and override `forward_kwargs` (extra arguments of the base's
+    forward pass: a prefix, LoRA deltas, top-layer weights) and, for an encoder-decoder's
+    decoding calls, `stack_kwargs` (LoRA's deltas of each stack); prompt tuning overrides
+    the calls themselves. A prefix is passed to decoding explicitly, not added here.
     """
 
-    base: Transformer
+    base: Transformer | EncoderDecoder
 
     @property
-    def config(self) -> ModelConfig:
+    def config(self) -> ModelConfig | Seq2SeqConfig:
         return self.base.config
 
     def forward_kwargs(self, dropout_key: Array | None) -> dict:
@@ -45,11 +49,15 @@ class WrappedLM(nnx.Module):
         del dropout_key
         return {}
 
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        return self.base.init_cache(batch, max_len, dtype)
+    def stack_kwargs(self, stack: str) -> dict:
+        """Extra arguments of an encoder-decoder's `encode` (`stack="encoder"`) or
+        `init_cache` / `decode` (`"decoder"`) calls."""
+        del stack
+        return {}
 
-    def unembed(self, hidden: Array) -> Array:
-        return self.base.unembed(hidden)
+    def __call__(self, *args, dropout_key: Array | None = None, **kw):
+        """The base model's forward pass (logits in float32) with the method's additions."""
+        return self.base(*args, **self.forward_kwargs(dropout_key), **kw)
 
     def hidden_states(
         self,
@@ -58,77 +66,26 @@ class WrappedLM(nnx.Module):
         *,
         dropout_key: Array | None = None,
         **kw,
-    ) -> tuple[Array, KVCache | None]:
+    ):
+        """Decoder-only: final-norm hidden states and the advanced cache, as the base."""
         return self.base.hidden_states(
             tokens, attention_mask, **self.forward_kwargs(dropout_key), **kw
         )
 
-    def __call__(
-        self,
-        tokens: Array,
-        attention_mask: Array | None = None,
-        *,
-        dropout_key: Array | None = None,
-        **kw,
-    ) -> tuple[Array, KVCache | None]:
-        """Logits [B, T, vocab] (float32) and the advanced cache, as the base model."""
-        hidden, cache = self.hidden_states(tokens, attention_mask, dropout_key=dropout_key, **kw)
-        return self.unembed(hidden), cache
-
-
-class Seq2SeqWrapped(nnx.Module):
-    """Base class of method wrappers around a frozen `EncoderDecoder`.
-
-    Training calls it like the base (`__call__` with `dropout_key=`), adding whatever
-    `forward_kwargs` returns (a `Seq2SeqPrefix` as `prefix`, `Seq2SeqDeltas` as `deltas`).
-    Decoding calls `encode` / `init_cache` / `decode`, which add the method's `deltas()`;
-    a prefix is passed to decoding explicitly, as for the decoder-only model.
-    """
-
-    base: EncoderDecoder
-
-    @property
-    def config(self) -> Seq2SeqConfig:
-        return self.base.config
-
-    def forward_kwargs(self, dropout_key: Array | None) -> dict:
-        """Extra base-model arguments; dropout applies only when a key (training) is given."""
-        del dropout_key
-        return {}
-
-    def deltas(self, dropout_key: Array | None = None) -> Seq2SeqDeltas:
-        """Low-rank updates of each stack (none unless the method has them)."""
-        del dropout_key
-        return Seq2SeqDeltas()
-
-    def encode(self, tokens: Array, attention_mask: Array | None = None, **kw) -> Array:
-        return self.base.encode(tokens, attention_mask, deltas=self.deltas().encoder, **kw)
-
-    def init_cache(self, encoded: Array, encoded_mask: Array, max_len: int, **kw):
-        return self.base.init_cache(
-            encoded, encoded_mask, max_len, deltas=self.deltas().decoder, **kw
-        )
-
-    def decode(self, tokens: Array, attention_mask: Array | None, encoded, encoded_mask, **kw):
-        return self.base.decode(
-            tokens, attention_mask, encoded, encoded_mask, deltas=self.deltas().decoder, **kw
-        )
+    def init_cache(self, *args, **kw):
+        return self.base.init_cache(*args, **self.stack_kwargs("decoder"), **kw)
 
     def unembed(self, hidden: Array) -> Array:
         return self.base.unembed(hidden)
 
-    def __call__(
-        self,
-        source: Array,
-        source_mask: Array | None,
-        target: Array,
-        target_mask: Array | None,
-        *,
-        dropout_key: Array | None = None,
-    ) -> Array:
-        """Teacher-forced logits [B, T, vocab] (float32), as the base model."""
-        return self.base(
-            source, source_mask, target, target_mask, **self.forward_kwargs(dropout_key)
+    def encode(self, tokens: Array, attention_mask: Array | None = None, **kw) -> Array:
+        """Encoder-decoder: the encoder states, as the base."""
+        return self.base.encode(tokens, attention_mask, **self.stack_kwargs("encoder"), **kw)
+
+    def decode(self, tokens: Array, attention_mask: Array | None, encoded, encoded_mask, **kw):
+        """Encoder-decoder: decoder logits and cache, as the base."""
+        return self.base.decode(
+            tokens, attention_mask, encoded, encoded_mask, **self.stack_kwargs("decoder"), **kw
         )
 
 

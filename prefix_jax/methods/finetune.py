@@ -14,18 +14,21 @@ layers stay bitwise unchanged. The price is that the base's own top-k slices sta
 memory unused (k/L of the layer weights); `count_params` counts them once
 (`num_shadowed_params`). Neither variant has dropout: the base transformer has none.
 
-An encoder-decoder is fine-tuned whole (`Seq2SeqFinetuneLM`: both stacks, embeddings and
-head; Li & Liang's fine-tuning baseline on XSum); top-k is for decoder-only models.
+An encoder-decoder is fine-tuned whole (both stacks, embeddings and head; Li & Liang's
+fine-tuning baseline on XSum); top-k is for decoder-only models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
+import ml_collections
 from flax import nnx
 
-from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
+from prefix_jax.methods.common import WrappedLM
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.models.transformer import DecoderLayers, Transformer
@@ -81,10 +84,15 @@ class TopLayers(nnx.Module):
 
 
 class FinetuneLM(WrappedLM):
-    """The base model, trained whole or in its top `top_layers` layers."""
+    """The base model, trained whole or (decoder-only) in its top `top_layers` layers."""
 
-    def __init__(self, base: Transformer, top_layers: int = 0):
-        if not 0 <= top_layers <= base.config.num_layers:
+    def __init__(self, base: Transformer | EncoderDecoder, top_layers: int = 0):
+        if isinstance(base, EncoderDecoder) and top_layers:
+            raise ValueError(
+                f"finetune top_layers={top_layers} is for decoder-only models; an "
+                "encoder-decoder is fine-tuned whole (top_layers=0)"
+            )
+        if not isinstance(base, EncoderDecoder) and not 0 <= top_layers <= base.config.num_layers:
             raise ValueError(
                 f"finetune top_layers={top_layers} is outside [0, {base.config.num_layers}] "
                 "(the model's layers)"
@@ -106,22 +114,33 @@ class FinetuneLM(WrappedLM):
         return {"top_layers": self.top.weights()} if self.top_layers else {}
 
 
-class Seq2SeqFinetuneLM(Seq2SeqWrapped):
-    """An encoder-decoder trained whole: every `nnx.Param` of the base."""
-
-    def __init__(self, base: EncoderDecoder):
-        self.base = base
-
-
 def create_finetune(
     model: Transformer | EncoderDecoder, config: FinetuneConfig
-) -> tuple[FinetuneLM | Seq2SeqFinetuneLM, dict[str, float]]:
+) -> tuple[FinetuneLM, dict[str, float]]:
     """The fine-tuning wrapper (train it with `config.trainable`) and (no) init info."""
-    if isinstance(model, EncoderDecoder):
-        if config.top_layers:
-            raise ValueError(
-                f"finetune top_layers={config.top_layers} is for decoder-only models; an "
-                "encoder-decoder is fine-tuned whole (top_layers=0)"
-            )
-        return Seq2SeqFinetuneLM(model), {}
     return FinetuneLM(model, config.top_layers), {}
+
+
+class FinetuneMethod(Method):
+    """Full fine-tuning (`finetune.top_layers=k`: the last k layers only). No small
+    artifact: the trained weights are the run's checkpoint. The usual GPT-2 fine-tuning
+    rate 5e-5."""
+
+    name = "full"
+    config_block = "finetune"
+    config_class = FinetuneConfig
+    optimizer = ({"learning_rate": 5e-5}, {"learning_rate": 1e-4})
+    trains_base_weights = True
+    has_artifact = False
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        del tokenizer
+        finetune = self.read_config(config)
+        lm, info = create_finetune(model, finetune)
+        return lm, finetune.trainable, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {}
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        raise ValueError("full fine-tuning has no export to load: it is read from checkpoints")

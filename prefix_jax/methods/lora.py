@@ -29,10 +29,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
+from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqDeltas
@@ -195,25 +197,6 @@ class Lora(nnx.Module):
         )
 
 
-class LoraLM(WrappedLM):
-    """A frozen base model with LoRA updates on its target weights."""
-
-    def __init__(self, base: Transformer, lora: Lora):
-        for name in lora.targets:
-            want = getattr(base.layers, name).shape
-            a, b = getattr(lora, f"{name}_a"), getattr(lora, f"{name}_b")
-            if (*a.shape[:-1], *b.shape[2:]) != want:
-                raise ValueError(
-                    f"lora factors for {name!r} ({a.shape}, {b.shape}) do not fit the model's "
-                    f"weight {want}"
-                )
-        self.base = base
-        self.lora = lora
-
-    def forward_kwargs(self, dropout_key: Array | None) -> dict:
-        return {"deltas": self.lora(dropout_key)}
-
-
 class Seq2SeqLora(nnx.Module):
     """LoRA on both stacks of an encoder-decoder: `encoder` and `decoder` (the decoder's
     targets may include the cross-attention's `cross_q`, `cross_k`, `cross_v`, `cross_o`).
@@ -246,18 +229,36 @@ class Seq2SeqLora(nnx.Module):
         )
 
 
-class Seq2SeqLoraLM(Seq2SeqWrapped):
-    """A frozen encoder-decoder with LoRA updates on its target weights."""
+class LoraLM(WrappedLM):
+    """A frozen base model with LoRA updates on its target weights (a decoder's `Lora`, an
+    encoder-decoder's `Seq2SeqLora`)."""
 
-    def __init__(self, base: EncoderDecoder, lora: Seq2SeqLora):
+    def __init__(self, base: Transformer | EncoderDecoder, lora: Lora | Seq2SeqLora):
+        if isinstance(lora, Seq2SeqLora) != isinstance(base, EncoderDecoder):
+            raise ValueError(
+                "an encoder-decoder takes Seq2SeqLora factors, a decoder-only model Lora"
+            )
+        if isinstance(lora, Lora):
+            for name in lora.targets:
+                want = getattr(base.layers, name).shape
+                a, b = getattr(lora, f"{name}_a"), getattr(lora, f"{name}_b")
+                if (*a.shape[:-1], *b.shape[2:]) != want:
+                    raise ValueError(
+                        f"lora factors for {name!r} ({a.shape}, {b.shape}) do not fit the "
+                        f"model's weight {want}"
+                    )
         self.base = base
         self.lora = lora
 
-    def deltas(self, dropout_key: Array | None = None) -> Seq2SeqDeltas:
-        return self.lora(dropout_key)
-
     def forward_kwargs(self, dropout_key: Array | None) -> dict:
         return {"deltas": self.lora(dropout_key)}
+
+    def stack_kwargs(self, stack: str) -> dict:
+        """An encoder-decoder's decoding calls take their stack's deltas (dropout off); a
+        decoder-only model's come with `hidden_states`."""
+        if isinstance(self.lora, Lora):
+            return {}
+        return {"deltas": getattr(self.lora(), stack)}
 
 
 def create_lora(
@@ -449,3 +450,32 @@ def save_peft(
     return write_artifact(
         directory, "adapter_model.safetensors", tensors, "adapter_config.json", config
     )
+
+
+class LoraMethod(Method):
+    """Hu et al.'s LoRA; the defaults are their GPT-2 E2E setting (r=4, alpha=32, dropout
+    0.1 on W_q and W_v) and optimizer (lr 2e-4, weight decay 0.01, 500 warmup steps)."""
+
+    name = "lora"
+    config_block = "lora"
+    config_class = LoraConfig
+    defaults = {"rank": 4, "alpha": 32.0, "dropout": 0.1}
+    seed_keys = ("lora.seed",)
+    optimizer = (
+        {"learning_rate": 2e-4, "weight_decay": 0.01, "warmup_steps": 500},
+        {"learning_rate": 1e-3, "weight_decay": 0.01},
+    )
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        del tokenizer
+        factors, info = create_lora(model, self.read_config(config))
+        return LoraLM(model, factors), LoraParam, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {
+            "export": lambda d: save(lm.lora, model, d, training),
+            "export_peft": lambda d: save_peft(lm.lora, model, d),
+        }
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        return Loaded(LoraLM(model, load(directory, model)))

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM, read_artifact, write_artifact
+from prefix_jax.methods.api import Loaded, Method, Model, Writer
+from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder
@@ -149,8 +151,20 @@ class PromptLM(WrappedLM):
         )
         return hidden[:, p:], None
 
+    def __call__(
+        self,
+        tokens: Array,
+        attention_mask: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+        **kw,
+    ) -> tuple[Array, KVCache | None]:
+        """Logits [B, T, vocab] (float32) of the real tokens, and the advanced cache."""
+        hidden, cache = self.hidden_states(tokens, attention_mask, dropout_key=dropout_key, **kw)
+        return self.unembed(hidden), cache
 
-class Seq2SeqPromptLM(Seq2SeqWrapped):
+
+class Seq2SeqPromptLM(WrappedLM):
     """A frozen encoder-decoder with a soft prompt in front of every encoder input."""
 
     def __init__(self, base: EncoderDecoder, prompt: SoftPrompt):
@@ -312,3 +326,33 @@ def save_peft(
         "adapter_config.json",
         config,
     )
+
+
+class PromptMethod(Method):
+    """Lester et al.'s soft prompt. Sampled vocabulary embeddings start better than random;
+    prompt tuning needs a large rate (PEFT's causal-LM prompt-tuning example: 3e-2)."""
+
+    name = "prompt"
+    config_block = "prompt"
+    config_class = PromptConfig
+    defaults = {"init": "vocab"}
+    seed_keys = ("prompt.seed",)
+    optimizer = ({"learning_rate": 3e-2}, {"learning_rate": 3e-2})
+
+    def create(self, model: Model, config: ml_collections.ConfigDict, tokenizer=None):
+        soft, info = create_prompt(model, self.read_config(config), tokenizer)
+        wrapper = Seq2SeqPromptLM if isinstance(model, EncoderDecoder) else PromptLM
+        return wrapper(model, soft), PromptParam, info
+
+    def export(self, lm: nnx.Module, model: Model, training: dict) -> dict[str, Writer]:
+        return {
+            "export": lambda d: save(lm.prompt, model, d, training),
+            "export_peft": lambda d: save_peft(lm.prompt, model, d),
+        }
+
+    def load(self, directory: str | Path, model: Model) -> Loaded:
+        wrapper = Seq2SeqPromptLM if isinstance(model, EncoderDecoder) else PromptLM
+        return Loaded(wrapper(model, load(directory, model)))
+
+    def extra_input_tokens(self, config: ml_collections.ConfigDict) -> int:
+        return config.prompt.length

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from prefix_jax.methods import registry
+
 Value = bool | int | float | str
 Point = dict[str, Value]
 
@@ -41,7 +43,7 @@ MAX_NAME = 120
 # The shipped grids, relative to the directory the command runs in (the repository root).
 SWEEPS_DIR = Path("experiments/sweeps")
 # Seed keys for sweeps across methods: each method's own init seed follows the trial seed.
-METHOD_SEED_KEYS = ("seed", "prefix.seed", "prompt.seed", "lora.seed")
+METHOD_SEED_KEYS = registry.seed_keys()
 
 
 def sweep(key: str, values: Iterable[Value]) -> list[Point]:

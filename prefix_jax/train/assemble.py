@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import jax.numpy as jnp
@@ -21,33 +20,13 @@ from prefix_jax.data import (
     split_by_source,
 )
 from prefix_jax.data.pairs import EncodedPairs, PairBatchIterator, encode_pairs
-from prefix_jax.methods import (
-    FinetuneConfig,
-    LoraConfig,
-    LoraLM,
-    LoraParam,
-    PrefixConfig,
-    PrefixLM,
-    PrefixParam,
-    PromptConfig,
-    PromptLM,
-    PromptParam,
-    Seq2SeqLoraLM,
-    Seq2SeqPrefixLM,
-    Seq2SeqPromptLM,
-    create_finetune,
-    create_lora,
-    create_prefix,
-    create_prompt,
-)
-from prefix_jax.models import Transformer, load
+from prefix_jax.models import load
 from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.scale import sharding
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-METHODS = ("prefix", "prompt", "lora", "full")
 
 
 def dtype(name: str):
@@ -202,44 +181,3 @@ def _keep_examples_of_sources(examples: list[Example], n: int, seed: int) -> lis
             kept.append(e)
             quota[e.source] -= 1
     return kept
-
-
-def method_config(config: ml_collections.ConfigDict, field: str, cls):
-    """The dataclass `cls` from the config's `field` sub-config, rejecting unknown keys."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(config[field].keys()) - names
-    if unknown:
-        raise ValueError(f"unknown config.{field} fields: {sorted(unknown)}")
-    return cls(**config[field].to_dict())
-
-
-def prefix_config(config: ml_collections.ConfigDict) -> PrefixConfig:
-    return method_config(config, "prefix", PrefixConfig)
-
-
-def build_method(config: ml_collections.ConfigDict, model: Transformer | EncoderDecoder, tokenizer):
-    """(trainable model, trainable filter, init info) for `config.method`.
-
-    prefix, prompt and lora wrap the frozen model with their own variable type; full
-    fine-tunes every weight, or only the last `config.finetune.top_layers` layers. An
-    encoder-decoder takes prefix-tuning (Li & Liang's three prefixes, `config.prefix.parts`),
-    prompt tuning (on the encoder input, Lester et al.'s setting), LoRA (both stacks) and
-    full fine-tuning (the whole model; top-k layers is for decoder-only models).
-    """
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    seq2seq = isinstance(model, EncoderDecoder)
-    if config.method == "prefix":
-        prefix, info = create_prefix(model, prefix_config(config), tokenizer)
-        return (Seq2SeqPrefixLM if seq2seq else PrefixLM)(model, prefix), PrefixParam, info
-    if config.method == "prompt":
-        prompt, info = create_prompt(
-            model, method_config(config, "prompt", PromptConfig), tokenizer
-        )
-        return (Seq2SeqPromptLM if seq2seq else PromptLM)(model, prompt), PromptParam, info
-    if config.method == "lora":
-        lora, info = create_lora(model, method_config(config, "lora", LoraConfig))
-        return (Seq2SeqLoraLM if seq2seq else LoraLM)(model, lora), LoraParam, info
-    finetune = method_config(config, "finetune", FinetuneConfig)
-    lm, info = create_finetune(model, finetune)
-    return lm, finetune.trainable, info

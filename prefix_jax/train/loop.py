@@ -24,9 +24,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from prefix_jax.data import ShuffledBatches
-from prefix_jax.methods import count_params, lora, prompt
+from prefix_jax.methods import count_params, registry
+from prefix_jax.methods.api import Method
 from prefix_jax.methods.common import gather
-from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.models import Transformer
 from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.scale import sharding
@@ -146,7 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     )
     total_steps = config.max_steps or config.epochs * batches.steps_per_epoch
 
-    lm, trainable, init_info = experiment.build_method(config, model, tokenizer)
+    method = registry.get(config.method)
+    lm, trainable, init_info = method.create(model, config, tokenizer)
     counts = count_params(lm, trainable)
     optim = OptimConfig(total_steps=total_steps, **config.optim.to_dict())
     rules = experiment.sharding_rules(config)
@@ -218,7 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         writer.close()
 
     training = {"steps": step, "config": json.loads(config.to_json_best_effort())}
-    exports = export_artifacts(config.method, trainer, model, training, workdir, write=is_main)
+    exports = export_artifacts(method, trainer, model, training, workdir, write=is_main)
     summary = {
         "steps": step,
         "final_train_loss": last["loss"] if math.isfinite(last["loss"]) else None,
@@ -243,7 +244,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
 
 def export_artifacts(
-    method: str,
+    method: Method,
     trainer: Trainer,
     model: Transformer | EncoderDecoder,
     training: dict,
@@ -252,33 +253,15 @@ def export_artifacts(
 ) -> list[str]:
     """Export the method's small artifact (ours and PEFT's format) to `workdir`/export*.
 
-    Full / top-k fine-tuning exports nothing (the checkpoint holds the trained weights).
-    Every process gathers the trained parameters (a collective); only `write` ones write.
-    Returns the directory names.
+    A method without one (full / top-k fine-tuning: the checkpoint holds the trained
+    weights) exports nothing. Every process gathers the trained parameters (a collective);
+    only `write` ones write. Returns the directory names.
     """
-    if method == "full":
+    if not method.has_artifact:
         return []
     params = jax.tree.map(gather, trainer.state.params)
     lm = nnx.merge(trainer.graphdef, params, trainer.frozen)
-    if method == "prefix":
-        exported = export.collapse(lm.prefix, model, training)
-        writers = {"export": lambda d: export.save(exported, d)}
-        after_prefix = all(
-            e.positions_after_prefix
-            for e in getattr(exported, "parts", {"decoder": exported}).values()
-        )
-        if export.peft_exportable(exported) and after_prefix:
-            writers["export_peft"] = lambda d: export.save_peft(exported, d)
-    elif method == "prompt":
-        writers = {
-            "export": lambda d: prompt.save(lm.prompt, model, d, training),
-            "export_peft": lambda d: prompt.save_peft(lm.prompt, model, d),
-        }
-    else:
-        writers = {
-            "export": lambda d: lora.save(lm.lora, model, d, training),
-            "export_peft": lambda d: lora.save_peft(lm.lora, model, d),
-        }
+    writers = method.export(lm, model, training)
     if write:
         for name, save in writers.items():
             save(workdir / name)

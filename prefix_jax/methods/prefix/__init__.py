@@ -7,7 +7,6 @@ from prefix_jax.methods.prefix.core import (
     PrefixLM,
     PrefixParam,
     PrefixParts,
-    Seq2SeqPrefixLM,
     create_prefix,
 )
 
@@ -17,6 +16,5 @@ __all__ = [
     "PrefixLM",
     "PrefixParam",
     "PrefixParts",
-    "Seq2SeqPrefixLM",
     "create_prefix",
 ]

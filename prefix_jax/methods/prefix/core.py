@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from prefix_jax.methods.common import Seq2SeqWrapped, WrappedLM
+from prefix_jax.methods.common import WrappedLM
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqPrefix
 from prefix_jax.models.transformer import PrefixKV, Transformer
@@ -209,28 +209,6 @@ def prefix_to_table(prefix: PrefixKV) -> Array:
     return kv.reshape(kv.shape[0], -1)
 
 
-class PrefixLM(WrappedLM):
-    """A frozen base model plus a trainable prefix; callable like the base model."""
-
-    def __init__(self, base: Transformer, prefix: Prefix):
-        c, pc = base.config, prefix.model_config
-        if (c.num_layers, c.num_kv_heads, c.head_dim) != (
-            pc.num_layers,
-            pc.num_kv_heads,
-            pc.head_dim,
-        ):
-            raise ValueError(
-                f"prefix built for layers/kv_heads/head_dim "
-                f"{(pc.num_layers, pc.num_kv_heads, pc.head_dim)} does not match the model "
-                f"{(c.num_layers, c.num_kv_heads, c.head_dim)}"
-            )
-        self.base = base
-        self.prefix = prefix
-
-    def forward_kwargs(self, dropout_key: Array | None) -> dict:
-        return {"prefix": self.prefix(dropout_key)}
-
-
 class PrefixParts(nnx.Module):
     """Li & Liang's prefixes of an encoder-decoder: one `Prefix` per part (`encoder`,
     `decoder`, `cross`), each with its own table or MLP, all of one `PrefixConfig`."""
@@ -251,16 +229,27 @@ class PrefixParts(nnx.Module):
         return Seq2SeqPrefix(**kv)
 
 
-class Seq2SeqPrefixLM(Seq2SeqWrapped):
-    """A frozen encoder-decoder plus trainable prefixes; callable like the base model."""
+class PrefixLM(WrappedLM):
+    """A frozen base model plus a trainable prefix (a decoder's `Prefix`, an
+    encoder-decoder's `PrefixParts`); callable like the base model."""
 
-    def __init__(self, base: EncoderDecoder, prefix: PrefixParts):
+    def __init__(self, base: Transformer | EncoderDecoder, prefix: Prefix | PrefixParts):
         shapes = prefix_shapes(base.config)
-        for part in prefix.parts:
-            got = getattr(prefix, part).model_config
-            if got != shapes[part]:
+        parts = prefix.parts if isinstance(prefix, PrefixParts) else ("decoder",)
+        if isinstance(prefix, PrefixParts) != isinstance(base, EncoderDecoder):
+            raise ValueError(
+                "an encoder-decoder takes prefix parts (PrefixParts), a decoder-only model "
+                "one Prefix"
+            )
+        for part in parts:
+            got = getattr(prefix, part) if isinstance(prefix, PrefixParts) else prefix
+            got, want = got.model_config, shapes[part]
+            fields = ("num_layers", "num_kv_heads", "head_dim")
+            if tuple(getattr(got, f) for f in fields) != tuple(getattr(want, f) for f in fields):
                 raise ValueError(
-                    f"{part} prefix built for {got} does not match the model's {shapes[part]}"
+                    f"{part} prefix built for layers/kv_heads/head_dim "
+                    f"{tuple(getattr(got, f) for f in fields)} does not match the model "
+                    f"{tuple(getattr(want, f) for f in fields)}"
                 )
         self.base = base
         self.prefix = prefix

@@ -20,13 +20,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prefix_jax.infer import decode, seq2seq_decode
+from prefix_jax.methods import registry
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.loading import abstract_model
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
 from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
 from prefix_jax.scale import sharding
 from prefix_jax.scale.aot.geometry import is_encoder_decoder
-from prefix_jax.train.assemble import build_method
 from prefix_jax.train.step import (
     OptimConfig,
     Trainer,
@@ -126,7 +126,7 @@ def abstract_method_model(
     found = {}
 
     def wrap(base: Transformer) -> nnx.Module:
-        lm, found["trainable"], _ = build_method(settings, base, None)
+        lm, found["trainable"], _ = registry.get(settings.method).create(base, settings)
         return lm
 
     lm = abstract_model(

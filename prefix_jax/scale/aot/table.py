@@ -72,6 +72,7 @@ def fit_table(
     starts (`jax_num_cpu_devices`)."""
     import jax
 
+    from prefix_jax.methods import registry
     from prefix_jax.models.attention import resolve as resolve_attention
     from prefix_jax.models.seq2seq import Seq2SeqConfig
     from prefix_jax.models.shapes import model_config
@@ -83,7 +84,7 @@ def fit_table(
     settings = ml_collections.ConfigDict(config.to_dict())
     settings.prefix.init = "random"
     method = settings.method
-    virtual_tokens = settings.prompt.length if method == "prompt" else settings.prefix.length
+    key_positions = registry.get(method).extra_key_positions(settings)  # a prefix's
     prefix_length = settings.prefix.length
     remat_label = settings.remat or "none"
     model = model_config(settings.model)
@@ -97,7 +98,7 @@ def fit_table(
     dtype_bytes = jax.numpy.dtype(dt).itemsize
     hbm = topo.hbm_bytes
     platform = mesh.devices.flat[0].platform
-    scores = seq * (seq + (prefix_length if method == "prefix" else 0))
+    scores = seq * (seq + key_positions)
     attention = resolve_attention(settings.attention, platform, scores=scores)
     if not constrain and attention == "splash" and train:
         raise ValueError(
@@ -124,15 +125,15 @@ def fit_table(
             constrain_activations=constrain, attention=settings.attention,
             target_length=target_seq if seq2seq else None,
         )  # fmt: skip
-        p = prefix_length if method == "prefix" else 0
+        p = key_positions
         floor = aot.train_floor(
             model, mesh_shape, batch, seq, target_length=target_seq if seq2seq else None,
             trainable_state_bytes=fit.trainable_state_bytes, prefix_length=p,
             dtype_bytes=dtype_bytes, dense_attention=attention == "xla",
         )  # fmt: skip
         flops = aot.train_flops(
-            model, method, batch, seq, target_length=target_seq if seq2seq else None,
-            virtual_tokens=virtual_tokens, remat=remat == "full",
+            model, settings, batch, seq, target_length=target_seq if seq2seq else None,
+            remat=remat == "full",
         )  # fmt: skip
         rows.append(
             Row("train", method, batch, seq, remat_label, fit, floor, flops,
