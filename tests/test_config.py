@@ -19,6 +19,7 @@ from prefix_jax.config.parse import (
     split_overrides,
 )
 from prefix_jax.config.upgrade import load_run_config, upgrade
+from prefix_jax.methods import registry
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 TASKS = ("e2e", "webnlg", "dart", "xsum")
@@ -37,14 +38,14 @@ def test_config_files_are_one_per_task_and_start_with_their_command():
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("method", defaults.METHODS)
+@pytest.mark.parametrize("method", list(registry.METHODS))
 def test_method_argument_switches_method_and_its_optimizer(task, method):
     plain, local = config(task, f"method={method}"), config(task, f"method={method},local")
     assert plain.method == local.method == method
     assert local.max_steps == 60 and plain.max_steps == 0
     expected = config(task)  # the prefix-tuning config, then the method's settings on top
     expected.method = method
-    expected.optim.update(defaults.METHOD_OPTIM.get(method, ({}, {}))[0])
+    expected.optim.update(registry.get(method).optimizer_defaults(local=False))
     assert plain.to_dict() == expected.to_dict()
 
 

@@ -14,9 +14,8 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import hf_logits, padded_batch
+from conftest import hf_logits, make_config, padded_batch
 from flax import nnx
-from test_train import make_config, tiny  # noqa: F401 - `tiny` is a fixture
 
 from prefix_jax.config.parse import load_config
 from prefix_jax.infer.trained import load_trained
@@ -201,7 +200,7 @@ def test_registry_lists_it_once_with_its_facts():
         registry.get("ln")
 
 
-def test_train_export_and_reload(tiny, tmp_path):  # noqa: F811 - `tiny` fixture
+def test_train_export_and_reload(tiny, tmp_path):
     """The training CLI path: train, export both formats, and load the run back with the
     loss training ended with."""
     overrides = {"method": "ln_tuning", "max_steps": 3, "checkpoint_every": 3, "log_every": 1}
