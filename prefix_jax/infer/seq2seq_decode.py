@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prefix_jax.infer.decode import _beam_loop, _greedy_loop, _Options, _options, _reorder_cache
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqPrefix
+from prefix_jax.models.kv import Seq2SeqCache
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 
 Array = jax.Array
 

@@ -20,8 +20,10 @@ from jax.experimental import multihost_utils
 from safetensors.numpy import load_file, save_file
 
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqDeltas
-from prefix_jax.models.transformer import KVCache, Transformer
+from prefix_jax.models.kv import KVCache
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqDeltas
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 

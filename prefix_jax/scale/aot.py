@@ -1,7 +1,7 @@
 """Ahead-of-time fit checks: compile the real train and decode steps for a device topology.
 
 Nothing is allocated and no weights are read: the model is built from its config as shapes
-(`loading.abstract_model`), the step is lowered with abstract, sharded arguments, and XLA
+(`pretrained.abstract_model`), the step is lowered with abstract, sharded arguments, and XLA
 compiles it for the target devices:
 - a TPU slice, through libtpu's compiler on any machine (`pip install -e .[tpu]`;
   `jax.experimental.topologies` gives abstract chips, as MaxText's `train_compile.py`);
@@ -29,9 +29,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prefix_jax.infer import decode, seq2seq_decode
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import abstract_model
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
-from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
+from prefix_jax.models.kv import CACHE_AXES, KVCache, PrefixKV, Seq2SeqCache
+from prefix_jax.models.pretrained import abstract_model
+from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
+from prefix_jax.models.transformer import Transformer
 from prefix_jax.scale import sharding
 from prefix_jax.train.assemble import build_method
 from prefix_jax.train.step import (

@@ -106,8 +106,8 @@ def main(argv=None) -> None:
         jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
         jax.config.update("jax_platforms", "cpu")
     from prefix_jax.models.attention import resolve as resolve_attention
-    from prefix_jax.models.seq2seq import Seq2SeqConfig
-    from prefix_jax.models.shapes import model_config
+    from prefix_jax.models.catalog import model_config
+    from prefix_jax.models.seq2seq_config import Seq2SeqConfig
     from prefix_jax.scale import aot, sharding
     from prefix_jax.train.assemble import dtype
 
