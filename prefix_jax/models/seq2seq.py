@@ -1,13 +1,14 @@
 """One encoder-decoder in Flax NNX for BART and T5, with Li & Liang's three prefixes.
 
-Built like the decoder-only `Transformer`: each stack's layer weights are stacked on a
-leading `layers` axis and run by one `lax.scan`; attention goes through
-`prefix_jax.models.attention.attention` (every kernel), projections through the shared
-projection table (so LoRA deltas reach `q, k, v, o, gate, up, down` and, in the decoder,
-`cross_q, cross_k, cross_v, cross_o`), and activations are constrained to the same logical
-axes as the decoder-only model.
+Built like the decoder-only `Transformer` and from the same blocks
+(`prefix_jax.models.layers`): each stack's layer weights are stacked on a leading `layers`
+axis and run by one `lax.scan` of an `EncoderLayer` or a `CrossDecoderLayer`; attention
+goes through `prefix_jax.models.attention.attention` (every kernel), projections through
+the shared projection table (so LoRA deltas reach `q, k, v, o, gate, up, down` and, in the
+decoder, `cross_q, cross_k, cross_v, cross_o`), and activations are constrained to the
+same logical axes as the decoder-only model.
 
-The two families differ by switches of `Seq2SeqConfig`:
+The two families differ by switches of `Seq2SeqConfig` (`seq2seq_config.py`):
 - BART: learned positions (offset 2), `layernorm_embedding`, post-LN layers, GELU, biases
   everywhere, `scale_embedding`, `final_logits_bias`, tied LM head. transformers' BART has
   no pre-LN variant (`normalize_before` is not read by modeling_bart.py).
@@ -28,7 +29,7 @@ real tokens are numbered from 0 (unless `positions_after_prefix`, which moves BA
 learned positions by p as PEFT does). PEFT/transformers would instead place the prefix at
 positions 0..p-1, so under T5 its keys would get relative-position biases.
 
-T5 scores are unscaled: its attention passes `scale=1.0` to the kernels.
+T5 scores are unscaled: its `Seq2SeqConfig.attention_scale` is 1.
 """
 
 from __future__ import annotations
