@@ -97,11 +97,11 @@ class LanguageModel(nnx.Module):
         config: Config,
         *,
         rngs: nnx.Rngs,
-        param_dtype,
-        dtype,
-        remat_policy: str | None,
-        activation_sharding: ActivationSharding | None,
-        attention: str,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        remat_policy: str | None = None,
+        activation_sharding: ActivationSharding | None = None,
+        attention: str = "auto",
     ):
         resolve(attention)  # fail early on an unknown kernel name
         self.config = config

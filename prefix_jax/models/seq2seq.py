@@ -144,25 +144,10 @@ class EncoderDecoder(LanguageModel):
     `Seq2SeqCache` for step-by-step decoding); `__call__` is teacher forcing."""
 
     def __init__(
-        self,
-        config: Seq2SeqConfig,
-        *,
-        rngs: nnx.Rngs,
-        param_dtype=jnp.float32,
-        dtype=jnp.float32,
-        remat_policy: str | None = None,
-        activation_sharding: ActivationSharding | None = None,
-        attention: str = "auto",
+        self, config: Seq2SeqConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, **options
     ):
-        super().__init__(
-            config,
-            rngs=rngs,
-            param_dtype=param_dtype,
-            dtype=dtype,
-            remat_policy=remat_policy,
-            activation_sharding=activation_sharding,
-            attention=attention,
-        )
+        """`options`: dtype, remat_policy, activation_sharding, attention (`LanguageModel`)."""
+        super().__init__(config, rngs=rngs, param_dtype=param_dtype, **options)
         c, pd, d = config, param_dtype, config.hidden_size
         for stack in ("encoder", "decoder"):
             if c.positions == "learned":

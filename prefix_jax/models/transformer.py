@@ -73,26 +73,9 @@ Array = jax.Array
 class Transformer(LanguageModel):
     """Decoder-only LM. Call with tokens [B, T] and an attention mask (1 = real token)."""
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        *,
-        rngs: nnx.Rngs,
-        param_dtype=jnp.float32,
-        dtype=jnp.float32,
-        remat_policy: str | None = None,
-        activation_sharding: ActivationSharding | None = None,
-        attention: str = "auto",
-    ):
-        super().__init__(
-            config,
-            rngs=rngs,
-            param_dtype=param_dtype,
-            dtype=dtype,
-            remat_policy=remat_policy,
-            activation_sharding=activation_sharding,
-            attention=attention,
-        )
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, **options):
+        """`options`: dtype, remat_policy, activation_sharding, attention (`LanguageModel`)."""
+        super().__init__(config, rngs=rngs, param_dtype=param_dtype, **options)
         c, pd, d = config, param_dtype, config.hidden_size
         if c.positions == "learned":
             self.pos_embed = param(rngs, (c.max_position_embeddings, d), (None, "embed"), pd)
