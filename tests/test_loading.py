@@ -258,3 +258,20 @@ def test_model_only_directory_takes_a_given_tokenizer(tiny_checkpoints, tmp_path
     for given in (tokenizer, str(saved)):
         _, got = load(path, tokenizer=given)
         assert got("hello world")["input_ids"] == [4, 5, 1]
+
+
+def test_one_catalog_serves_both_names(smollm2):
+    """`smollm2` (configs, benches) and `smollm2-135m` (the AOT table) are one entry: the
+    same weights, and shapes that match the weights."""
+    from prefix_jax.models.catalog import model_config
+
+    assert resolve("smollm2") == resolve("smollm2-135m") == resolve("SmolLM2")
+    shapes, loaded = model_config("smollm2"), smollm2[0].config
+    fields = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size")
+    assert [getattr(shapes, f) for f in fields] == [getattr(loaded, f) for f in fields]
+    assert model_config("smollm2") == model_config("smollm2-135m")
+
+
+def test_shape_only_catalog_name_says_how_to_load():
+    with pytest.raises(CheckpointError, match="catalog for its shapes only"):
+        load("llama-3-8b")
