@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from prefix_jax.models.catalog import CATALOG, model_config
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import Seq2SeqConfig
-from prefix_jax.models.shapes import PUBLIC_CONFIGS, model_config
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
 from prefix_jax.scale import aot, sharding
 from prefix_jax.scale.aot.table import method_config
 
@@ -152,7 +152,7 @@ def test_gemma_steps_compile_with_per_layer_windows():
 
 
 def test_model_config_reads_a_config_json(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(PUBLIC_CONFIGS["llama-3-8b"]))
+    (tmp_path / "config.json").write_text(json.dumps(CATALOG["llama-3-8b"].config))
     assert model_config(str(tmp_path)) == model_config(str(tmp_path / "config.json"))
     assert model_config(str(tmp_path)).hidden_size == 4096
     with pytest.raises(FileNotFoundError, match="neither a known architecture"):
@@ -227,7 +227,7 @@ def test_a_step_too_large_for_the_chip_is_reported_not_raised():
 
 def test_cli_prints_train_and_decode_rows(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({**PUBLIC_CONFIGS["smollm2-135m"], "num_hidden_layers": 2})
+        json.dumps({**CATALOG["smollm2-135m"].config, "num_hidden_layers": 2})
     )
     out = tmp_path / "fit.jsonl"
     done = subprocess.run(

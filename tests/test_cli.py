@@ -126,10 +126,10 @@ def test_jax_backends_start_quietly_with_libtpu_installed():
 @needs_libtpu_without_tpu
 def test_aot_compiles_for_a_tpu_topology_quietly(tmp_path):
     """libtpu's compiler still works for an abstract slice, and says nothing alarming."""
-    from prefix_jax.models.shapes import PUBLIC_CONFIGS
+    from prefix_jax.models.catalog import CATALOG
 
     model = tmp_path / "config.json"
-    model.write_text(json.dumps({**PUBLIC_CONFIGS["smollm2-135m"], "num_hidden_layers": 2}))
+    model.write_text(json.dumps({**CATALOG["smollm2-135m"].config, "num_hidden_layers": 2}))
     done = run_cli(
         "aot",
         "--config",

@@ -134,7 +134,7 @@ def test_safetensors_are_mapped_and_read_slice_by_slice(tiny_checkpoints, tmp_pa
     import safetensors.torch
     import torch
 
-    from prefix_jax.models.loading import StackedLayers, _read_hf_dir, map_safetensors
+    from prefix_jax.models.weights import StackedLayers, map_safetensors, read_hf_dir
 
     bf16 = tmp_path / "bf16"
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["llama"])
@@ -146,7 +146,7 @@ def test_safetensors_are_mapped_and_read_slice_by_slice(tiny_checkpoints, tmp_pa
         assert _is_memory_map(mapped[name])
         np.testing.assert_array_equal(np.asarray(mapped[name], np.float32), tensor.float().numpy())
 
-    _, tensors = _read_hf_dir(bf16)
+    _, tensors = read_hf_dir(bf16)
     q = tensors["layers.q"]
     assert isinstance(q, StackedLayers) and all(_is_memory_map(p) for p in q.parts)
     model, _ = load(str(bf16), with_tokenizer=False)
@@ -163,7 +163,7 @@ def test_safetensors_are_mapped_and_read_slice_by_slice(tiny_checkpoints, tmp_pa
 
 
 def test_truncated_safetensors_file_is_named(tmp_path):
-    from prefix_jax.models.loading import map_safetensors
+    from prefix_jax.models.weights import map_safetensors
 
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x05")
@@ -231,3 +231,47 @@ def test_qwen3_gguf_loads_like_its_hf_checkpoint(tiny_checkpoints, tmp_path):
     assert from_gguf.config.head_dim == from_hf.config.head_dim == 16
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, 97, (2, 7)))
     np.testing.assert_allclose(from_gguf(tokens)[0], from_hf(tokens)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_model_only_directory_names_the_missing_tokenizer(tiny_checkpoints, kind):
+    """`save_pretrained` of a model alone writes weights and config, no tokenizer: loading
+    it with a tokenizer says so (not transformers' backend error, not an empty tokenizer)."""
+    path = tiny_checkpoints[kind]
+    assert not any(f.name.startswith(("tokenizer", "vocab")) for f in path.iterdir())
+    with pytest.raises(
+        CheckpointError, match=r"has no tokenizer files.*tokenizer=.*with_tokenizer"
+    ):
+        load(str(path))
+    model, tokenizer = load(str(path), with_tokenizer=False)
+    assert tokenizer is None and model.config.family == kind
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_model_only_directory_takes_a_given_tokenizer(tiny_checkpoints, tmp_path, kind):
+    from conftest import word_tokenizer
+
+    tokenizer = word_tokenizer(["hello", "world"], "$A </s>")
+    saved = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(saved)
+    path = str(tiny_checkpoints[kind])
+    for given in (tokenizer, str(saved)):
+        _, got = load(path, tokenizer=given)
+        assert got("hello world")["input_ids"] == [4, 5, 1]
+
+
+def test_one_catalog_serves_both_names(smollm2):
+    """`smollm2` (configs, benches) and `smollm2-135m` (the AOT table) are one entry: the
+    same weights, and shapes that match the weights."""
+    from prefix_jax.models.catalog import model_config
+
+    assert resolve("smollm2") == resolve("smollm2-135m") == resolve("SmolLM2")
+    shapes, loaded = model_config("smollm2"), smollm2[0].config
+    fields = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size")
+    assert [getattr(shapes, f) for f in fields] == [getattr(loaded, f) for f in fields]
+    assert model_config("smollm2") == model_config("smollm2-135m")
+
+
+def test_shape_only_catalog_name_says_how_to_load():
+    with pytest.raises(CheckpointError, match="catalog for its shapes only"):
+        load("llama-3-8b")

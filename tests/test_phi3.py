@@ -22,8 +22,8 @@ from flax import nnx
 
 from prefix_jax.methods.prefix.core import table_to_prefix
 from prefix_jax.models import CheckpointError, UnsupportedArchitectureError, load
+from prefix_jax.models.catalog import model_config
 from prefix_jax.models.config import config_from_hf
-from prefix_jax.models.shapes import model_config
 
 # head_dim 8; LongRoPE with 3/4 rotary: 6 rotated dims, 3 frequencies, original context 8.
 LONGROPE = {

@@ -14,8 +14,10 @@ from flax import nnx
 
 from prefix_jax.models import load
 from prefix_jax.models.config import UnsupportedArchitectureError
-from prefix_jax.models.loading import CheckpointError, model_identity
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, seq2seq_config_from_hf
+from prefix_jax.models.pretrained import model_identity
+from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig, seq2seq_config_from_hf
+from prefix_jax.models.weights import CheckpointError
 
 KINDS = ["bart", "t5_v1", "t5_v11"]
 _LOADED: dict = {}
@@ -115,7 +117,7 @@ def test_bfloat16_runs_close_to_float32(tiny_seq2seq_checkpoints):
 
 
 def _random_prefix(rng, layers, batch, length, model, scale=0.5, masked=False):
-    from prefix_jax.models.transformer import PrefixKV
+    from prefix_jax.models.kv import PrefixKV
 
     c = model.config
     shape = (layers, batch, length, c.num_heads, c.head_dim)
@@ -217,8 +219,8 @@ def test_bart_decoder_prefix_matches_peft(tiny_seq2seq_checkpoints):
     `positions_after_prefix`, no cross prefix, no encoder prefix."""
     import peft
 
+    from prefix_jax.models.kv import PrefixKV
     from prefix_jax.models.seq2seq import Seq2SeqPrefix
-    from prefix_jax.models.transformer import PrefixKV
 
     model, _ = _load(tiny_seq2seq_checkpoints, "bart")
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(tiny_seq2seq_checkpoints["bart"])
@@ -499,8 +501,8 @@ def test_kernels_with_relative_bias_and_bidirectional_mask(causal):
 def test_decoder_deltas_equal_merged_weights(tiny_seq2seq_checkpoints):
     """Low-rank deltas on cross_v (teacher forcing and the cached cross K/V) and on the
     encoder's q equal the same update merged into the weights."""
+    from prefix_jax.models.layers import LowRankDeltas
     from prefix_jax.models.seq2seq import Seq2SeqDeltas
-    from prefix_jax.models.transformer import LowRankDeltas
 
     model, _ = _load(tiny_seq2seq_checkpoints, "t5_v1")
     c = model.config

@@ -6,7 +6,7 @@
     python -m experiments.bench.attention --quick         # tiny shapes, to check the script
 
 Every row is prefix-tuning (MLP, AdamW on the prefix) on random weights of a public
-architecture's shapes (`prefix_jax.models.shapes`; no checkpoint travels), one device:
+architecture's shapes (`prefix_jax.models.catalog`; no checkpoint travels), one device:
 - `temps GiB`: temporaries of the compiled step (XLA's `memory_analysis()`);
 - `step s`, `tokens/s`: median step time after warm-up (skipped with `--no-time`, and for
   rows marked memory-only: dense attention at 16 x 2048 is a memory table, not a workload
@@ -56,8 +56,8 @@ def build(shape: str, attention: str, dtype):
     from flax import nnx
 
     from prefix_jax.models import Transformer
+    from prefix_jax.models.catalog import model_config
     from prefix_jax.models.config import config_from_hf
-    from prefix_jax.models.shapes import model_config
 
     config = config_from_hf(TINY, name="tiny") if shape == "tiny" else model_config(shape)
     return Transformer(

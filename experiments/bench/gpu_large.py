@@ -3,7 +3,7 @@
     python -m experiments.bench.gpu_large [--shape llama-3-8b] [--batch 4] [--seq 2048]
 
 Both models are created on the device from the architecture alone (`prefix_jax.models.
-shapes`; random weights, bf16), so no checkpoint travels. Prefix-tuning p=10 with the MLP;
+catalog`; random weights, bf16), so no checkpoint travels. Prefix-tuning p=10 with the MLP;
 AdamW on the prefix only. Prints step time, tokens/s and MFU for both sides. FLOPs are
 counted analytically: 4 N per token for the frozen backbone (forward, plus the backward
 pass's activation gradients) plus attention's, the same count for both sides; our remat
@@ -20,9 +20,9 @@ P = 10
 def hf_config(name: str):
     import transformers
 
-    from prefix_jax.models.shapes import PUBLIC_CONFIGS
+    from prefix_jax.models.catalog import CATALOG
 
-    fields = {k: v for k, v in PUBLIC_CONFIGS[name].items() if k not in ("model_type",)}
+    fields = {k: v for k, v in CATALOG[name].config.items() if k not in ("model_type",)}
     return transformers.LlamaConfig(**fields)
 
 
@@ -32,7 +32,7 @@ def ours_seconds(name: str, batch: int, length: int, repeats: int, remat: str | 
 
     from experiments.bench import train_step
     from prefix_jax.models import Transformer
-    from prefix_jax.models.shapes import model_config
+    from prefix_jax.models.catalog import model_config
 
     model = Transformer(
         model_config(name),
@@ -71,7 +71,7 @@ def main() -> None:
 
     from experiments.bench import train_step
     from experiments.bench.gpu import nominal_tflops, torch_cuda
-    from prefix_jax.models.shapes import model_config
+    from prefix_jax.models.catalog import model_config
     from prefix_jax.scale.aot import train_flops
 
     device = jax.devices()[0]

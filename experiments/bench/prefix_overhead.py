@@ -29,7 +29,7 @@ def random_prefix(model, p: int):
     import jax
     import jax.numpy as jnp
 
-    from prefix_jax.models.transformer import PrefixKV
+    from prefix_jax.models.kv import PrefixKV
 
     if p == 0:
         return None

@@ -6,7 +6,7 @@ For benchmarks on machines that cannot hold the real weights (the device machine
 at most 64 MiB of files; the GGUF is 98 MB): step time, memory and decode speed depend
 on the shapes, not on the values, and both sides (ours and transformers) read the same
 safetensors. The shapes are SmolLM2-135M-Instruct's published config.json
-(`prefix_jax.models.shapes`); `tests/test_bench.py` checks them against the GGUF.
+(`prefix_jax.models.catalog`); `tests/test_bench.py` checks them against the GGUF.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prefix_jax.models.shapes import PUBLIC_CONFIGS
+from prefix_jax.models.catalog import CATALOG
 
 SMOLLM2_135M = {
-    **{k: v for k, v in PUBLIC_CONFIGS["smollm2-135m"].items() if k != "model_type"},
+    **{k: v for k, v in CATALOG["smollm2-135m"].config.items() if k != "model_type"},
     "bos_token_id": 1,
     "eos_token_id": 2,
     "pad_token_id": 2,

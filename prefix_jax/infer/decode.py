@@ -23,13 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from prefix_jax.models.transformer import (
-    KVCache,
-    PrefixKV,
-    Transformer,
-    check_prefix,
-    prefix_lengths,
-)
+from prefix_jax.models.kv import KVCache, PrefixKV, check_prefix, fill_prefix
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 
@@ -295,28 +290,9 @@ def _cache_holding_prefix(model, prefix: PrefixKV | None, batch: int, max_len: i
     """
     if prefix is None:
         return model.init_cache(batch, max_len)
-    check_prefix(prefix, model.config, batch)
+    c = model.config
+    check_prefix(prefix, c.num_layers, c.num_kv_heads, c.head_dim, batch)
     return fill_prefix(model.init_cache(batch, prefix.length + max_len), prefix)
-
-
-def fill_prefix(cache: KVCache, prefix: PrefixKV) -> KVCache:
-    """An empty cache with its first p slots holding the prefix (see `_cache_holding_prefix`)."""
-    p, batch = prefix.length, cache.valid.shape[0]
-
-    def place(slots: Array, part: Array) -> Array:
-        part = jnp.broadcast_to(part, (*slots.shape[:2], *part.shape[2:]))
-        return slots.at[:, :, :p].set(part.astype(slots.dtype))
-
-    valid = jnp.ones((1, p), bool) if prefix.mask is None else prefix.mask.astype(bool)
-    start = prefix_lengths(prefix) if prefix.positions_after_prefix else 0
-    return cache.replace(
-        keys=place(cache.keys, prefix.keys),
-        values=place(cache.values, prefix.values),
-        valid=cache.valid.at[:, :p].set(jnp.broadcast_to(valid, (batch, p))),
-        index=jnp.asarray(p, cache.index.dtype),
-        next_position=cache.next_position + start,
-        prefix_length=p,
-    )
 
 
 def reorder_cache(cache: KVCache, rows: Array) -> KVCache:

@@ -27,7 +27,8 @@ from prefix_jax.infer.decode import (
     reorder_cache,
     traced_options,
 )
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqPrefix
+from prefix_jax.models.kv import Seq2SeqCache
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
 
 Array = jax.Array
 

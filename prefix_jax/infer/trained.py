@@ -17,8 +17,8 @@ from flax import nnx
 
 from prefix_jax.methods import registry
 from prefix_jax.models import Transformer
+from prefix_jax.models.kv import PrefixKV
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
-from prefix_jax.models.transformer import PrefixKV
 from prefix_jax.train.checkpoint import Checkpointer
 from prefix_jax.train.step import OptimConfig, initial_state, make_optimizer
 

@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 import ml_collections
 from flax import nnx
 
+from prefix_jax.models.kv import PrefixKV
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
-from prefix_jax.models.transformer import PrefixKV, Transformer
+from prefix_jax.models.transformer import Transformer
 
 Model = Transformer | EncoderDecoder
 Writer = Callable[[Path], Path]

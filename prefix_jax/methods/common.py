@@ -23,7 +23,8 @@ from safetensors.numpy import load_file, save_file
 
 from prefix_jax.files import atomic_write
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig
+from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
 from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array

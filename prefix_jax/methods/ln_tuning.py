@@ -34,7 +34,7 @@ from safetensors.numpy import load_file
 from prefix_jax.methods.api import Loaded, Method, Model, Writer
 from prefix_jax.methods.common import read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import model_identity
+from prefix_jax.models.pretrained import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder
 
 Array = jax.Array

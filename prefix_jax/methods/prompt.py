@@ -32,9 +32,10 @@ from flax import nnx
 from prefix_jax.methods.api import Loaded, Method, Model, Writer
 from prefix_jax.methods.common import WrappedLM, read_artifact, write_artifact
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import model_identity
+from prefix_jax.models.kv import KVCache
+from prefix_jax.models.pretrained import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder
-from prefix_jax.models.transformer import KVCache, Transformer
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 FORMAT_VERSION = 1

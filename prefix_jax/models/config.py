@@ -175,6 +175,12 @@ class ModelConfig:
         """Factor on q.k: query_pre_attn_scalar ** -0.5 (Gemma), else head_dim ** -0.5."""
         return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
+    @property
+    def residual(self) -> str:
+        """How sublayers join the residual stream (`prefix_jax.models.layers.RESIDUALS`):
+        Gemma's extra norms on each sublayer's output make it "sandwich"."""
+        return "sandwich" if self.post_norms else "pre"
+
     def layer_windows(self) -> tuple[int, ...]:
         """Each layer's sliding window (0 = global attention)."""
         if not self.layer_types:

@@ -31,8 +31,9 @@ from prefix_jax.data import DEFAULT_SEPARATOR
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import model_identity
-from prefix_jax.models.transformer import PrefixKV, Transformer
+from prefix_jax.models.kv import PrefixKV
+from prefix_jax.models.pretrained import model_identity
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 

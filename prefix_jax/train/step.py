@@ -103,7 +103,7 @@ class Trainer:
     from the logical-axis `rules`; the state is created sharded (by a jitted init with
     `out_shardings`) and donated to every step.
 
-    A model made of shapes only (`nnx.eval_shape`, `loading.abstract_model`) gives an
+    A model made of shapes only (`nnx.eval_shape`, `pretrained.abstract_model`) gives an
     abstract trainer: `state` and `frozen` are `jax.ShapeDtypeStruct`s with their
     shardings, nothing is allocated, and `lower_step` compiles ahead of time (e.g. for a
     TPU topology, see `prefix_jax.scale.aot`).

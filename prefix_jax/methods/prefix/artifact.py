@@ -34,9 +34,10 @@ from prefix_jax.methods.prefix.core import (
     table_to_prefix,
 )
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import model_identity
+from prefix_jax.models.kv import PrefixKV
+from prefix_jax.models.pretrained import model_identity
 from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
-from prefix_jax.models.transformer import PrefixKV, Transformer
+from prefix_jax.models.transformer import Transformer
 from prefix_jax.scale.sharding import host_value
 
 FORMAT_VERSION = 1

@@ -26,8 +26,10 @@ from flax import nnx
 
 from prefix_jax.methods.common import WrappedLM
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqConfig, Seq2SeqPrefix
-from prefix_jax.models.transformer import PrefixKV, Transformer
+from prefix_jax.models.kv import PrefixKV
+from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqPrefix
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
+from prefix_jax.models.transformer import Transformer
 
 Array = jax.Array
 REPARAMS = ("none", "mlp")

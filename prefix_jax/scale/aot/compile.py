@@ -22,9 +22,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prefix_jax.infer import decode, seq2seq_decode
 from prefix_jax.methods import registry
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.loading import abstract_model
-from prefix_jax.models.seq2seq import EncoderDecoder, Seq2SeqCache, Seq2SeqConfig
-from prefix_jax.models.transformer import CACHE_AXES, KVCache, PrefixKV, Transformer
+from prefix_jax.models.kv import CACHE_AXES, KVCache, PrefixKV, Seq2SeqCache
+from prefix_jax.models.pretrained import abstract_model
+from prefix_jax.models.seq2seq import EncoderDecoder
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
+from prefix_jax.models.transformer import Transformer
 from prefix_jax.scale import sharding
 from prefix_jax.scale.aot.geometry import is_encoder_decoder
 from prefix_jax.train.step import (

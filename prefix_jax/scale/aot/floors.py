@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import Seq2SeqConfig
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
 from prefix_jax.scale.aot.geometry import decode_shape, train_shape
 
 

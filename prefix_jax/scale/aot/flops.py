@@ -10,7 +10,7 @@ import ml_collections
 
 from prefix_jax.methods import registry
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import Seq2SeqConfig
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
 from prefix_jax.scale.aot.geometry import decode_shape, train_shape
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.models.seq2seq import Seq2SeqConfig
+from prefix_jax.models.seq2seq_config import Seq2SeqConfig
 
 
 def is_encoder_decoder(c: ModelConfig | Seq2SeqConfig) -> bool:

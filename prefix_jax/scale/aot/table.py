@@ -74,8 +74,8 @@ def fit_table(
 
     from prefix_jax.methods import registry
     from prefix_jax.models.attention import resolve as resolve_attention
-    from prefix_jax.models.seq2seq import Seq2SeqConfig
-    from prefix_jax.models.shapes import model_config
+    from prefix_jax.models.catalog import model_config
+    from prefix_jax.models.seq2seq_config import Seq2SeqConfig
     from prefix_jax.scale import aot, sharding
     from prefix_jax.train.assemble import dtype
 
