@@ -82,6 +82,22 @@ def test_train_rejects_bad_configs_before_starting(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_unreachable_hub_dataset_is_one_line_naming_the_path_option(tiny, tmp_path):
+    """The default configs read E2E from the hub; offline, the user gets the option to
+    give a local file instead of a `datasets` traceback."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = run_cli(
+        "train", "--config", "configs/e2e.py:local", "--workdir", str(tmp_path / "run"),
+        f"--config.model={tiny['model']}", env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefix-jax train: hub dataset 'e2e_nlg'") and (
+        "--config.data.path=PATH" in last
+    ), last
+
+
 def test_evaluate_names_a_missing_run(tmp_path):
     done = run_cli("evaluate", "--workdir", str(tmp_path))
     assert done.returncode == 2

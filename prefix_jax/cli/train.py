@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 
 from prefix_jax.cli.config_args import add_config_argument, parse_with_config
@@ -34,11 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.lock()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from prefix_jax.data import DataError
     from prefix_jax.scale import sharding
     from prefix_jax.train.loop import train
 
     if args.distributed or args.coordinator:
         sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    summary = train(config, args.workdir)
+    try:
+        summary = train(config, args.workdir)
+    except DataError as err:  # one line naming the file or dataset, not a traceback
+        print(f"prefix-jax train: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0

@@ -149,7 +149,14 @@ def _hub_records(name: str, split: str) -> Iterator[Record]:
     """Rows of a hub dataset; imported lazily so offline use never touches `datasets`."""
     import datasets
 
-    rows = datasets.load_dataset(name, split=split)
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as err:  # offline, unknown name or split: the hub's many error types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(
+            f"hub dataset {name!r} (split {split!r}) could not be loaded ({reason}); "
+            "give a local file with --config.data.path=PATH"
+        ) from err
     for i, row in enumerate(rows, start=1):
         yield f"{name}[{split}] record {i}", row
 
