@@ -21,8 +21,9 @@ from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models import load, model_identity
-from prefix_jax.serve.batch import DecodeOptions, Request, RequestError, Server
+from prefix_jax.serve.batch import Server
 from prefix_jax.serve.prefix_bank import PrefixRegistry, UnknownTaskError
+from prefix_jax.serve.requests import DecodeOptions, Request, RequestError
 
 EOS = 256
 LENGTHS = {"summarize": 3, "classify": 5, "release": 7}
@@ -89,10 +90,10 @@ def task_prefixes(model, after: bool = False) -> dict[str, ExportedPrefix]:
 
 def decode_alone(server: Server, prefix: ExportedPrefix | None, task, text, **options):
     """Generated ids (before eos) of one request decoded on its own, batch 1."""
-    tokens, mask = left_pad([server.prompt_ids(task, text)], server.pad_id, multiple=32)
+    tokens, mask = left_pad([server.requests.prompt_ids(task, text)], server.pad_id, multiple=32)
     kv = None if prefix is None else prefix.to_prefix_kv(server.model)
     kwargs = dict(
-        max_new_tokens=server.defaults.max_new_tokens,
+        max_new_tokens=server.requests.defaults.max_new_tokens,
         prefix=kv,
         eos_id=server.eos_id,
         pad_id=server.pad_id,
@@ -150,7 +151,7 @@ def test_position_conventions_are_batched_apart(loaded, tmp_path):
     assert registry.tasks["peft"].positions_after_prefix
     assert registry.nbytes >= (3 + 5) * 2 * model.config.num_layers * model.config.kv_dim * 4
     server = Server(model, tokenizer, registry, defaults=DecodeOptions(max_new_tokens=N_NEW))
-    assert server.prompt_ids("ours", "ab")[-4:] == list(b" => ")
+    assert server.requests.prompt_ids("ours", "ab")[-4:] == list(b" => ")
     requests = [
         {"id": "a", "task": "ours", "input": "first"},
         {"id": "b", "task": "peft", "input": "second request"},

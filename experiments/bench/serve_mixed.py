@@ -93,8 +93,9 @@ def timed(server, requests: list[dict], repeats: int) -> tuple[float, int, list[
 
 
 def throughput(model, tokenizer, args) -> tuple[list[tuple], bool]:
-    from prefix_jax.serve.batch import DecodeOptions, Server
+    from prefix_jax.serve.batch import Server
     from prefix_jax.serve.prefix_bank import PrefixRegistry
+    from prefix_jax.serve.requests import DecodeOptions
 
     prefixes = {t: activation_prefix(model, n, seed) for seed, (t, n) in enumerate(LENGTHS.items())}
     registry = PrefixRegistry(model, prefixes)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefix_jax.files import atomic_write
-from prefix_jax.serve.batch import DecodeOptions, RequestError, Server
+from prefix_jax.serve.batch import Server
+from prefix_jax.serve.requests import DecodeOptions, RequestError
 
 
 def _parse_prefix(spec: str) -> tuple[str, str]:
