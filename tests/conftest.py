@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # libtpu (the TPU compiler of the AOT tests) takes a machine-wide lock by default; these
 # processes only compile, so the tests and their worker processes may load it side by side.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def _fast_cpu_compiles() -> None:
+    """Two-thirds of the suite's time is XLA compiling tiny CPU programs, most of it LLVM
+    optimising code that then runs for milliseconds. Tests compile without those passes,
+    and every process of one run (xdist workers, the CLI and multi-host subprocesses, which
+    inherit the environment) shares one persistent compilation cache, so a program that
+    several tests build is compiled once. Both only change how fast programs are built:
+    the cache returns the executable its key's HLO and flags would give. The cache is new
+    per run (made by the first process of the run, removed when that process exits)."""
+    flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="prefix_jax_test_xla_cache_")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+_fast_cpu_compiles()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

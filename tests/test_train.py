@@ -43,30 +43,6 @@ STEPS_PER_EPOCH = 6  # ceil(22 / 4)
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for this module only, shared with the CLI runs.
-
-    Every `train` call jits anew; the cache turns the repeated compiles of the same step into
-    loads (the tests' main cost on a small CPU). Restored to the previous settings after.
-    """
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.mktemp("jax_cache")
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    previous = {name: getattr(jax.config, name) for name in names}
-    cc.reset_cache()
-    jax.config.update(names[0], str(path))
-    jax.config.update(names[1], 0.0)
-    yield {
-        "JAX_COMPILATION_CACHE_DIR": str(path),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
-    for name, value in previous.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
 def cli_args(tiny: dict[str, Path], workdir: Path, **overrides) -> list[str]:
     settings = {**OVERRIDES, "model": tiny["model"], "data.path": tiny["data"], **overrides}
     flags = [f"--config.{key}={_flag_value(value)}" for key, value in settings.items()]
@@ -260,9 +236,7 @@ def test_rerun_of_finished_run_trains_no_more(tiny, reference, tmp_path, monkeyp
 
 
 @pytest.mark.slow  # 30 s; the exception-crash resume test above stays in the default run
-def test_sigkill_at_random_moment_then_restart_is_bitwise_exact(
-    tiny, reference, tmp_path, compilation_cache
-):
+def test_sigkill_at_random_moment_then_restart_is_bitwise_exact(tiny, reference, tmp_path):
     """The CLI, killed with SIGKILL mid-run, restarts to the uninterrupted result.
 
     It checkpoints every step (checkpoint_every and log_every do not change the training
@@ -275,7 +249,7 @@ def test_sigkill_at_random_moment_then_restart_is_bitwise_exact(
     context = f"(random seed {seed}: kill after checkpoint {kill_at} + {jitter:.3f}s)"
     workdir = tmp_path / "run"
     command = cli_args(tiny, workdir, checkpoint_every=1, log_every=1)
-    env = {**os.environ, **compilation_cache, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # with the suite's compilation cache
 
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
