@@ -24,7 +24,6 @@ from prefix_jax.models.pretrained import model_identity
 from prefix_jax.models.transformer import Transformer
 
 BASE_TASK = "base"  # reserved task name: the plain base model, no prefix
-NO_PREFIX = -1  # task index of rows without a prefix
 
 
 class UnknownTaskError(KeyError):
@@ -144,7 +143,6 @@ def check_name(name: str) -> None:
 
 __all__ = [
     "BASE_TASK",
-    "NO_PREFIX",
     "PrefixInfo",
     "PrefixRegistry",
     "UnknownTaskError",

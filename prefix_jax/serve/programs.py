@@ -189,10 +189,13 @@ class Programs:
             self._prefill[bucket] = _compile(prefill, self.state, *args, one, self.eos, self.banned)
             pre, _ = self._prefill[bucket](self.state, *args, one, self.eos, self.banned)
             self._insert[bucket] = _compile(insert, self.cache, pre, np.int32(0), donate=(0,))
-            for k in sorted(self.beam_sizes):
-                fn = functools.partial(slots.beam, graphdef, beam_size=k, max_len=self.max_len)
-                options = self._options(0, False, 1.0)
-                self._beam[bucket, k] = _compile(fn, self.state, *args, options, np.int32(1))
+        # Beam search: one program per beam size, at the largest bucket (beam requests are
+        # the rare ones; a longer prefill costs less than compiling it per bucket).
+        tokens = np.zeros((1, self.buckets[-1]), np.int32)
+        for k in sorted(self.beam_sizes):
+            fn = functools.partial(slots.beam, graphdef, beam_size=k, max_len=self.max_len)
+            args = (self.table, tokens, np.int32(1), np.int32(-1), self._options(0, False, 1.0))
+            self._beam[k] = _compile(fn, self.state, *args, np.int32(1))
 
         def generate(state, cache, last, active, sampling, eos, banned):
             cache, tokens = slots.generate(
@@ -312,12 +315,11 @@ class Programs:
 
     def beam(self, prompt: Sequence[int], entry: int, params) -> list[int]:
         """A beam-search request decoded whole: its max_tokens best tokens (pad after eos)."""
-        bucket = self.bucket(len(prompt))
-        tokens = np.zeros((1, bucket), np.int32)
+        tokens = np.zeros((1, self.buckets[-1]), np.int32)
         tokens[0, : len(prompt)] = prompt
         options = self._options(params.min_tokens, params.ban_tokens, params.length_penalty)
         with self.counting():
-            sequence, _ = self._beam[bucket, params.beam_size](
+            sequence, _ = self._beam[params.beam_size](
                 self.state,
                 self.table,
                 tokens,
