@@ -7,7 +7,9 @@ r"""`prefix-jax launch SWEEP --workdir DIR`: run every trial of a sweep, train t
     prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot \
         --accelerators tpu-v5litepod-16 --spot --bucket gs://my-bucket [--execute]
     prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot \
-        --accelerators H100:8 --num-nodes 2 --bucket s3://my-bucket [--status | --sync]
+        --accelerators H100:8 --num-nodes 2 --bucket s3://my-bucket [--execute]
+    prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot [--status] \
+        [--sync --bucket s3://my-bucket]
     prefix-jax launch prefix_length --workdir runs/pl --backend=tpu-pod \
         --tpu my-v4-32 --zone us-central2-b [--execute]
 
@@ -167,14 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend == "tpu-pod" and not (args.tpu and args.zone):
         parser.error("--backend=tpu-pod needs --tpu NAME and --zone ZONE")
-    if args.backend == "skypilot" and not args.accelerators:
+    reading = args.status or args.sync  # jobs already submitted: no resources needed
+    if args.backend == "skypilot" and not args.accelerators and not reading:
         parser.error("--backend=skypilot needs --accelerators, e.g. tpu-v5litepod-16 or H100:8")
     if (args.status or args.sync) and args.backend != "skypilot":
         parser.error("--status and --sync are for --backend=skypilot")
     if args.sync and not args.bucket:
         parser.error("--sync needs --bucket, where the trials wrote their results")
     try:
-        backend = make_backend(args)
+        backend = ShellBackend() if reading else make_backend(args)  # reading: plans only
     except ValueError as e:
         parser.error(str(e))
     try:

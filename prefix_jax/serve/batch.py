@@ -276,5 +276,3 @@ def _error_record(item: Any, message: str) -> dict:
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
-
-

@@ -74,6 +74,11 @@ def job_states(jobs: Mapping[str, list[int]], query: Query) -> dict[str, tuple[s
     return out
 
 
+def still_going(states: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """Trials not to submit again: their job is queued, running, recovering or succeeded."""
+    return {trial: state for trial, (state, _) in states.items() if state in ACTIVE}
+
+
 def query_jobs(job_ids: list[int]) -> Sequence[Mapping]:
     """SkyPilot's records of these managed jobs (`sky.jobs.queue_v2`)."""
     import sky

@@ -24,12 +24,7 @@ from prefix_jax.study import provenance
 from prefix_jax.study.launch.backend import Launch
 from prefix_jax.study.launch.plan import REPO_ROOT, trial_state, write_sweep_json
 from prefix_jax.study.launch.run import log_event
-from prefix_jax.study.launch.sky_jobs import (
-    ACTIVE,
-    job_states,
-    query_jobs,
-    submitted_jobs,
-)
+from prefix_jax.study.launch.sky_jobs import job_states, query_jobs, still_going, submitted_jobs
 from prefix_jax.study.launch.sky_task import MOUNT, Resources, remote_dir, task
 
 
@@ -50,10 +45,7 @@ class SkyPilotBackend:
         plans = [p for p in launch.plans if trial_state(p) != "finished"]
         skipped = {p.trial.name: "finished" for p in launch.plans if p not in plans}
         if submit:
-            states = job_states(submitted_jobs(launch.workdir), query_jobs)
-            for p in plans:
-                if states.get(p.trial.name, ("", None))[0] in ACTIVE:
-                    skipped[p.trial.name] = states[p.trial.name][0]
+            skipped |= still_going(job_states(submitted_jobs(launch.workdir), query_jobs))
             plans = [p for p in plans if p.trial.name not in skipped]
         sweep_dir = remote_dir(self.resources.bucket, launch.workdir)
         tasks = [
@@ -75,27 +67,37 @@ class SkyPilotBackend:
             return 0
         write_sweep_json(launch.workdir, launch.sweep, launch.plans, launch.global_overrides)
         status_log = launch.workdir / "launch.jsonl"
-        log_event(
-            status_log,
-            event="launch",
-            backend="skypilot",
-            command=launch.command,
-            **provenance.git_commit(REPO_ROOT),
-            resources=self.resources.record(),
-            submitted_from=provenance.machine(),
-        )
+        log_launch(status_log, launch.command, self.resources)
         for plan, config, path in zip(plans, tasks, paths, strict=True):
             job_id = submit_task(config)
             print(f"{plan.trial.name}: managed job {job_id} ({config['name']})")
-            log_event(
-                status_log,
-                trial=plan.trial.name,
-                event="submitted",
-                job_id=job_id,
-                job_name=config["name"],
-                task=str(path),
-            )
+            log_submitted(status_log, plan.trial.name, job_id, config["name"], path)
         return 0
+
+
+def log_launch(status_log: Path, command: str, resources: Resources) -> None:
+    """`launch.jsonl`: this launch's command, commit, resources and submitting machine."""
+    log_event(
+        status_log,
+        event="launch",
+        backend="skypilot",
+        command=command,
+        **provenance.git_commit(REPO_ROOT),
+        resources=resources.record(),
+        submitted_from=provenance.machine(),
+    )
+
+
+def log_submitted(status_log: Path, trial: str, job_id: int, job_name: str, task: Path) -> None:
+    """`launch.jsonl`: the managed job a trial was submitted as."""
+    log_event(
+        status_log,
+        trial=trial,
+        event="submitted",
+        job_id=job_id,
+        job_name=job_name,
+        task=str(task),
+    )
 
 
 def local_paths(launch: Launch) -> dict[str, str]:
