@@ -480,6 +480,7 @@ def test_tpu_pod_backend_emits_gcloud_commands(fake, capsys):
     remote = train[train.index("--command") + 1]
     assert remote.startswith("cd prefix_jax && ")
     assert "--config.prefix.length=5" in remote and "--config=configs/e2e.py:local" in remote
+    assert remote.endswith(" --distributed; }")  # every worker joins jax.distributed
     assert shlex.split(remote.split(" || ")[1].rstrip("; }"))[:3] == [
         sys.executable,
         str(fake.sweep_file.parent / "fake_prog.py"),

@@ -4,6 +4,12 @@ r"""`prefix-jax launch SWEEP --workdir DIR`: run every trial of a sweep, train t
     prefix-jax launch experiments/sweeps/prefix_length.py --workdir runs/pl
     prefix-jax launch small_cpu --workdir runs/cpu --set data.path=devset.csv
     prefix-jax launch prefix_length --workdir runs/pl --backend=print -o trials.sh
+    prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot \
+        --accelerators tpu-v5litepod-16 --spot --bucket gs://my-bucket [--execute]
+    prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot \
+        --accelerators H100:8 --num-nodes 2 --bucket s3://my-bucket [--execute]
+    prefix-jax launch prefix_length --workdir runs/pl --backend=skypilot [--status] \
+        [--sync --bucket s3://my-bucket]
     prefix-jax launch prefix_length --workdir runs/pl --backend=tpu-pod \
         --tpu my-v4-32 --zone us-central2-b [--execute]
 
@@ -12,7 +18,10 @@ or `--sweeps-dir`). Trial `T` lives in `<workdir>/T/`. The local backend runs tr
 another; a finished trial is skipped, an interrupted one resumes, a failing one is recorded
 in `T/FAILED` and `<workdir>/launch.jsonl` and the next runs; the exit status is 1 if any
 trial failed. `--backend=print` writes one shell line per trial for any scheduler;
-`--backend=tpu-pod` prints (or with `--execute` runs) gcloud ssh commands.
+`--backend=skypilot` writes (with `--execute` submits) one SkyPilot managed job per
+unfinished trial, `--status` shows their jobs' states and `--sync` copies their results
+from the bucket into the workdir; `--backend=tpu-pod` prints (or with `--execute` runs)
+gcloud ssh commands for a TPU VM slice you already hold.
 """
 
 from __future__ import annotations
@@ -27,13 +36,19 @@ from pathlib import Path
 from prefix_jax.study.launch import (
     Backend,
     LocalBackend,
+    Resources,
     ShellBackend,
+    SkyPilotBackend,
     TpuPodBackend,
     plan_launch,
+    status_lines,
+    submitted_jobs,
+    sync_results,
 )
+from prefix_jax.study.launch.sky_jobs import query_jobs
 from prefix_jax.study.sweep import SWEEPS_DIR, Point, available, load_sweep
 
-BACKENDS = ("local", "print", "tpu-pod")
+BACKENDS = ("local", "print", "skypilot", "tpu-pod")
 
 
 def parse_sets(items: Sequence[str]) -> Point:
@@ -85,16 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip-failed", action="store_true", help="do not retry trials with a FAILED record"
     )
-    parser.add_argument("-o", "--output", type=Path, help="print backend: write lines here")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="print: write the lines to this file; skypilot: write the task files to this "
+        "folder (default: <workdir>/skypilot)",
+    )
     parser.add_argument(
         "--repo-dir", help="directory to cd into first (tpu-pod default: prefix_jax in $HOME)"
     )
     parser.add_argument("--tpu", help="tpu-pod: TPU VM name")
-    parser.add_argument("--zone", help="tpu-pod: zone")
+    parser.add_argument("--zone", help="tpu-pod: zone; skypilot: zone of --region")
     parser.add_argument("--project", help="tpu-pod: GCP project (default: gcloud's)")
     parser.add_argument(
-        "--execute", action="store_true", help="tpu-pod: run the gcloud commands (else print)"
+        "--execute",
+        action="store_true",
+        help="skypilot: submit the tasks; tpu-pod: run the gcloud commands (else print)",
     )
+    sky = parser.add_argument_group("skypilot")
+    sky.add_argument("--accelerators", help="per node: tpu-v5litepod-16, H100:8, ...")
+    sky.add_argument("--num-nodes", type=int, default=1, help="GPU nodes per trial (default 1)")
+    sky.add_argument("--spot", action="store_true", help="spot capacity; preemptions recover")
+    sky.add_argument("--bucket", help="gs://BUCKET[/PREFIX] or s3://...: the sweep's workdir")
+    sky.add_argument("--cloud", help="e.g. gcp, aws (default: SkyPilot's choice)")
+    sky.add_argument("--region", help="region of --cloud")
+    sky.add_argument("--status", action="store_true", help="each trial's managed-job state")
+    sky.add_argument("--sync", action="store_true", help="copy results from --bucket here")
     return parser
 
 
@@ -104,6 +136,18 @@ def make_backend(args: argparse.Namespace) -> Backend:
     repo_dir = {"repo_dir": args.repo_dir} if args.repo_dir else {}
     if args.backend == "print":
         return ShellBackend(output=args.output, repo_dir=args.repo_dir, **python)
+    if args.backend == "skypilot":
+        resources = Resources(
+            accelerators=args.accelerators,
+            num_nodes=args.num_nodes,
+            spot=args.spot,
+            bucket=args.bucket,
+            cloud=args.cloud,
+            region=args.region,
+            zone=args.zone,
+        )
+        resources.check(submit=args.execute and not args.dry_run)
+        return SkyPilotBackend(resources, output=args.output, execute=args.execute, **python)
     if args.backend == "tpu-pod":
         return TpuPodBackend(
             tpu=args.tpu,
@@ -125,7 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend == "tpu-pod" and not (args.tpu and args.zone):
         parser.error("--backend=tpu-pod needs --tpu NAME and --zone ZONE")
-    backend = make_backend(args)
+    reading = args.status or args.sync  # jobs already submitted: no resources needed
+    if args.backend == "skypilot" and not args.accelerators and not reading:
+        parser.error("--backend=skypilot needs --accelerators, e.g. tpu-v5litepod-16 or H100:8")
+    if (args.status or args.sync) and args.backend != "skypilot":
+        parser.error("--status and --sync are for --backend=skypilot")
+    if args.sync and not args.bucket:
+        parser.error("--sync needs --bucket, where the trials wrote their results")
+    try:
+        backend = ShellBackend() if reading else make_backend(args)  # reading: plans only
+    except ValueError as e:
+        parser.error(str(e))
     try:
         sweep = load_sweep(args.sweep, args.sweeps_dir)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
@@ -142,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (OSError, ImportError, AttributeError, TypeError, ValueError) as e:
         parser.error(str(e))
+    if args.status:
+        jobs = submitted_jobs(launch.workdir)
+        print("\n".join(status_lines(launch.plans, jobs, query_jobs)))
+        return 0
+    if args.sync:
+        return sync_results(args.bucket, launch.workdir)
     if sweep.note:
         print(f"note ({sweep.name}): {sweep.note}", file=sys.stderr)
-    return backend.launch(launch)
+    try:
+        return backend.launch(launch)
+    except (ImportError, ValueError) as e:
+        parser.error(str(e))

@@ -86,9 +86,7 @@ def encode_data(
     return encode_examples(examples, tokenizer, encode_config(config))
 
 
-def batch_iterator(
-    data: EncodedDataset | EncodedPairs, batch_size: int, **kw
-) -> ShuffledBatches:
+def batch_iterator(data: EncodedDataset | EncodedPairs, batch_size: int, **kw) -> ShuffledBatches:
     """The resumable, bucketed batch order of either kind of data."""
     cls = PairBatchIterator if isinstance(data, EncodedPairs) else BatchIterator
     return cls(data, batch_size, **kw)

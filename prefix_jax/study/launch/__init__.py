@@ -1,5 +1,6 @@
 """Launch a sweep: plan every trial (`plan`), then hand the plans to a backend (`backend`):
-`local` runs them here (`run`), `print` writes shell lines, `tpu-pod` gcloud commands.
+`local` runs them here (`run`), `print` writes shell lines, `skypilot` managed jobs
+(`sky_task`, `sky_jobs`), `tpu-pod` gcloud commands.
 
 Trial `T` lives in `<workdir>/T/` (the training workdir); it runs
 `python -m prefix_jax.cli train ...` then `python -m prefix_jax.cli evaluate ...`.
@@ -17,6 +18,9 @@ from prefix_jax.study.launch.plan import (
     write_sweep_json,
 )
 from prefix_jax.study.launch.shell import ShellBackend, shell_line
+from prefix_jax.study.launch.sky_jobs import status_lines, submitted_jobs, sync_results
+from prefix_jax.study.launch.sky_task import Resources
+from prefix_jax.study.launch.skypilot import SkyPilotBackend
 from prefix_jax.study.launch.tpu_pod import TpuPodBackend
 
 __all__ = [
@@ -24,7 +28,9 @@ __all__ = [
     "Backend",
     "Launch",
     "LocalBackend",
+    "Resources",
     "ShellBackend",
+    "SkyPilotBackend",
     "Step",
     "TpuPodBackend",
     "TrialPlan",
@@ -32,6 +38,9 @@ __all__ = [
     "plan_trials",
     "resolve_config",
     "shell_line",
+    "status_lines",
+    "submitted_jobs",
+    "sync_results",
     "trial_state",
     "write_sweep_json",
 ]

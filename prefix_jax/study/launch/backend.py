@@ -1,11 +1,10 @@
 """The seam between planning trials and running them: a `Backend` takes a `Launch` (a sweep's
 planned trials and where they report) and runs them, or writes what runs them elsewhere.
 
-Backends today: `local` (this machine, one trial after another), `print` (one shell line
-per trial for any scheduler) and `tpu-pod` (gcloud ssh to a TPU VM slice). A backend for a
-cluster scheduler, e.g. SkyPilot managed jobs, turns each `TrialPlan` into a job
-description (resources, file mounts, the trial's commands as its run script:
-`shell.shell_line(plan)` is one) the same way.
+Backends: `local` (this machine, one trial after another), `print` (one shell line per
+trial for any scheduler), `skypilot` (one SkyPilot managed job per trial: each `TrialPlan`
+becomes a task with resources, a bucket mount and the trial's commands as its run script)
+and `tpu-pod` (gcloud ssh to a TPU VM slice you already hold).
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """The `tpu-pod` backend: `gcloud compute tpus tpu-vm ssh` commands per trial, training on
-every worker of the slice and evaluating on worker 0; printed, or run from this machine
-(the local backend's bookkeeping) with `execute`. The workdir is a path on the TPU VMs.
+every worker of the slice (`--distributed`: orbax's multi-host checkpointing needs
+`jax.distributed`, which finds the slice's hosts itself) and evaluating on worker 0;
+printed, or run from this machine (the local backend's bookkeeping) with `execute`. The
+workdir is a path on the TPU VMs.
+
+Kept for what the `skypilot` backend cannot do: run on a TPU VM slice you already hold
+(one created by hand, or handed over by an admin), which SkyPilot will not adopt. It has no
+retry and no preemption recovery; a sweep that outgrows one slice belongs on `skypilot`.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class TpuPodBackend:
         if self.project:
             base += ["--project", self.project]
         train, evaluate = plan.steps
+        train = dataclasses.replace(train, argv=[*train.argv, "--distributed"])
         train_cmd = " && ".join([*prologue(plan, self.repo_dir), guarded(plan, train)])
         eval_cmd = " && ".join([f"cd {quote_path(self.repo_dir)}", guarded(plan, evaluate)])
         return [

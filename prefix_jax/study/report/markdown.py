@@ -132,6 +132,21 @@ def selection_markdown(selection: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _managed_jobs(launch: dict) -> str:
+    """One launch's SkyPilot jobs: resources, bucket, commit and job ids."""
+    res = launch.get("resources") or {}
+    nodes = res.get("num_nodes", 1)
+    what = f"{res.get('accelerators', '?')}" + (f" x {nodes} nodes" if nodes > 1 else "")
+    where = "/".join(res[k] for k in ("cloud", "region", "zone") if res.get(k))
+    extras = [x for x in (where, "spot" if res.get("spot") else "", res.get("bucket")) if x]
+    jobs = ", ".join(str(j) for j in launch["jobs"])
+    return (
+        f"- SkyPilot managed jobs at `{commit_label(launch)}`: {len(launch['jobs'])} on {what}"
+        + (f" ({', '.join(extras)})" if extras else "")
+        + f", job ids {jobs}"
+    )
+
+
 def provenance_markdown(
     trials: Sequence[dict], launches: Sequence[dict], command: str | None
 ) -> list[str]:
@@ -167,6 +182,7 @@ def provenance_markdown(
         dict.fromkeys(describe_machine(e["machine"]) for e in launches if e.get("machine"))
     )
     lines += [f"- Machine: {m}" for m in machines]
+    lines += [_managed_jobs(e) for e in launches if e.get("jobs")]
     accelerators: dict[str, int] = {}
     for t in started:
         if t.get("accelerator"):

@@ -171,9 +171,9 @@ def commit_label(launch: dict | None) -> str:
 
 
 def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
-    """The launcher's `launch` events (command, commit, machine; `ran` where it started a
-    trial), and per trial the commits its starts ran at and the seconds of its completed
-    commands (`launch.jsonl`)."""
+    """The launcher's `launch` events (command, commit, machine; `ran` where it started or
+    submitted a trial, `jobs`: the SkyPilot job ids it submitted), and per trial the commits
+    its starts ran at and the seconds of its completed commands (`launch.jsonl`)."""
     launches: list[dict] = []
     per_trial: dict[str, dict] = {}
     path = root / "launch.jsonl"
@@ -192,7 +192,9 @@ def read_launch_log(root: Path) -> tuple[list[dict], dict[str, dict]]:
         if "trial" not in event:
             continue
         record = per_trial.setdefault(event["trial"], {"commits": [], "seconds": {}})
-        if kind == "started":
+        if kind == "submitted" and current is not None:  # a SkyPilot managed job
+            current.setdefault("jobs", []).append(event.get("job_id"))
+        if kind in ("started", "submitted"):
             if current is not None:
                 current["ran"] = True  # marks launches that did work, apart from no-op relaunches
             if commit_label(current) not in record["commits"]:
