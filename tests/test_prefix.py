@@ -348,7 +348,9 @@ def test_activation_init_reproduces_real_keys_values(tiny_checkpoints, init):
     assert info["init_relative_error"] < 0.1
     target = np.asarray(none_prefix.table())
     rel = np.linalg.norm(np.asarray(mlp_prefix.table()) - target) / np.linalg.norm(target)
-    assert rel == pytest.approx(info["init_relative_error"], rel=1e-3)
+    # The fit is float32-exact here (~2e-7), where the two computations round apart.
+    eps = float(np.finfo(np.float32).eps)
+    assert rel == pytest.approx(info["init_relative_error"], rel=1e-3, abs=eps)
     if init.startswith("text:"):
         # Four words repeated to six positions: row 4 repeats row 0.
         np.testing.assert_array_equal(target[4], target[0])
