@@ -1,0 +1,477 @@
+"""An OpenAI-compatible HTTP front end over the serving engine (`prefix_jax.serve.engine`).
+
+`create_app(engine, served_model_name=...)` is a FastAPI app: completions and chat
+completions (streamed as server-sent events or whole), the model list, prefixes loaded and
+unloaded at run time, `/health` and Prometheus `/metrics`. `run_server` serves it with
+uvicorn and says when it listens.
+
+The engine decodes in its own thread (the app's lifespan starts and stops it); each request
+registers an `on_event` callback that hands events to the event loop with
+`call_soon_threadsafe`, so nothing on the loop ever blocks on the engine. A request whose
+client goes away (mid-stream, or while waiting for a whole response) is cancelled, which
+frees its slot at the engine's next step.
+
+Every error is an OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prefix_jax.data.tokens import plain_ids, separator_ids
+from prefix_jax.serve.engine import (
+    PrefixLoadError,
+    QueueFullError,
+    RequestTooLongError,
+    SamplingParams,
+    UnknownPrefixError,
+)
+from prefix_jax.serve.protocol import ChatRequest, CompletionRequest, Reply, error_body
+from prefix_jax.serve.telemetry import Metrics, RequestTimes
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class ApiError(Exception):
+    """An error answered with `status` and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = _KINDS.get(self.status, "invalid_request_error")
+        body = error_body(self.message, kind, self.param, self.code)
+        return JSONResponse(body, status_code=self.status)
+
+
+class LoadPrefix(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+    path: str = Field(min_length=1)
+
+
+class UnloadPrefix(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(min_length=1)
+
+
+class _BearerKey:
+    """Pure ASGI middleware: every `/v1/` route wants `Authorization: Bearer <key>`
+    (checked before the body is read, so a stranger learns nothing from 400s); `/health`
+    and `/metrics` stay open for probes and scrapers."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.key):
+                error = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)")
+                error.code = "invalid_api_key"
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def resolve_under(root: Path, path: str) -> Path:
+    """`path` (absolute or relative to `root`) with symlinks and `..` resolved, if it and
+    every entry directly in it stay under `root`; ApiError 403 otherwise."""
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise ApiError(403, f"{path!r} resolves outside the prefix root", "path")
+    if not resolved.is_dir():
+        raise ApiError(400, f"{path!r} is not a directory under the prefix root", "path")
+    for entry in resolved.iterdir():  # a file symlinked out of the root would escape it too
+        if not entry.resolve().is_relative_to(root):
+            raise ApiError(403, f"{entry.name!r} in {path!r} links outside the prefix root")
+    return resolved
+
+
+class _Generation:
+    """One engine request as the event loop sees it: events arrive on an asyncio queue,
+    stamped with the time the engine emitted them."""
+
+    def __init__(self, engine, ids: list[int], params: SamplingParams, prefix: str | None):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.times = RequestTimes(arrival=time.perf_counter())
+        self.prompt_tokens = len(ids)
+        self.finish_reason: str | None = None
+        self.error = ""
+        self.handle = engine.submit(ids, params, prefix=prefix, on_event=self._on_event)
+
+    def _on_event(self, event) -> None:  # the engine's thread
+        stamped = (time.perf_counter(), event)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: server shutdown
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, stamped)
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Events up to and including the one with a finish reason."""
+        while self.finish_reason is None:
+            when, event = await self.queue.get()
+            self.times.tokens(when, len(event.token_ids))
+            self.finish_reason = event.finish_reason
+            self.error = event.error
+            yield event
+
+    def close(self, metrics: Metrics, model: str) -> None:
+        """Cancel the request unless it finished, and record it."""
+        if self.finish_reason is None:
+            self.handle.cancel()
+        reason = self.finish_reason or "cancelled"
+        metrics.finished(model, self.times, time.perf_counter(), self.prompt_tokens, reason)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(
+    engine,
+    *,
+    served_model_name: str,
+    api_key: str | None = None,
+    prefix_root: str | Path | None = None,
+) -> FastAPI:
+    """The app over a constructed engine (its programs compiled); the app's lifespan starts
+    the engine's thread and stops it at shutdown. `prefix_root` is the one directory
+    `/v1/load_prefix` may read under; without it, loading at run time is off."""
+    root = None if prefix_root is None else Path(prefix_root).resolve(strict=True)
+    tokenizer = engine.tokenizer
+    metrics = Metrics(engine)
+    started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="prefix_jax", lifespan=lifespan)
+    if api_key:
+        app.add_middleware(_BearerKey, key=api_key)
+
+    def answer(error: ApiError) -> JSONResponse:
+        metrics.errors.labels(str(error.status)).inc()
+        return error.response()
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError):
+        return answer(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError):
+        message, param = _validation_message(error.errors())
+        return answer(ApiError(400, message, param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        return answer(ApiError(error.status_code, str(error.detail)))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return answer(ApiError(500, f"internal error: {type(error).__name__}: {error}"))
+
+    def prefix_of(model: str) -> str | None:
+        """The engine prefix a `model` field names (None: the base model); 404 otherwise."""
+        if model == served_model_name:
+            return None
+        if model in engine.prefixes():
+            return model
+        known = ", ".join([served_model_name, *sorted(engine.prefixes())])
+        raise ApiError(
+            404, f"model {model!r} does not exist; served: {known}", "model", "model_not_found"
+        )
+
+    def completion_ids(req: CompletionRequest, prefix: str | None) -> list[int]:
+        """The prompt's ids; a prefix's training separator follows them, so the request
+        reads as the prefix saw its inputs in training."""
+        if isinstance(req.prompt, str):
+            (ids,) = plain_ids(tokenizer, [req.prompt])
+        else:
+            ids = list(req.prompt)
+            bad = [i for i in ids if i >= len(tokenizer)]
+            if bad:
+                raise ApiError(
+                    400,
+                    f"token id {bad[0]} is outside the vocabulary (size {len(tokenizer)})",
+                    "prompt",
+                )
+        if prefix is not None:
+            ids += separator_ids(tokenizer, engine.prefixes()[prefix].separator)
+        return ids
+
+    def chat_ids(req: ChatRequest) -> list[int]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ApiError(
+                400, "this model's tokenizer has no chat template; use /v1/completions", "messages"
+            )
+        try:
+            text = tokenizer.apply_chat_template(
+                req.chat(), tokenize=False, add_generation_prompt=True
+            )
+        except Exception as e:  # the template's own checks (role order, ...) raise
+            raise ApiError(
+                400, f"the chat template rejects the messages: {e}", "messages"
+            ) from None
+        (ids,) = plain_ids(tokenizer, [text])
+        return ids
+
+    def sampling(req, max_tokens: int, beam_size: int = 1) -> SamplingParams:
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stops(),
+            beam_size=beam_size,
+        )
+        try:
+            params.validate()
+        except ValueError as e:
+            raise _bad_value(e) from None
+        return params
+
+    def submit(ids: list[int], params: SamplingParams, prefix: str | None) -> _Generation:
+        if not ids:
+            raise ApiError(400, "the prompt is empty", "prompt")
+        try:
+            return _Generation(engine, ids, params, prefix)
+        except UnknownPrefixError as e:  # unloaded since `prefix_of` looked
+            raise ApiError(404, str(e), "model", "model_not_found") from None
+        except RequestTooLongError as e:
+            raise ApiError(400, str(e), "max_tokens", "context_length_exceeded") from None
+        except QueueFullError as e:
+            raise ApiError(429, str(e), None, "queue_full") from None
+        except ValueError as e:
+            raise _bad_value(e) from None
+
+    async def respond(request: Request, req, reply: Reply, gen: _Generation):
+        if req.stream:
+            with_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventSourceResponse(
+                _stream(reply, gen, with_usage, req.model), sep="\n", ping=15
+            )
+        watcher = asyncio.ensure_future(_disconnected(request))
+        parts: list[str] = []
+        try:
+            async for event in _until(gen.events(), watcher):
+                parts.append(event.text)
+        finally:
+            watcher.cancel()
+            gen.close(metrics, req.model)
+        if gen.finish_reason is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        if gen.finish_reason == "error":
+            raise ApiError(500, f"the engine failed on this request: {gen.error}")
+        return reply.full(
+            "".join(parts), gen.finish_reason, gen.prompt_tokens, gen.times.completion_tokens
+        )
+
+    async def _stream(reply: Reply, gen: _Generation, with_usage: bool, model: str):
+        try:
+            if reply.chat:  # OpenAI's first chat chunk names the role
+                yield json.dumps(reply.chunk("", role=True, with_usage=with_usage))
+            async for event in gen.events():
+                reason = event.finish_reason
+                if reason == "error":
+                    message = f"the engine failed on this request: {gen.error}"
+                    yield json.dumps(error_body(message, "server_error"))
+                    break
+                if event.text or reason is not None:
+                    chunk = reply.chunk(event.text, reason, with_usage=with_usage)
+                    yield json.dumps(chunk)
+            if with_usage:
+                chunk = reply.usage_chunk(gen.prompt_tokens, gen.times.completion_tokens)
+                yield json.dumps(chunk)
+            yield "[DONE]"
+        finally:  # also when the client disconnects: the generator is closed
+            gen.close(metrics, model)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        _check_supported(req)
+        prefix = prefix_of(req.model)
+        ids = completion_ids(req, prefix)
+        gen = submit(ids, sampling(req, req.max_tokens, req.best_of or 1), prefix)
+        return await respond(request, req, Reply(req.model, chat=False), gen)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request):
+        _check_supported(req)
+        prefix = prefix_of(req.model)
+        ids = chat_ids(req)
+        # OpenAI's chat default: the reply may fill what the slot leaves
+        used = len(ids) + (0 if prefix is None else engine.prefixes()[prefix].length)
+        limit = req.limit() or max(1, engine.max_len - used)
+        gen = submit(ids, sampling(req, limit), prefix)
+        return await respond(request, req, Reply(req.model, chat=True), gen)
+
+    def model_card(name: str, info=None) -> dict[str, Any]:
+        card = {"id": name, "object": "model", "created": started, "owned_by": "prefix_jax"}
+        card |= {"root": served_model_name, "max_model_len": engine.max_len}
+        if info is None:
+            return card | {"parent": None}
+        return card | {
+            "parent": served_model_name,
+            "prefix_length": info.length,
+            "separator": info.separator,
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        cards = [model_card(served_model_name)]
+        cards += [model_card(name, info) for name, info in sorted(engine.prefixes().items())]
+        return {"object": "list", "data": cards}
+
+    @app.post("/v1/load_prefix")
+    async def load_prefix(req: LoadPrefix):
+        if root is None:
+            raise ApiError(
+                403,
+                "loading prefixes at run time is off: start the server with "
+                "--prefix-root DIR to allow loading from under DIR",
+            )
+        if req.name == served_model_name or req.name in engine.prefixes():
+            raise ApiError(400, f"model {req.name!r} is already served; unload it first", "name")
+        path = resolve_under(root, req.path)
+        try:
+            info = await asyncio.to_thread(engine.load_prefix, req.name, path)
+        except PrefixLoadError as e:
+            raise ApiError(400, f"prefix {req.name!r} failed to load: {e}", "path") from None
+        return model_card(req.name, info)
+
+    @app.post("/v1/unload_prefix")
+    async def unload_prefix(req: UnloadPrefix):
+        if req.name == served_model_name:
+            raise ApiError(400, "the base model cannot be unloaded", "name")
+        try:
+            await asyncio.to_thread(engine.unload_prefix, req.name)
+        except UnknownPrefixError as e:
+            raise ApiError(404, str(e), "name", "model_not_found") from None
+        return {"id": req.name, "object": "model", "deleted": True}
+
+    @app.get("/health")
+    async def health():
+        stats = engine.stats()  # answers unless the engine is wedged
+        return {"status": "ok", "slots_in_use": stats.slots_in_use, "waiting": stats.waiting}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+# What a field with alternatives takes, for errors (pydantic reports each alternative).
+_ALTERNATIVES = {
+    "prompt": "a string or a list of token ids (one prompt per request)",
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of text parts",
+}
+
+
+def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One clear message and the field it names, from pydantic's errors (the first)."""
+    first = errors[0]
+    loc = [part for part in first["loc"] if part != "body"]
+    if first["type"] == "json_invalid":
+        return f"malformed JSON body: {first.get('ctx', {}).get('error')}", None
+    if first["type"] == "extra_forbidden":
+        return f"unknown or unsupported field {loc[-1]!r}", str(loc[-1])
+    tags = [
+        i for i, part in enumerate(loc) if isinstance(part, str) and (part == "str" or "[" in part)
+    ]
+    if tags:  # a field with alternatives: pydantic names each one tried
+        path = ".".join(map(str, loc[: tags[0]]))
+        return f"{path} must be {_ALTERNATIVES.get(path.split('.')[-1], 'valid')}", path
+    param = ".".join(map(str, loc)) or None
+    return (f"{param}: {first['msg']}" if param else f"request body: {first['msg']}"), param
+
+
+def _bad_value(error: ValueError) -> ApiError:
+    """A 400 for the engine's ValueError; its message starts with the field it names."""
+    message = str(error)
+    field = message.split(" ", 1)[0]
+    known = CompletionRequest.model_fields.keys() | ChatRequest.model_fields.keys()
+    return ApiError(400, message, field if field in known else None)
+
+
+def _check_supported(req) -> None:
+    field = req.unsupported()
+    if field is not None:
+        raise ApiError(
+            400,
+            f"{field} is not supported by this server; leave it at its default",
+            field,
+            "unsupported_parameter",
+        )
+
+
+async def _until(events: AsyncIterator[Any], disconnected: asyncio.Future) -> AsyncIterator[Any]:
+    """`events` until the client disconnects (then the caller cancels the request)."""
+    while True:
+        step = asyncio.ensure_future(anext(events, None))
+        await asyncio.wait({step, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():
+            step.cancel()
+            return
+        event = step.result()
+        if event is None:
+            return
+        yield event
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, calling `ready(url)` once its sockets listen."""
+
+    def __init__(self, config: uvicorn.Config, ready: Callable[[str], None]):
+        super().__init__(config)
+        self.ready = ready
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self.ready(f"http://{host}:{port}")
+
+
+def run_server(app: FastAPI, host: str, port: int, ready: Callable[[str], None]) -> None:
+    """Serve `app` until SIGINT / SIGTERM; port 0 picks a free port (`ready` gets the URL)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    _Server(config, ready).run()
