@@ -1,4 +1,5 @@
-"""Mixed-task serving: prefix registry, per-row prefixes in one batch, errors, the CLI.
+"""Mixed-task serving (the JSON-lines batch mode over the engine): prefix registry, tasks
+sharing the engine's steps, errors, the CLI.
 
 A tiny random Llama with the byte tokenizer; prefixes are random tables of different
 lengths. The reference for every row is the same request decoded alone with its own
@@ -16,7 +17,6 @@ from conftest import byte_tokenizer
 
 from prefix_jax.cli.serve import main
 from prefix_jax.data.tokens import left_pad
-from prefix_jax.infer import decode
 from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
@@ -123,7 +123,8 @@ def test_mixed_batch_equals_each_row_alone(loaded, beam_size):
         {"id": i, "task": task, "input": text} for i, (task, text) in enumerate(INPUTS.items())
     ]
     records = server.generate(requests, return_tokens=True)
-    assert server.last_stats["batches"] == 1, "the four tasks must share one batch"
+    if beam_size == 1:
+        assert server.last_stats["most_running"] == 4, "the four tasks must share steps"
     assert [r["id"] for r in records] == [0, 1, 2, 3]
     tokens = {r["task"]: r["tokens"] for r in records}
     assert len({tuple(t) for t in tokens.values()}) == 4, "prefixes should change the output"
@@ -131,13 +132,13 @@ def test_mixed_batch_equals_each_row_alone(loaded, beam_size):
         prefix = None if task is None else prefixes[task]
         want = decode_alone(server, prefix, task, text, beam_size=beam_size)
         assert tokens[task] == want, f"task {task!r} differs from decoding it alone"
-    # Same shapes again (other texts of the same bucket): nothing recompiles.
-    compiled = decode._greedy._cache_size(), decode._beam_search._cache_size()
+    # Same shapes again (other texts of the same bucket): the engine stays, nothing compiles.
+    engine = server.engine
     server.generate([{**r, "input": r["input"][::-1]} for r in requests])
-    assert (decode._greedy._cache_size(), decode._beam_search._cache_size()) == compiled
+    assert server.engine is engine and engine.stats().compilations_after_warmup == 0
 
 
-def test_position_conventions_are_batched_apart(loaded, tmp_path):
+def test_position_conventions_share_steps(loaded, tmp_path):
     """A PEFT adapter (positions after the prefix) and one of ours (from zero) together."""
     model, tokenizer = loaded
     ours = random_prefix(model, 3, seed=10, after=False, config={"data": {"separator": " => "}})
@@ -159,7 +160,7 @@ def test_position_conventions_are_batched_apart(loaded, tmp_path):
         {"id": "d", "task": None, "input": "no prefix"},
     ]
     records = server.generate(requests, return_tokens=True)
-    assert server.last_stats["batches"] == 2
+    assert server.last_stats["most_running"] == 4
     loaded_prefixes = {
         "ours": export.load(tmp_path / "ours"),
         "peft": export.load(tmp_path / "peft"),
@@ -244,8 +245,7 @@ def test_bad_requests_get_errors_and_the_rest_is_answered(loaded):
     for r in records:
         if r["id"] not in errors:
             assert set(r) == {"id", "task", "output"}
-    # A per-request option takes effect (and puts the row in a batch of its own).
-    assert server.last_stats["batches"] == 2
+    # A per-request option takes effect.
     assert server.generate([requests[7]], return_tokens=True)[0]["tokens"].__len__() == N_NEW
 
     assert isinstance(server.complete("classify", "ok"), str)
@@ -292,7 +292,7 @@ def test_cli_end_to_end(tiny_dir, loaded, tmp_path, capsys):
     argv += [f"--prefix={name}={tmp_path / name}" for name in prefixes]
     argv += ["--max-new-tokens", str(N_NEW), "--batch-size", "4", "--tokens"]
     assert main(argv) == 0
-    assert "7 records (2 errors), 2 batches" in capsys.readouterr().err
+    assert "7 records (2 errors), " in capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r.get("id", r.get("line")) for r in records] == [3, 1, 2, 4, 5, 6, 7]
     assert "unknown task" in records[2]["error"] and "malformed JSON" in records[6]["error"]

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = server.last_stats
     errors = sum("error" in r for r in records)
     print(
-        f"{len(records)} records ({errors} errors), {s.get('batches', 0)} batches, "
+        f"{len(records)} records ({errors} errors), {s.get('steps', 0)} engine steps, "
         f"{s.get('generated_tokens', 0)} tokens in {s.get('decode_s', 0.0):.1f}s "
         f"({s.get('tokens_per_s', 0.0):.0f} tok/s, compilation included)",
         file=sys.stderr,

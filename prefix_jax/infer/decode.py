@@ -223,11 +223,10 @@ class _Beams(NamedTuple):
 
 
 def _beam_step(
-    beams: _Beams, log_probs: Array, step: Array | int, options: TracedOptions
+    beams: _Beams, log_probs: Array, step: Array | int, options: TracedOptions, limit: Array | int
 ) -> _Beams:
     """Extend every alive beam by one token (log_probs [B, k, V]) and update finished ones."""
     b, k, vocab = log_probs.shape
-    n = beams.alive_seq.shape[-1]
     penalty = options.length_penalty
     scores = (beams.alive_logp[:, :, None] + log_probs).reshape(b, k * vocab)
     top_scores, top_index = jax.lax.top_k(scores, 2 * k)
@@ -245,7 +244,7 @@ def _beam_step(
     alive_logp, pick = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top_scores), k)
     alive_seq = jnp.take_along_axis(seq, pick[:, :, None], axis=1)
     # Log-probs only decrease, so the best score an alive beam can still reach is bounded.
-    bound_length = jnp.where(penalty > 0, jnp.float32(n), length)
+    bound_length = jnp.where(penalty > 0, jnp.asarray(limit, jnp.float32), length)
     bound = alive_logp[:, 0] / bound_length**penalty
     done = beams.done | (bound < fin_score[:, -1])
     return _Beams(
@@ -327,12 +326,16 @@ def beam_loop(
     max_new_tokens: int,
     reorder: Callable = reorder_cache,
     repeat: Callable | None = None,
+    limit: Array | None = None,
 ) -> tuple[Array, Array]:
     """Beam search from the first step's logits [B, V] and a cache of B rows (see
     `beam_search`). `reorder(cache, rows)` gathers cache rows after each step; `repeat`
-    (default `reorder`) makes the k copies of each row once, at the start."""
+    (default `reorder`) makes the k copies of each row once, at the start. `limit` (traced,
+    at most max_new_tokens) stops at fewer tokens, as if max_new_tokens were `limit`: one
+    compiled program then serves every token budget (the serving engine's)."""
     b = logits.shape[0]
     k, n = beam_size, max_new_tokens
+    limit = n if limit is None else limit
     first = _next_log_probs(logits, 0, options)
     empty = jnp.full((b, k, n), options.pad_id, jnp.int32)
     beams = _Beams(
@@ -344,24 +347,26 @@ def beam_loop(
         parent=jnp.zeros((b, k), jnp.int32),
         last=jnp.zeros((b, k), jnp.int32),
     )
-    beams = _beam_step(beams, jnp.broadcast_to(first[:, None], (b, k, first.shape[-1])), 0, options)
+    beams = _beam_step(
+        beams, jnp.broadcast_to(first[:, None], (b, k, first.shape[-1])), 0, options, limit
+    )
     # The prefix and prompt were prefilled once per row; each of its k beams starts from a copy.
     cache = (repeat or reorder)(cache, jnp.repeat(jnp.arange(b), k))
     row_start = (jnp.arange(b, dtype=jnp.int32) * k)[:, None]
 
     def cond(carry):
         i, _, beams = carry
-        return (i < n) & ~jnp.all(beams.done)
+        return (i < limit) & ~jnp.all(beams.done)
 
     def body(carry):
         i, cache, beams = carry
         logits, cache = step(beams.last.reshape(b * k), cache)
         logits = logits.reshape(b, k, -1)
-        beams = _beam_step(beams, _next_log_probs(logits, i, options), i, options)
+        beams = _beam_step(beams, _next_log_probs(logits, i, options), i, options, limit)
         return i + 1, reorder(cache, (row_start + beams.parent).reshape(-1)), beams
 
     _, _, beams = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, beams))
     # Rows that never stopped end at max_new_tokens: their alive beams finish there.
-    final = beams.alive_logp / jnp.float32(n) ** options.length_penalty
+    final = beams.alive_logp / jnp.asarray(limit, jnp.float32) ** options.length_penalty
     fin_score, fin_seq = _keep_best(beams, final, beams.alive_seq)
     return fin_seq[:, 0], fin_score[:, 0]

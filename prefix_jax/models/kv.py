@@ -43,7 +43,9 @@ class PrefixKV(struct.PyTreeNode):
 class KVCache(struct.PyTreeNode):
     """Keys/values of past tokens, written at slot `index` and advanced after each call.
 
-    All rows share slot indices (prompts are left- or right-padded to one length); `valid`
+    Usually all rows share slot indices (prompts are left- or right-padded to one length);
+    an `index` of shape [B] lets each row write its one new token at its own slot (the
+    serving engine's slots, `prefix_jax.serve`), for global attention only. `valid`
     marks slots that hold real tokens and `next_position` is each row's next RoPE position.
     The first `prefix_length` slots may hold a prefix (decoding puts it there): they are
     attended like the prefix, outside any sliding window.
@@ -52,7 +54,7 @@ class KVCache(struct.PyTreeNode):
     keys: Array  # [layers, batch, max_len, kv_heads, head_dim]
     values: Array
     valid: Array  # [batch, max_len] bool
-    index: Array  # [] int32, first free slot
+    index: Array  # [] int32 (or [B], per row), first free slot
     next_position: Array  # [batch] int32
     prefix_length: int = struct.field(pytree_node=False, default=0)
 
@@ -123,14 +125,20 @@ def write_cache(
     where: ActivationSharding | None,
 ) -> tuple[Array, Array, tuple[Array, Array]]:
     """Write one layer's new keys/values at slot `index` of the stacked cache `kv`; returns
-    that layer's whole cache (in k's dtype) and the updated stack.
+    that layer's whole cache (in k's dtype) and the updated stack. `index` is a scalar (all
+    rows at one slot) or [B] with one token per row, each written at its own slot.
 
     The stack rides in the scan's carry, not in its xs/ys: each step then writes only its
     new slots in place instead of copying every layer's whole cache into a new stack.
     """
     ck, cv = kv
-    ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, 0, index, 0, 0))
-    cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, 0, index, 0, 0))
+    if index.ndim == 0:
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, 0, index, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, 0, index, 0, 0))
+    else:  # one token per row, each row at its own slot (continuous batching)
+        rows = jnp.arange(k.shape[0])
+        ck = ck.at[layer, rows, index].set(k[:, 0].astype(ck.dtype), mode="drop")
+        cv = cv.at[layer, rows, index].set(v[:, 0].astype(cv.dtype), mode="drop")
     ck, cv = constrain(ck, where, *CACHE_AXES), constrain(cv, where, *CACHE_AXES)
     return ck[layer].astype(k.dtype), cv[layer].astype(v.dtype), (ck, cv)
 

@@ -234,10 +234,13 @@ def self_attention_mask(
         key_slots = query_slots
     else:
         positions = positions_from_mask(attention_mask, cache.next_position + offset)
-        key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
-        query_slots = cache.index + jnp.arange(t, dtype=jnp.int32)
         key_slots = jnp.arange(cache.max_len, dtype=jnp.int32)
         key_slots = jnp.where(key_slots < cache.prefix_length, -1, key_slots)
+        if cache.index.ndim == 0:
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
+            query_slots = cache.index + jnp.arange(t, dtype=jnp.int32)
+        else:
+            key_valid, query_slots = _per_row_step(c, attention_mask, cache)
     windows = c.layer_windows()
     mask = AttentionMask(
         query_slots=query_slots,
@@ -251,6 +254,23 @@ def self_attention_mask(
     if prefix is not None:
         mask = mask_with_prefix(mask, prefix, b)
     return mask, positions
+
+
+def _per_row_step(
+    c: ModelConfig, attention_mask: Array, cache: KVCache
+) -> tuple[Array, Array]:
+    """key_valid and query_slots of a one-token step whose rows write at their own slots
+    (`cache.index` [B], continuous batching). Each row's valid slots end at its own index,
+    so key_valid alone is causal: the query slot is put past every key."""
+    if attention_mask.shape[1] != 1:
+        raise ValueError(
+            f"a per-row cache index [B] takes one token per row, got {attention_mask.shape[1]}"
+        )
+    if any(c.layer_windows()):
+        raise ValueError("a per-row cache index does not support sliding-window attention")
+    rows = jnp.arange(attention_mask.shape[0])
+    key_valid = cache.valid.at[rows, cache.index].set(attention_mask[:, 0], mode="drop")
+    return key_valid, jnp.full((1,), cache.max_len, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,5 +1,5 @@
-r"""One base model, many prefixes: mixed-task batched generation (the engine of
-`prefix-jax serve`, `prefix_jax.cli.serve`).
+r"""One base model, many prefixes: JSON-lines requests through the serving engine (the
+batch mode of `prefix-jax serve`, `prefix_jax.cli.serve`).
 
 Each input line is a JSON object `{"id", "task", "input"}` plus optional decoding options
 (`max_new_tokens`, `beam_size`, `min_new_tokens`, `length_penalty`, `ban_newline`;
@@ -7,13 +7,11 @@ the server's defaults give the rest). `task` names a loaded prefix; `null` or `"
 with the base model alone. The prompt is `input` followed by the separator the prefix was
 trained with (recorded in its export, else "\nTarget:\n"), as in training.
 
-Requests of different tasks share batches: each row gathers its own prefix from the
-registry's packed table (prefixes of different lengths are padded and masked, rows
-without a prefix are all-masked, i.e. the base model) and a batch is decoded by one
-compiled greedy or beam-search program. Requests are grouped by decoding options and by
-the prefix's position convention (a static property of a batch), sorted by prompt length
-and cut into batches whose size and prompt length are rounded up to powers of two, so few
-programs are compiled. Output records follow the input order: `{"id", "task", "output"}`,
+Every request goes to one `prefix_jax.serve.engine.Engine` (`batch_size` slots): requests
+of any task and position convention share its generate steps, a finished one's slot takes
+the next at once, and beam-search requests run whole between steps. The engine is sized
+for the requests of a call (slot length, prompt buckets, beam sizes) and kept for the next
+calls while they fit. Output records follow the input order: `{"id", "task", "output"}`,
 or `{"id", "task", "error"}` for a bad request (unknown task, empty or too long input, bad
 option), or `{"line", "error"}` for a line that is not a JSON object with an id; every
 other request is still answered.
@@ -27,23 +25,21 @@ Python API (load once, generate many):
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 from tqdm import tqdm
 
-from prefix_jax.data import DEFAULT_SEPARATOR, pick_bucket
-from prefix_jax.data.tokens import left_pad, pad_id_of, until_eos
-from prefix_jax.infer.decode import beam_search, greedy, newline_token_ids
+from prefix_jax.data import DEFAULT_SEPARATOR
+from prefix_jax.data.tokens import until_eos
+from prefix_jax.infer.decode import newline_token_ids
 from prefix_jax.models.transformer import Transformer
-from prefix_jax.serve.prefix_bank import NO_PREFIX, PrefixRegistry, UnknownTaskError
+from prefix_jax.serve.engine import Engine, EngineError, SamplingParams
+from prefix_jax.serve.prefix_bank import BASE_TASK, PrefixRegistry, UnknownTaskError
 from prefix_jax.serve.requests import (
     DecodeOptions,
     PreparedRequest,
@@ -56,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class Server:
-    """A base model, a tokenizer and a PrefixRegistry: batched mixed-task generation."""
+    """A base model, a tokenizer and a PrefixRegistry, served through an Engine."""
 
     def __init__(
         self,
@@ -90,13 +86,8 @@ class Server:
         self.registry = registry
         self.batch_size = batch_size
         self.eos_id: int | None = tokenizer.eos_token_id
-        self.pad_id = pad_id_of(tokenizer)
-        powers = (2**i for i in range(batch_size.bit_length()))
-        self.batch_sizes = tuple(sorted({*powers, batch_size}))
-        # Rows without a prefix join the batches of the convention most prefixes use.
-        flags = [t.positions_after_prefix for t in registry.tasks.values()]
-        self.base_after = collections.Counter(flags).most_common(1)[0][0] if flags else False
-        self._banned: tuple[int, ...] | None = None
+        self.engine: Engine | None = None
+        self._needs: tuple[int, int, frozenset[int], bool] | None = None
         self.last_stats: dict[str, float] = {}
 
     @classmethod
@@ -138,57 +129,78 @@ class Server:
                 prepared.append(self.requests.prepare(i, item))
             except (RequestError, UnknownTaskError) as e:
                 records[i] = _error_record(item, str(e))
-
-        groups: dict[tuple, list[PreparedRequest]] = collections.defaultdict(list)
+        engine = self._engine_for(prepared)
+        handles = []
         for p in prepared:
-            after = self.base_after if p.after is None else p.after
-            groups[(p.options, after)].append(p)
-        batches = []
-        for (options, after), items in groups.items():
-            items.sort(key=lambda p: len(p.prompt))
-            for start in range(0, len(items), self.batch_size):
-                batches.append((options, after, items[start : start + self.batch_size]))
-
-        generated, decode_s = 0, 0.0
-        bar = tqdm(
-            total=len(prepared), desc="serve", unit="req", dynamic_ncols=True, disable=not progress
-        )
-        for options, after, items in batches:
-            start = time.perf_counter()
             try:
-                sequences = self._decode(items, options, after)
-            except Exception as e:  # a failed batch must not stop the others
-                log.exception("decoding a batch of %d requests failed", len(items))
-                for p in items:
-                    records[p.position] = _error_record(
-                        p.request, f"decoding failed: {type(e).__name__}: {e}"
-                    )
-                bar.update(len(items))
-                continue
-            decode_s += time.perf_counter() - start
-            for p, row in zip(items, sequences, strict=True):
-                ids, n = until_eos(row, self.eos_id)
-                generated += n
-                record = {
-                    "id": p.request.id,
-                    "task": p.request.task,
-                    "output": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                }
-                if return_tokens:
-                    record["tokens"] = ids
-                records[p.position] = record
-            bar.update(len(items))
-            bar.set_postfix(tok_s=f"{generated / max(decode_s, 1e-9):.0f}")
+                handles.append((p, engine.submit(p.prompt, _sampling(p.options), _task(p))))
+            except (EngineError, ValueError) as e:
+                records[p.position] = _error_record(p.request, str(e))
+
+        start, steps, busiest = time.perf_counter(), engine.stats().steps, 0
+        bar = tqdm(total=len(handles), desc="serve", unit="req", disable=not progress)
+        while engine.step():
+            busiest = max(busiest, engine.stats().slots_in_use)
+            bar.n = sum(h.done.is_set() for _, h in handles)
+            bar.refresh()
         bar.close()
+        decode_s, generated = time.perf_counter() - start, 0
+        for p, handle in handles:
+            ids, _, reason = handle.result(timeout=0)
+            if reason == "error":
+                records[p.position] = _error_record(p.request, "decoding failed")
+                continue
+            ids, n = until_eos(ids, self.eos_id)
+            generated += n
+            record = {
+                "id": p.request.id,
+                "task": p.request.task,
+                "output": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            }
+            if return_tokens:
+                record["tokens"] = ids
+            records[p.position] = record
         self.last_stats = {
             "requests": len(requests),
-            "errors": len(requests) - len(prepared),
-            "batches": len(batches),
+            "errors": sum("error" in r for r in records if r is not None),
+            "steps": engine.stats().steps - steps,
+            "most_running": busiest,
             "generated_tokens": generated,
             "decode_s": decode_s,
             "tokens_per_s": generated / max(decode_s, 1e-9),
         }
         return records  # type: ignore[return-value]
+
+    def _engine_for(self, prepared: list[PreparedRequest]) -> Engine:
+        """The engine, rebuilt (and compiled) only when these requests do not fit it: a
+        slot of prefix + prompt + max_new_tokens, prompt buckets of powers of two."""
+        prompt = _power_of_two(max([16, *(len(p.prompt) for p in prepared)]))
+        new_tokens = max([1, *(p.options.max_new_tokens for p in prepared)])
+        beams = frozenset(p.options.beam_size for p in prepared) - {1}
+        ban = any(p.options.ban_newline for p in prepared)
+        if self._needs is not None:
+            old_prompt, old_new, old_beams, old_ban = self._needs
+            if prompt <= old_prompt and new_tokens <= old_new and beams <= old_beams:
+                if ban <= old_ban:
+                    return self.engine
+            prompt, new_tokens = max(prompt, old_prompt), max(new_tokens, old_new)
+            beams, ban = beams | old_beams, ban or old_ban
+        p = max(self.registry.max_length, 1)
+        self.engine = Engine(
+            self.model,
+            self.tokenizer,
+            slots=self.batch_size,
+            max_len=p + prompt + new_tokens + 1,
+            prefix_capacity=max(len(self.registry), 1),
+            prefix_max_length=p,
+            max_waiting=2**31,
+            buckets=tuple(16 << i for i in range(prompt.bit_length()) if 16 << i <= prompt),
+            beam_sizes=tuple(sorted(beams)),
+            banned_ids=newline_token_ids(self.tokenizer) if ban else (),
+            prefixes=self.registry.exported,
+        )
+        self._needs = (prompt, new_tokens, beams, ban)
+        return self.engine
 
     def complete(self, task: str | None, text: str, **options) -> str:
         """The output for one input; raises RequestError (with the error record's message)."""
@@ -197,47 +209,6 @@ class Server:
         if "error" in record:
             raise RequestError(record["error"])
         return record["output"]
-
-    def _decode(self, items: Sequence[PreparedRequest], options: DecodeOptions, after: bool):
-        """Generated ids [len(items), max_new_tokens] of one batch, one compiled program."""
-        n = len(items)
-        size = pick_bucket(n, self.batch_sizes)
-        prompts = [p.prompt for p in items] + [[self.pad_id]] * (size - n)
-        length = max(16, _next_power_of_two(max(len(p) for p in prompts)))
-        tokens, mask = left_pad(prompts, self.pad_id, multiple=length)
-        task_ids = np.array([p.task_index for p in items] + [NO_PREFIX] * (size - n), np.int32)
-        prefix = None
-        if np.any(task_ids >= 0):
-            longest = self.registry.max_length_of(task_ids)
-            prefix_length = min(_next_power_of_two(longest), self.registry.max_length)
-            prefix = self.registry.prefix_kv(
-                task_ids, length=prefix_length, positions_after_prefix=after
-            )
-        kwargs = dict(
-            max_new_tokens=options.max_new_tokens,
-            prefix=prefix,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            min_new_tokens=options.min_new_tokens,
-            banned_ids=self._newline_ids() if options.ban_newline else (),
-        )
-        if options.beam_size == 1:
-            sequences = greedy(self.model, tokens, mask, **kwargs)
-        else:
-            sequences, _ = beam_search(
-                self.model,
-                tokens,
-                mask,
-                beam_size=options.beam_size,
-                length_penalty=options.length_penalty,
-                **kwargs,
-            )
-        return np.asarray(jax.device_get(sequences))[:n]
-
-    def _newline_ids(self) -> tuple[int, ...]:
-        if self._banned is None:
-            self._banned = newline_token_ids(self.tokenizer)
-        return self._banned
 
     # ------------------------------------------------------------------ JSON lines
 
@@ -266,15 +237,27 @@ class Server:
         return records  # type: ignore[return-value]
 
 
+def _sampling(options: DecodeOptions) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=options.max_new_tokens,
+        min_tokens=options.min_new_tokens,
+        ban_tokens=options.ban_newline,
+        beam_size=options.beam_size,
+        length_penalty=options.length_penalty,
+    )
+
+
+def _task(p: PreparedRequest) -> str | None:
+    return None if p.request.task in (None, BASE_TASK) else p.request.task
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _error_record(item: Any, message: str) -> dict:
     if isinstance(item, Request):
         return {"id": item.id, "task": item.task, "error": message}
     if isinstance(item, Mapping):
         return {"id": item.get("id"), "task": item.get("task"), "error": message}
     return {"id": None, "task": None, "error": message}
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-

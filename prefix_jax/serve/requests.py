@@ -11,7 +11,7 @@ from typing import Any
 
 from prefix_jax.data.tokens import plain_ids, separator_ids
 from prefix_jax.models.config import ModelConfig
-from prefix_jax.serve.prefix_bank import BASE_TASK, NO_PREFIX, PrefixRegistry
+from prefix_jax.serve.prefix_bank import BASE_TASK, PrefixRegistry
 
 REQUEST_FIELDS = ("id", "task", "input")
 _OPTION_TYPES = {
@@ -92,12 +92,10 @@ class Request:
 
 @dataclasses.dataclass
 class PreparedRequest:
-    """A valid request as a batch needs it: its prompt ids, prefix row and options."""
+    """A valid request as the engine takes it: its prompt ids and options."""
 
     position: int
     request: Request
-    task_index: int  # NO_PREFIX for the base model
-    after: bool | None  # the prefix's position convention; None without prefix
     prompt: list[int]
     options: DecodeOptions
 
@@ -159,11 +157,10 @@ class RequestReader:
         task = request.task
         if task is not None and not isinstance(task, str):
             raise RequestError(f"task must be a string or null, got {task!r}")
-        if task is None or task == BASE_TASK:
-            task_index, after, prefix_length = NO_PREFIX, None, 0
-        else:
+        after, prefix_length = False, 0
+        if task is not None and task != BASE_TASK:
             info = self.registry.task(task)
-            task_index, after, prefix_length = info.index, info.positions_after_prefix, info.length
+            after, prefix_length = info.positions_after_prefix, info.length
         if not isinstance(request.input, str):
             raise RequestError(f"input must be a string, got {type(request.input).__name__}")
         if not request.input.strip():
@@ -183,4 +180,4 @@ class RequestReader:
                 f"({options.max_new_tokens}) exceed the model's {c.max_position_embeddings} "
                 "positions"
             )
-        return PreparedRequest(position, request, task_index, after, prompt, options)
+        return PreparedRequest(position, request, prompt, options)
