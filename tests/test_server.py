@@ -155,7 +155,8 @@ def setup(tmp_path_factory):
         ],
         root / "main.log",
     )
-    bare, bare_log = _start([*common, "--slots", "1"], root / "bare.log")
+    small = ["--model", str(model_dir), "--max-len", "32", "--buckets", "16", "--slots", "1"]
+    bare, bare_log = _start(small, root / "bare.log")
     try:
         urls = {"main": _ready(main, root / "main.log"), "bare": _ready(bare, root / "bare.log")}
         yield {
@@ -306,6 +307,10 @@ def test_chat_uses_the_template(setup, client):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
     assert chunks[-1].usage.completion_tokens == len(want_ids) and not chunks[-1].choices
+    # without max_tokens the reply may fill the slot (prefix + prompt + reply)
+    free = client.chat.completions.create(model="ours", messages=messages, temperature=0)
+    used = 3 + free.usage.prompt_tokens + free.usage.completion_tokens
+    assert used == MAX_LEN or free.choices[0].finish_reason == "stop"
 
 
 def test_stop_strings_and_seeds(setup, client):
@@ -362,6 +367,7 @@ GOOD = {"model": BASE, "prompt": "hi", "max_tokens": 2}
         ({**GOOD, "max_tokens": 0}, 400, "max_tokens", "greater than or equal to 1"),
         ({**GOOD, "seed": -1}, 400, "seed", "seed must be"),
         ({**GOOD, "n": 2}, 400, "n", "n is not supported"),
+        ({**GOOD, "best_of": 2, "temperature": 0}, 400, "best_of", "beam width"),
         ({**GOOD, "logprobs": 1}, 400, "logprobs", "not supported"),
         ({**GOOD, "tools": []}, 400, "tools", "unknown or unsupported field 'tools'"),
         ({**GOOD, "prompt": ""}, 400, "prompt", "empty"),

@@ -170,6 +170,7 @@ def create_app(
     `/v1/load_prefix` may read under; without it, loading at run time is off."""
     root = None if prefix_root is None else Path(prefix_root).resolve(strict=True)
     tokenizer = engine.tokenizer
+    slot_length = engine.programs.max_len  # prefix + prompt + max_tokens fit in it
     metrics = Metrics(engine)
     started = int(time.time())
 
@@ -338,13 +339,13 @@ def create_app(
         ids = chat_ids(req)
         # OpenAI's chat default: the reply may fill what the slot leaves
         used = len(ids) + (0 if prefix is None else engine.prefixes()[prefix].length)
-        limit = req.limit() or max(1, engine.max_len - used)
+        limit = req.limit() or max(1, slot_length - used)
         gen = submit(ids, sampling(req, limit), prefix)
         return await respond(request, req, Reply(req.model, chat=True), gen)
 
     def model_card(name: str, info=None) -> dict[str, Any]:
         card = {"id": name, "object": "model", "created": started, "owned_by": "prefix_jax"}
-        card |= {"root": served_model_name, "max_model_len": engine.max_len}
+        card |= {"root": served_model_name, "max_model_len": slot_length}
         if info is None:
             return card | {"parent": None}
         return card | {
@@ -428,6 +429,8 @@ def _bad_value(error: ValueError) -> ApiError:
     """A 400 for the engine's ValueError; its message starts with the field it names."""
     message = str(error)
     field = message.split(" ", 1)[0]
+    if field == "beam_size":  # what a request calls it
+        field, message = "best_of", f"best_of is the beam width: {message}"
     known = CompletionRequest.model_fields.keys() | ChatRequest.model_fields.keys()
     return ApiError(400, message, field if field in known else None)
 
