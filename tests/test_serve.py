@@ -16,12 +16,13 @@ import pytest
 from conftest import byte_tokenizer
 
 from prefix_jax.cli.serve import main
-from prefix_jax.data.tokens import left_pad
+from prefix_jax.data.tokens import left_pad, pad_id_of
 from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
 from prefix_jax.models import load, model_identity
 from prefix_jax.serve.batch import Server
+from prefix_jax.serve.engine import Engine
 from prefix_jax.serve.prefix_bank import PrefixRegistry, UnknownTaskError
 from prefix_jax.serve.requests import DecodeOptions, Request, RequestError
 
@@ -67,6 +68,23 @@ def loaded(tiny_dir):
     return load(str(tiny_dir))
 
 
+@pytest.fixture(scope="module")
+def engine(loaded):
+    """One engine that every test's Server reuses (each loads its own prefixes into it):
+    compiled once for the module's prompts (bucket 32), N_NEW tokens and beams of 3."""
+    model, tokenizer = loaded
+    return Engine(
+        model,
+        tokenizer,
+        slots=8,
+        max_len=48,
+        prefix_capacity=4,
+        prefix_max_length=8,
+        buckets=(32,),
+        beam_sizes=(3,),
+    )
+
+
 def random_prefix(model, length: int, seed: int, after: bool = False, **training):
     c = model.config
     table = np.random.default_rng(seed).normal(size=(length, 2 * c.num_layers * c.kv_dim))
@@ -90,13 +108,15 @@ def task_prefixes(model, after: bool = False) -> dict[str, ExportedPrefix]:
 
 def decode_alone(server: Server, prefix: ExportedPrefix | None, task, text, **options):
     """Generated ids (before eos) of one request decoded on its own, batch 1."""
-    tokens, mask = left_pad([server.requests.prompt_ids(task, text)], server.pad_id, multiple=32)
+    tokens, mask = left_pad(
+        [server.requests.prompt_ids(task, text)], pad_id_of(server.tokenizer), multiple=32
+    )
     kv = None if prefix is None else prefix.to_prefix_kv(server.model)
     kwargs = dict(
         max_new_tokens=server.requests.defaults.max_new_tokens,
         prefix=kv,
         eos_id=server.eos_id,
-        pad_id=server.pad_id,
+        pad_id=pad_id_of(server.tokenizer),
     )
     if options.get("beam_size", 1) == 1:
         row = greedy(server.model, tokens, mask, **kwargs)[0]
@@ -110,7 +130,7 @@ def decode_alone(server: Server, prefix: ExportedPrefix | None, task, text, **op
 
 
 @pytest.mark.parametrize("beam_size", [1, 3], ids=["greedy", "beam"])
-def test_mixed_batch_equals_each_row_alone(loaded, beam_size):
+def test_mixed_batch_equals_each_row_alone(loaded, engine, beam_size):
     model, tokenizer = loaded
     prefixes = task_prefixes(model)
     server = Server(
@@ -118,6 +138,7 @@ def test_mixed_batch_equals_each_row_alone(loaded, beam_size):
         tokenizer,
         PrefixRegistry(model, prefixes),
         defaults=DecodeOptions(max_new_tokens=N_NEW, beam_size=beam_size),
+        engine=engine,
     )
     requests = [
         {"id": i, "task": task, "input": text} for i, (task, text) in enumerate(INPUTS.items())
@@ -132,13 +153,12 @@ def test_mixed_batch_equals_each_row_alone(loaded, beam_size):
         prefix = None if task is None else prefixes[task]
         want = decode_alone(server, prefix, task, text, beam_size=beam_size)
         assert tokens[task] == want, f"task {task!r} differs from decoding it alone"
-    # Same shapes again (other texts of the same bucket): the engine stays, nothing compiles.
-    engine = server.engine
+    # Other texts of the same bucket: the module's engine serves them, nothing compiles.
     server.generate([{**r, "input": r["input"][::-1]} for r in requests])
     assert server.engine is engine and engine.stats().compilations_after_warmup == 0
 
 
-def test_position_conventions_share_steps(loaded, tmp_path):
+def test_position_conventions_share_steps(loaded, engine, tmp_path):
     """A PEFT adapter (positions after the prefix) and one of ours (from zero) together."""
     model, tokenizer = loaded
     ours = random_prefix(model, 3, seed=10, after=False, config={"data": {"separator": " => "}})
@@ -151,7 +171,9 @@ def test_position_conventions_share_steps(loaded, tmp_path):
     assert registry.tasks["ours"].separator == " => "
     assert registry.tasks["peft"].positions_after_prefix
     assert registry.nbytes >= (3 + 5) * 2 * model.config.num_layers * model.config.kv_dim * 4
-    server = Server(model, tokenizer, registry, defaults=DecodeOptions(max_new_tokens=N_NEW))
+    server = Server(
+        model, tokenizer, registry, defaults=DecodeOptions(max_new_tokens=N_NEW), engine=engine
+    )
     assert server.requests.prompt_ids("ours", "ab")[-4:] == list(b" => ")
     requests = [
         {"id": "a", "task": "ours", "input": "first"},
@@ -203,7 +225,7 @@ def test_mismatched_prefixes_are_named(loaded, tmp_path):
         PrefixRegistry.from_dirs(model, {"gone": tmp_path / "missing"})
 
 
-def test_bad_requests_get_errors_and_the_rest_is_answered(loaded):
+def test_bad_requests_get_errors_and_the_rest_is_answered(loaded, engine):
     model, tokenizer = loaded
     registry = PrefixRegistry(model, task_prefixes(model))
     server = Server(
@@ -212,6 +234,7 @@ def test_bad_requests_get_errors_and_the_rest_is_answered(loaded):
         registry,
         defaults=DecodeOptions(max_new_tokens=N_NEW),
         max_input_tokens=20,
+        engine=engine,
     )
     requests = [
         {"id": 0, "task": "summarize", "input": "fine"},
@@ -272,7 +295,7 @@ def test_bad_requests_get_errors_and_the_rest_is_answered(loaded):
     assert all("output" in records[i] for i in (0, 3, 5, 6))
 
 
-def test_cli_end_to_end(tiny_dir, loaded, tmp_path, capsys):
+def test_cli_end_to_end(tiny_dir, loaded, engine, tmp_path, capsys):
     model, tokenizer = loaded
     prefixes = task_prefixes(model)
     for name, prefix in prefixes.items():
@@ -303,5 +326,6 @@ def test_cli_end_to_end(tiny_dir, loaded, tmp_path, capsys):
         PrefixRegistry(model, prefixes),
         defaults=DecodeOptions(max_new_tokens=N_NEW),
         batch_size=4,
+        engine=engine,
     )
     assert server.generate(lines, return_tokens=True) == records[:6]

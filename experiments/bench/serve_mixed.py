@@ -9,7 +9,7 @@ sources from ../shared/data (synthetic sources when it is absent). Throughput is
 generated tokens (up to and including eos) per second of `Server.generate` wall time,
 median over repeats after a warm-up call that compiles. "task by task" is what a
 per-adapter server must do (PEFT cannot batch different prefixes together): one batch
-per task. Memory: bytes of the packed prefix table on the device, and the resident-set
+per task. Memory: bytes of the loaded prefix tables (float32, host), and the resident-set
 growth of the process while loading N exported prefixes from disk.
 """
 
@@ -115,7 +115,7 @@ def throughput(model, tokenizer, args) -> tuple[list[tuple], bool]:
     mixed = server(n)
     seconds, tokens, records = timed(mixed, requests, args.repeats)
     outputs["mixed"] = {r["id"]: r["output"] for r in records}
-    rows.append((f"mixed, 1 batch of {n}", mixed.last_stats["batches"], tokens, seconds))
+    rows.append((f"mixed, 1 batch of {n}", mixed.last_stats["steps"], tokens, seconds))
 
     per_task = server(args.per_task)
     seconds, tokens, batches = 0.0, 0, 0
@@ -123,14 +123,15 @@ def throughput(model, tokenizer, args) -> tuple[list[tuple], bool]:
     for task in by_task:
         subset = [r for r in requests if r["task"] == task]
         s, t, records = timed(per_task, subset, args.repeats)
-        seconds, tokens, batches = seconds + s, tokens + t, batches + 1
+        seconds, tokens = seconds + s, tokens + t
+        batches += per_task.last_stats["steps"]
         outputs["task"] |= {r["id"]: r["output"] for r in records}
     rows.append((f"task by task, 3 batches of {args.per_task}", batches, tokens, seconds))
 
     same_size = server(args.per_task)
     seconds, tokens, _ = timed(same_size, requests, args.repeats)
     rows.append(
-        (f"mixed, batches of {args.per_task}", same_size.last_stats["batches"], tokens, seconds)
+        (f"mixed, batches of {args.per_task}", same_size.last_stats["steps"], tokens, seconds)
     )
     identical = outputs["mixed"] == outputs["task"]
     return rows, identical
@@ -155,11 +156,10 @@ def memory(model, counts=(1, 10, 100)) -> list[tuple]:
             before = rss_bytes()
             start = time.perf_counter()
             registry = PrefixRegistry.from_dirs(model, dict(list(dirs.items())[:n]))
-            registry.table.block_until_ready()
             load_s = time.perf_counter() - start
             gc.collect()
             grown = rss_bytes() - before
-            padded = n * registry.max_length * width * registry.table.dtype.itemsize
+            padded = n * registry.max_length * width * 4  # float32
             rows.append((n, registry.nbytes, padded, grown, load_s))
             del registry
     return rows
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Throughput: 3 tasks (prefix lengths {', '.join(map(str, LENGTHS.values()))}), "
         f"{args.per_task} requests each, {decoding}, max_new_tokens {args.max_new_tokens}"
     )
-    print("| schedule | batches | generated tokens | seconds | tokens/s |")
+    print("| schedule | engine steps | generated tokens | seconds | tokens/s |")
     print("|---|---|---|---|---|")
     for label, batches, tokens, seconds in rows:
         print(f"| {label} | {batches} | {tokens} | {seconds:.2f} | {tokens / seconds:.1f} |")

@@ -66,7 +66,10 @@ class Server:
         max_new_tokens_limit: int = 1024,
         max_beam_size: int = 16,
         base_separator: str | None = DEFAULT_SEPARATOR,
+        engine: Engine | None = None,
     ):
+        """`engine`: an engine of this model to reuse (its prefixes are replaced by the
+        registry's); one is built when it is missing or too small for a call's requests."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if registry.config != model.config:
@@ -86,8 +89,8 @@ class Server:
         self.registry = registry
         self.batch_size = batch_size
         self.eos_id: int | None = tokenizer.eos_token_id
-        self.engine: Engine | None = None
-        self._needs: tuple[int, int, frozenset[int], bool] | None = None
+        self.engine = engine
+        self._loaded: dict = {}  # the PrefixInfo objects this server loaded into the engine
         self.last_stats: dict[str, float] = {}
 
     @classmethod
@@ -130,16 +133,18 @@ class Server:
             except (RequestError, UnknownTaskError) as e:
                 records[i] = _error_record(item, str(e))
         engine = self._engine_for(prepared)
-        handles = []
-        for p in prepared:
-            try:
-                handles.append((p, engine.submit(p.prompt, _sampling(p.options), _task(p))))
-            except (EngineError, ValueError) as e:
-                records[p.position] = _error_record(p.request, str(e))
-
+        pending, handles = list(prepared), []
         start, steps, busiest = time.perf_counter(), engine.stats().steps, 0
-        bar = tqdm(total=len(handles), desc="serve", unit="req", disable=not progress)
-        while engine.step():
+        bar = tqdm(total=len(prepared), desc="serve", unit="req", disable=not progress)
+        while True:
+            while pending and engine.stats().waiting < engine.max_waiting:
+                p = pending.pop(0)
+                try:
+                    handles.append((p, engine.submit(p.prompt, _sampling(p.options), _task(p))))
+                except (EngineError, ValueError) as e:
+                    records[p.position] = _error_record(p.request, str(e))
+            if not engine.step() and not pending:
+                break
             busiest = max(busiest, engine.stats().slots_in_use)
             bar.n = sum(h.done.is_set() for _, h in handles)
             bar.refresh()
@@ -172,20 +177,24 @@ class Server:
         return records  # type: ignore[return-value]
 
     def _engine_for(self, prepared: list[PreparedRequest]) -> Engine:
-        """The engine, rebuilt (and compiled) only when these requests do not fit it: a
-        slot of prefix + prompt + max_new_tokens, prompt buckets of powers of two."""
+        """The engine, holding this registry's prefixes; built (compiled) when there is
+        none or these requests do not fit it: one prompt bucket (a power of two), slots of
+        prefix + prompt + max_new_tokens."""
         prompt = _power_of_two(max([16, *(len(p.prompt) for p in prepared)]))
         new_tokens = max([1, *(p.options.max_new_tokens for p in prepared)])
-        beams = frozenset(p.options.beam_size for p in prepared) - {1}
+        beams = {p.options.beam_size for p in prepared} - {1}
         ban = any(p.options.ban_newline for p in prepared)
-        if self._needs is not None:
-            old_prompt, old_new, old_beams, old_ban = self._needs
-            if prompt <= old_prompt and new_tokens <= old_new and beams <= old_beams:
-                if ban <= old_ban:
-                    return self.engine
-            prompt, new_tokens = max(prompt, old_prompt), max(new_tokens, old_new)
-            beams, ban = beams | old_beams, ban or old_ban
         p = max(self.registry.max_length, 1)
+        e = self.engine
+        if e is not None:
+            g = e.programs
+            fits = g.buckets[-1] >= prompt and g.max_len >= p + prompt + new_tokens
+            fits &= beams <= g.beam_sizes and (g.banned.any() or not ban)
+            fits &= len(g.table.lengths) >= len(self.registry) and g.prefix_max_length >= p
+            if fits:
+                self._load_prefixes(e)
+                return e
+            beams, ban = beams | g.beam_sizes, ban or bool(g.banned.any())
         self.engine = Engine(
             self.model,
             self.tokenizer,
@@ -193,14 +202,27 @@ class Server:
             max_len=p + prompt + new_tokens + 1,
             prefix_capacity=max(len(self.registry), 1),
             prefix_max_length=p,
-            max_waiting=2**31,
-            buckets=tuple(16 << i for i in range(prompt.bit_length()) if 16 << i <= prompt),
+            max_waiting=4 * self.batch_size,
+            buckets=(prompt,),
             beam_sizes=tuple(sorted(beams)),
             banned_ids=newline_token_ids(self.tokenizer) if ban else (),
-            prefixes=self.registry.exported,
         )
-        self._needs = (prompt, new_tokens, beams, ban)
+        self._load_prefixes(self.engine)
         return self.engine
+
+    def _load_prefixes(self, engine: Engine) -> None:
+        """Make the engine's prefixes exactly the registry's (unless they already are)."""
+        loaded = engine.prefixes()
+        if set(loaded) == set(self.registry.tasks) and all(
+            loaded[name] is info for name, info in self._loaded.items()
+        ):
+            return
+        for name in engine.prefixes():
+            engine.unload_prefix(name)
+        self._loaded = {
+            name: engine.load_prefix(name, exported)
+            for name, exported in self.registry.exported.items()
+        }
 
     def complete(self, task: str | None, text: str, **options) -> str:
         """The output for one input; raises RequestError (with the error record's message)."""
