@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import itertools
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import threading
@@ -38,7 +40,7 @@ REPO = Path(__file__).parents[1]
 EOS = 256
 BASE = "tiny-base"
 KEY = "test-key-123"
-MAX_LEN = 128
+MAX_LEN = 256
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -337,6 +339,24 @@ def test_stop_strings_and_seeds(setup, client):
     assert len({sample(s) for s in range(4)}) > 1, "different seeds should sample differently"
 
 
+def test_vllm_extensions_ignore_eos_and_min_tokens(setup, client):
+    """A prompt whose greedy reply ends early runs on to max_tokens with `ignore_eos`, and
+    `min_tokens` bans eos before that many tokens."""
+    for prompt in map("".join, itertools.product(string.ascii_lowercase, repeat=2)):
+        replied = reference(setup, prompt_ids(setup, prompt, None), None, 100)[0]
+        if EOS in replied[1:]:  # the random model rarely ends; a two-letter prompt does
+            break
+    n_eos = len(replied)
+    kwargs = dict(model=BASE, prompt=prompt, max_tokens=n_eos + 5, temperature=0)
+    ended = client.completions.create(**kwargs)
+    assert ended.usage.completion_tokens == n_eos and ended.choices[0].finish_reason == "stop"
+    fixed = client.completions.create(**kwargs, extra_body={"ignore_eos": True})
+    assert fixed.usage.completion_tokens == n_eos + 5
+    assert fixed.choices[0].finish_reason == "length"
+    late = client.completions.create(**kwargs, extra_body={"min_tokens": n_eos + 1})
+    assert late.usage.completion_tokens > n_eos
+
+
 def test_models_list_and_errors_through_the_client(setup, client):
     cards = {m.id: m for m in client.models.list().data}
     assert set(cards) == {BASE, "ours", "peft"}
@@ -427,7 +447,7 @@ def test_api_key(setup):
 def test_full_queue_is_429_and_the_server_recovers(setup):
     """2 slots + 2 waiting: a burst of 10 long requests overflows the queue."""
     url = setup["urls"]["main"]
-    body = {**GOOD, "max_tokens": 100, "prompt": "burst"}
+    body = {**GOOD, "max_tokens": 100, "ignore_eos": True, "prompt": "burst"}
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         codes = list(pool.map(lambda _: post(url, "/v1/completions", body), range(10)))
     statuses = sorted(code for code, _ in codes)
@@ -437,24 +457,26 @@ def test_full_queue_is_429_and_the_server_recovers(setup):
     assert post(url, "/v1/completions", GOOD)[0] == 200
 
 
-def test_disconnect_mid_stream_frees_the_slot(setup):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_client_leaving_cancels_its_request(setup, stream):
+    """Mid-stream, or while waiting for a whole response: the request is cancelled and
+    its slot freed (it would otherwise run for 200 tokens)."""
     url = setup["urls"]["main"]
-    want_ids, _ = reference(setup, prompt_ids(setup, "long", None), None, 100)
-    assert EOS not in want_ids, "the request must still be running when the client leaves"
     cancelled = metric(url, "prefix_jax_requests_total", model=BASE, finish_reason="cancelled")
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    body = {**GOOD, "prompt": "long", "max_tokens": 100, "stream": True}
-    conn.request(
-        "POST",
-        "/v1/completions",
-        json.dumps(body),
-        {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
-    )
-    response = conn.getresponse()
-    assert response.status == 200
-    assert response.read1(64).startswith(b"data: {")  # the first token arrived
-    conn.sock.close()  # the client goes away mid-stream
+    body = {**GOOD, "prompt": "long", "max_tokens": 200, "ignore_eos": True, "stream": stream}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    conn.request("POST", "/v1/completions", json.dumps(body), headers)
+    if stream:
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read1(64).startswith(b"data: {")  # the first token arrived
+    else:
+        deadline = time.monotonic() + 10
+        while metric(url, "prefix_jax_requests_running") < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    conn.sock.close()  # the client goes away
     conn.close()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

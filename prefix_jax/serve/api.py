@@ -260,6 +260,8 @@ def create_app(
             top_p=req.top_p,
             seed=req.seed,
             stop=req.stops(),
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
             beam_size=beam_size,
         )
         try:
@@ -471,10 +473,18 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            self.ready(f"http://{host}:{port}")
+            self.ready(f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
 
 def run_server(app: FastAPI, host: str, port: int, ready: Callable[[str], None]) -> None:
-    """Serve `app` until SIGINT / SIGTERM; port 0 picks a free port (`ready` gets the URL)."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    """Serve `app` until SIGINT / SIGTERM (open streams get 5 s, then are cut); port 0
+    picks a free port (`ready` gets the URL)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     _Server(config, ready).run()

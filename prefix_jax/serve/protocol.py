@@ -6,7 +6,8 @@ OpenAI defines but this server does not implement (`n` above 1, `logprobs`, `ech
 penalties, `logit_bias`, `suffix`) are accepted only at their neutral value, and
 `unsupported` names the first one set otherwise, so the client learns which field to drop.
 `best_of` > 1 (completions) is beam search of that width at temperature 0, returning the
-best beam, for the widths the server declared at start-up (`--beam-sizes`).
+best beam, for the widths the server declared at start-up (`--beam-sizes`). `ignore_eos`
+and `min_tokens` are vLLM's extensions (fixed-length outputs, e.g. for benchmarks).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class _Sampling(_Strict):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     logit_bias: dict[str, float] | None = None
+    # vLLM's extensions: fixed-length outputs for benchmarks, no eos before min_tokens
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
 
     def stops(self) -> tuple[str, ...]:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
