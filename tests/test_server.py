@@ -556,3 +556,21 @@ def test_loading_is_off_without_a_root(setup):
         key=None,
     )
     assert code == 403 and "--prefix-root" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefix-root", "/no/such/dir"], "--prefix-root /no/such/dir is not a directory"),
+        (["--prefix", "e2e=/no/such/export"], "--prefix directories not found: e2e=/no/such"),
+    ],
+)
+def test_cli_refuses_bad_arguments_before_loading(args, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "prefix_jax.cli", "serve", "--model", "/no/such/model", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -167,6 +167,9 @@ def _serve_http(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     if args.prefix_root is not None and not Path(args.prefix_root).is_dir():
         parser.error(f"--prefix-root {args.prefix_root} is not a directory")
+    missing = [f"{name}={path}" for name, path in args.prefix if not Path(path).is_dir()]
+    if missing:  # before minutes of loading and compiling
+        parser.error(f"--prefix directories not found: {', '.join(missing)}")
     start = time.perf_counter()
     served = args.served_model_name or args.model
     model, tokenizer = load(args.model, dtype=experiment.dtype(args.dtype))
