@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefix_jax.data.tokens import plain_ids, separator_ids
@@ -42,6 +43,7 @@ from prefix_jax.serve.engine import (
     SamplingParams,
     UnknownPrefixError,
 )
+from prefix_jax.serve.prefix_bank import PrefixInfo
 from prefix_jax.serve.protocol import ChatRequest, CompletionRequest, Reply, error_body
 from prefix_jax.serve.telemetry import Metrics, RequestTimes
 
@@ -128,6 +130,7 @@ class _Generation:
         self.prompt_tokens = len(ids)
         self.finish_reason: str | None = None
         self.error = ""
+        self.closed = False
         self.handle = engine.submit(ids, params, prefix=prefix, on_event=self._on_event)
 
     def _on_event(self, event) -> None:  # the engine's thread
@@ -145,7 +148,11 @@ class _Generation:
             yield event
 
     def close(self, metrics: Metrics, model: str) -> None:
-        """Cancel the request unless it finished, and record it."""
+        """Cancel the request unless it finished, and record it (once; later calls are
+        no-ops)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.finish_reason is None:
             self.handle.cancel()
         reason = self.finish_reason or "cancelled"
@@ -208,18 +215,19 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return answer(ApiError(500, f"internal error: {type(error).__name__}: {error}"))
 
-    def prefix_of(model: str) -> str | None:
-        """The engine prefix a `model` field names (None: the base model); 404 otherwise."""
+    def prefix_of(model: str) -> PrefixInfo | None:
+        """The loaded prefix a `model` field names (None: the base model); 404 otherwise."""
         if model == served_model_name:
             return None
-        if model in engine.prefixes():
-            return model
-        known = ", ".join([served_model_name, *sorted(engine.prefixes())])
+        loaded = engine.prefixes()
+        if model in loaded:
+            return loaded[model]
+        known = ", ".join([served_model_name, *sorted(loaded)])
         raise ApiError(
             404, f"model {model!r} does not exist; served: {known}", "model", "model_not_found"
         )
 
-    def completion_ids(req: CompletionRequest, prefix: str | None) -> list[int]:
+    def completion_ids(req: CompletionRequest, prefix: PrefixInfo | None) -> list[int]:
         """The prompt's ids; a prefix's training separator follows them, so the request
         reads as the prefix saw its inputs in training."""
         if isinstance(req.prompt, str):
@@ -234,7 +242,7 @@ def create_app(
                     "prompt",
                 )
         if prefix is not None:
-            ids += separator_ids(tokenizer, engine.prefixes()[prefix].separator)
+            ids += separator_ids(tokenizer, prefix.separator)
         return ids
 
     def chat_ids(req: ChatRequest) -> list[int]:
@@ -270,11 +278,11 @@ def create_app(
             raise _bad_value(e) from None
         return params
 
-    def submit(ids: list[int], params: SamplingParams, prefix: str | None) -> _Generation:
+    def submit(ids: list[int], params: SamplingParams, prefix: PrefixInfo | None):
         if not ids:
             raise ApiError(400, "the prompt is empty", "prompt")
         try:
-            return _Generation(engine, ids, params, prefix)
+            return _Generation(engine, ids, params, prefix and prefix.name)
         except UnknownPrefixError as e:  # unloaded since `prefix_of` looked
             raise ApiError(404, str(e), "model", "model_not_found") from None
         except RequestTooLongError as e:
@@ -287,8 +295,13 @@ def create_app(
     async def respond(request: Request, req, reply: Reply, gen: _Generation):
         if req.stream:
             with_usage = bool(req.stream_options and req.stream_options.include_usage)
+            # The background task closes a stream whose client left before it started
+            # (its generator never ran, so its `finally` cannot).
             return EventSourceResponse(
-                _stream(reply, gen, with_usage, req.model), sep="\n", ping=15
+                _stream(reply, gen, with_usage, req.model),
+                sep="\n",
+                ping=15,
+                background=BackgroundTask(gen.close, metrics, req.model),
             )
         watcher = asyncio.ensure_future(_disconnected(request))
         parts: list[str] = []
@@ -340,7 +353,7 @@ def create_app(
         prefix = prefix_of(req.model)
         ids = chat_ids(req)
         # OpenAI's chat default: the reply may fill what the slot leaves
-        used = len(ids) + (0 if prefix is None else engine.prefixes()[prefix].length)
+        used = len(ids) + (0 if prefix is None else prefix.length)
         limit = req.limit() or max(1, slot_length - used)
         gen = submit(ids, sampling(req, limit), prefix)
         return await respond(request, req, Reply(req.model, chat=True), gen)
