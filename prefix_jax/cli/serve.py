@@ -6,7 +6,7 @@ of JSON-lines requests.
         --prefix webnlg=runs/webnlg/export --input requests.jsonl --output out.jsonl
 
 HTTP (without --input): `model` in a request names a `--prefix` or the base model
-(`--served-model-name`, by default `--model`); endpoints in `prefix_jax.serve.api` and
+(`--served-model-name`, by default `--model`); endpoints in `prefix_jax.serve.openai_api` and
 docs/serving.md. Batch (--input and --output): each line is `{"id", "task", "input"}` plus
 optional decoding options (the flags below give their defaults); `task` names a `--prefix`,
 `null` or `"base"` is the base model. The request and record formats are
@@ -161,8 +161,8 @@ def _add_http_arguments(parser: argparse.ArgumentParser) -> None:
 def _serve_http(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Build the engine (every program compiled), load the prefixes, serve until stopped."""
     from prefix_jax.models import load
-    from prefix_jax.serve.api import create_app, run_server
     from prefix_jax.serve.engine import Engine, PrefixLoadError
+    from prefix_jax.serve.openai_api import create_app, run_server
     from prefix_jax.train import assemble as experiment
 
     if args.prefix_root is not None and not Path(args.prefix_root).is_dir():
