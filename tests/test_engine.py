@@ -73,11 +73,11 @@ def prompt(i: int) -> list[int]:
     return list(f"{text}{i}".encode())
 
 
-def reference(model, tokens: list[int], kv) -> tuple[list[int], object]:
+def reference(model, tokens: list[int], kv, eos: int) -> list[int]:
     """decode.greedy alone (left-padded to 32 so that one program serves every prompt)."""
-    batch, mask = left_pad([tokens], EOS, multiple=32)
-    row = np.asarray(greedy(model, batch, mask, max_new_tokens=N, prefix=kv, eos_id=EOS))[0]
-    return row.tolist(), (batch, mask)
+    batch, mask = left_pad([tokens], eos, multiple=32)
+    row = greedy(model, batch, mask, max_new_tokens=N, prefix=kv, eos_id=eos, pad_id=eos)
+    return np.asarray(row)[0].tolist()
 
 
 def near_tie(model, kv, tokens: list[int], generated: list[int]) -> float:
@@ -88,14 +88,14 @@ def near_tie(model, kv, tokens: list[int], generated: list[int]) -> float:
     return float(top2[1] - top2[0])
 
 
-def compare(model, prefixes, requests, results) -> tuple[int, int]:
+def compare(model, prefixes, requests, results, eos: int = EOS) -> tuple[int, int]:
     """Assert each request's tokens equal its reference (up to near-ties); returns
     (tokens compared, near-ties)."""
     compared = ties = 0
     for (name, tokens, max_tokens), ids in zip(requests, results, strict=True):
         kv = None if name is None else prefixes[name].to_prefix_kv(model)
-        want, _ = reference(model, tokens, kv)
-        want = want[: want.index(EOS) + 1] if EOS in want[:max_tokens] else want[:max_tokens]
+        want = reference(model, tokens, kv, eos)
+        want = want[: want.index(eos) + 1] if eos in want[:max_tokens] else want[:max_tokens]
         for k, (a, b) in enumerate(zip(ids, want, strict=False)):
             if a != b:
                 gap = near_tie(model, kv, tokens, want[:k])
@@ -299,3 +299,35 @@ def test_sharded_engine_equals_one_device(tiny, engine, loaded, prefixes):
         outputs.append([h.result(timeout=0)[0] for h in handles])
         assert e.stats().compilations_after_warmup == 0
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_equals_each_request_alone(smollm2):
+    """The real model: three prefixes' conventions and the base model, joining mid-flight."""
+    model, tokenizer = smollm2
+    prefixes = {"e2e": random_prefix(model, 5, True, 0), "dart": random_prefix(model, 10, False, 1)}
+    engine = Engine(
+        model,
+        tokenizer,
+        slots=2,
+        max_len=64,
+        prefix_capacity=2,
+        prefix_max_length=16,
+        buckets=(32,),
+        prefixes=prefixes,
+    )
+    texts = ["name : Aromi | food : Thai", "Alan Bean | birthPlace | Texas", "The capital of"]
+    requests = [
+        (name, tokenizer(text)["input_ids"], N)
+        for name, text in zip(["e2e", "dart", None, "e2e"], [*texts, texts[2]], strict=True)
+    ]
+    handles = [engine.submit(t, SamplingParams(max_tokens=m), prefix=n) for n, t, m in requests[:2]]
+    engine.step()
+    handles += [
+        engine.submit(t, SamplingParams(max_tokens=m), prefix=n) for n, t, m in requests[2:]
+    ]
+    engine.run_until_idle()
+    results = [h.result(timeout=0)[0] for h in handles]
+    compared, ties = compare(model, prefixes, requests, results, tokenizer.eos_token_id)
+    print(f"SmolLM2 exactness: {len(results)} requests, {compared} tokens equal, {ties} near-ties")
+    assert compared >= 10 and engine.stats().compilations_after_warmup == 0
