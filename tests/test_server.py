@@ -70,16 +70,18 @@ def _prefix(model, length: int, seed: int, after: bool, separator: str | None = 
     )
 
 
-def _start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Launch `prefix-jax serve` and return it with its URL (from its ready line)."""
+def _start(args: list[str], log: Path):
+    """Launch `prefix-jax serve` on a free port; returns the process and its open stderr
+    log (`_ready` waits for its URL)."""
     cmd = [sys.executable, "-m", "prefix_jax.cli", "serve", "--port", "0", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     err = log.open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     return proc, err
 
 
 def _ready(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
+    """The server's URL, from the line it prints once it listens."""
     found: list[str] = []
 
     def read():

@@ -56,7 +56,6 @@ _KINDS = {
     404: "not_found_error",
     429: "rate_limit_error",
     500: "server_error",
-    503: "server_error",
 }
 
 
@@ -97,8 +96,8 @@ class _BearerKey:
             header = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, given = header.partition(b" ")
             if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.key):
-                error = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)")
-                error.code = "invalid_api_key"
+                message = "missing or wrong API key (Authorization: Bearer KEY)"
+                error = ApiError(401, message, None, "invalid_api_key")
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -123,10 +122,10 @@ class _Generation:
     """One engine request as the event loop sees it: events arrive on an asyncio queue,
     stamped with the time the engine emitted them."""
 
-    def __init__(self, engine, ids: list[int], params: SamplingParams, prefix: str | None):
+    def __init__(self, engine, ids: list[int], params, prefix: str | None, arrival: float):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
-        self.times = RequestTimes(arrival=time.perf_counter())
+        self.times = RequestTimes(arrival=arrival)
         self.prompt_tokens = len(ids)
         self.finish_reason: str | None = None
         self.error = ""
@@ -278,11 +277,11 @@ def create_app(
             raise _bad_value(e) from None
         return params
 
-    def submit(ids: list[int], params: SamplingParams, prefix: PrefixInfo | None):
+    def submit(ids: list[int], params: SamplingParams, prefix: PrefixInfo | None, arrival):
         if not ids:
             raise ApiError(400, "the prompt is empty", "prompt")
         try:
-            return _Generation(engine, ids, params, prefix and prefix.name)
+            return _Generation(engine, ids, params, prefix and prefix.name, arrival)
         except UnknownPrefixError as e:  # unloaded since `prefix_of` looked
             raise ApiError(404, str(e), "model", "model_not_found") from None
         except RequestTooLongError as e:
@@ -341,21 +340,23 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
+        arrival = time.perf_counter()  # the body is parsed; TTFT counts from here
         _check_supported(req)
         prefix = prefix_of(req.model)
         ids = completion_ids(req, prefix)
-        gen = submit(ids, sampling(req, req.max_tokens, req.best_of or 1), prefix)
+        gen = submit(ids, sampling(req, req.max_tokens, req.best_of or 1), prefix, arrival)
         return await respond(request, req, Reply(req.model, chat=False), gen)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
+        arrival = time.perf_counter()
         _check_supported(req)
         prefix = prefix_of(req.model)
         ids = chat_ids(req)
         # OpenAI's chat default: the reply may fill what the slot leaves
         used = len(ids) + (0 if prefix is None else prefix.length)
         limit = req.limit() or max(1, slot_length - used)
-        gen = submit(ids, sampling(req, limit), prefix)
+        gen = submit(ids, sampling(req, limit), prefix, arrival)
         return await respond(request, req, Reply(req.model, chat=True), gen)
 
     def model_card(name: str, info=None) -> dict[str, Any]:
