@@ -137,6 +137,9 @@ def setup(tmp_path_factory):
     (allowed / "broken" / "prefix.json").write_text("{not json")
     artifact.save(prefixes["extra"], root / "outside")
     (allowed / "escape").symlink_to(root / "outside", target_is_directory=True)
+    (allowed / "sneaky").mkdir()  # a real directory whose files link out of the root
+    for file in (root / "outside").iterdir():
+        (allowed / "sneaky" / file.name).symlink_to(file)
 
     common = ["--model", str(model_dir), "--max-len", str(MAX_LEN), "--buckets", "64"]
     main, main_log = _start(
@@ -538,6 +541,7 @@ def test_load_and_unload_under_the_prefix_root(setup, client):
     ("path", "status", "message"),
     [
         ("escape", 403, "outside the prefix root"),  # a symlink out of the root
+        ("sneaky", 403, "links outside the prefix root"),
         ("../outside", 403, "outside the prefix root"),
         ("extra/../../outside", 403, "outside the prefix root"),
         ("/etc", 403, "outside the prefix root"),
