@@ -7,9 +7,10 @@ uvicorn and says when it listens.
 
 The engine decodes in its own thread (the app's lifespan starts and stops it); each request
 registers an `on_event` callback that hands events to the event loop with
-`call_soon_threadsafe`, so nothing on the loop ever blocks on the engine. A request whose
-client goes away (mid-stream, or while waiting for a whole response) is cancelled, which
-frees its slot at the engine's next step.
+`call_soon_threadsafe` (`serve/bridge.py`), so nothing on the loop ever blocks on the engine.
+A request whose client goes away (mid-stream, or while waiting for a whole response) is
+cancelled, which frees its slot at the engine's next step. The API key and the prefix root
+are `serve/guard.py`'s; request shapes and error bodies `serve/protocol.py`'s.
 
 Every error is an OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
 """
@@ -20,9 +21,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefix_jax.data.tokens import plain_ids, separator_ids
+from prefix_jax.serve.bridge import Generation, disconnected, until
 from prefix_jax.serve.engine import (
     PrefixLoadError,
     QueueFullError,
@@ -43,125 +43,23 @@ from prefix_jax.serve.engine import (
     SamplingParams,
     UnknownPrefixError,
 )
+from prefix_jax.serve.guard import BearerKey, resolve_under
 from prefix_jax.serve.prefix_bank import PrefixInfo
-from prefix_jax.serve.protocol import ChatRequest, CompletionRequest, Reply, error_body
-from prefix_jax.serve.telemetry import Metrics, RequestTimes
+from prefix_jax.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    LoadPrefix,
+    Reply,
+    UnloadPrefix,
+    bad_value,
+    check_supported,
+    error_body,
+    validation_message,
+)
+from prefix_jax.serve.telemetry import Metrics
 
 log = logging.getLogger(__name__)
-
-_KINDS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    500: "server_error",
-}
-
-
-class ApiError(Exception):
-    """An error answered with `status` and an OpenAI error body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code=None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = _KINDS.get(self.status, "invalid_request_error")
-        body = error_body(self.message, kind, self.param, self.code)
-        return JSONResponse(body, status_code=self.status)
-
-
-class LoadPrefix(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-    name: str = Field(min_length=1, max_length=256)
-    path: str = Field(min_length=1)
-
-
-class UnloadPrefix(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-    name: str = Field(min_length=1)
-
-
-class _BearerKey:
-    """Pure ASGI middleware: every `/v1/` route wants `Authorization: Bearer <key>`
-    (checked before the body is read, so a stranger learns nothing from 400s); `/health`
-    and `/metrics` stay open for probes and scrapers."""
-
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            header = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, given = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.key):
-                message = "missing or wrong API key (Authorization: Bearer KEY)"
-                error = ApiError(401, message, None, "invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def resolve_under(root: Path, path: str) -> Path:
-    """`path` (absolute or relative to `root`) with symlinks and `..` resolved, if it and
-    every entry directly in it stay under `root`; ApiError 403 otherwise."""
-    candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not resolved.is_relative_to(root):
-        raise ApiError(403, f"{path!r} resolves outside the prefix root", "path")
-    if not resolved.is_dir():
-        raise ApiError(400, f"{path!r} is not a directory under the prefix root", "path")
-    for entry in resolved.iterdir():  # a file symlinked out of the root would escape it too
-        if not entry.resolve().is_relative_to(root):
-            raise ApiError(403, f"{entry.name!r} in {path!r} links outside the prefix root")
-    return resolved
-
-
-class _Generation:
-    """One engine request as the event loop sees it: events arrive on an asyncio queue,
-    stamped with the time the engine emitted them."""
-
-    def __init__(self, engine, ids: list[int], params, prefix: str | None, arrival: float):
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
-        self.times = RequestTimes(arrival=arrival)
-        self.prompt_tokens = len(ids)
-        self.finish_reason: str | None = None
-        self.error = ""
-        self.closed = False
-        self.handle = engine.submit(ids, params, prefix=prefix, on_event=self._on_event)
-
-    def _on_event(self, event) -> None:  # the engine's thread
-        stamped = (time.perf_counter(), event)
-        with contextlib.suppress(RuntimeError):  # the loop has closed: server shutdown
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, stamped)
-
-    async def events(self) -> AsyncIterator[Any]:
-        """Events up to and including the one with a finish reason."""
-        while self.finish_reason is None:
-            when, event = await self.queue.get()
-            self.times.tokens(when, len(event.token_ids))
-            self.finish_reason = event.finish_reason
-            self.error = event.error
-            yield event
-
-    def close(self, metrics: Metrics, model: str) -> None:
-        """Cancel the request unless it finished, and record it (once; later calls are
-        no-ops)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.finish_reason is None:
-            self.handle.cancel()
-        reason = self.finish_reason or "cancelled"
-        metrics.finished(model, self.times, time.perf_counter(), self.prompt_tokens, reason)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client goes away (the body has already been read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def create_app(
@@ -190,7 +88,7 @@ def create_app(
 
     app = FastAPI(title="prefix_jax", lifespan=lifespan)
     if api_key:
-        app.add_middleware(_BearerKey, key=api_key)
+        app.add_middleware(BearerKey, key=api_key)
 
     def answer(error: ApiError) -> JSONResponse:
         metrics.errors.labels(str(error.status)).inc()
@@ -202,7 +100,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError):
-        message, param = _validation_message(error.errors())
+        message, param = validation_message(error.errors())
         return answer(ApiError(400, message, param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -274,14 +172,14 @@ def create_app(
         try:
             params.validate()
         except ValueError as e:
-            raise _bad_value(e) from None
+            raise bad_value(e) from None
         return params
 
     def submit(ids: list[int], params: SamplingParams, prefix: PrefixInfo | None, arrival):
         if not ids:
             raise ApiError(400, "the prompt is empty", "prompt")
         try:
-            return _Generation(engine, ids, params, prefix and prefix.name, arrival)
+            return Generation(engine, ids, params, prefix and prefix.name, arrival)
         except UnknownPrefixError as e:  # unloaded since `prefix_of` looked
             raise ApiError(404, str(e), "model", "model_not_found") from None
         except RequestTooLongError as e:
@@ -289,9 +187,9 @@ def create_app(
         except QueueFullError as e:
             raise ApiError(429, str(e), None, "queue_full") from None
         except ValueError as e:
-            raise _bad_value(e) from None
+            raise bad_value(e) from None
 
-    async def respond(request: Request, req, reply: Reply, gen: _Generation):
+    async def respond(request: Request, req, reply: Reply, gen: Generation):
         if req.stream:
             with_usage = bool(req.stream_options and req.stream_options.include_usage)
             # The background task closes a stream whose client left before it started
@@ -302,10 +200,10 @@ def create_app(
                 ping=15,
                 background=BackgroundTask(gen.close, metrics, req.model),
             )
-        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher = asyncio.ensure_future(disconnected(request))
         parts: list[str] = []
         try:
-            async for event in _until(gen.events(), watcher):
+            async for event in until(gen.events(), watcher):
                 parts.append(event.text)
         finally:
             watcher.cancel()
@@ -318,7 +216,7 @@ def create_app(
             "".join(parts), gen.finish_reason, gen.prompt_tokens, gen.times.completion_tokens
         )
 
-    async def _stream(reply: Reply, gen: _Generation, with_usage: bool, model: str):
+    async def _stream(reply: Reply, gen: Generation, with_usage: bool, model: str):
         try:
             if reply.chat:  # OpenAI's first chat chunk names the role
                 yield json.dumps(reply.chunk("", role=True, with_usage=with_usage))
@@ -341,7 +239,7 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         arrival = time.perf_counter()  # the body is parsed; TTFT counts from here
-        _check_supported(req)
+        check_supported(req)
         prefix = prefix_of(req.model)
         ids = completion_ids(req, prefix)
         gen = submit(ids, sampling(req, req.max_tokens, req.best_of or 1), prefix, arrival)
@@ -350,7 +248,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         arrival = time.perf_counter()
-        _check_supported(req)
+        check_supported(req)
         prefix = prefix_of(req.model)
         ids = chat_ids(req)
         # OpenAI's chat default: the reply may fill what the slot leaves
@@ -413,67 +311,6 @@ def create_app(
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-# What a field with alternatives takes, for errors (pydantic reports each alternative).
-_ALTERNATIVES = {
-    "prompt": "a string or a list of token ids (one prompt per request)",
-    "stop": "a string or a list of strings",
-    "content": "a string or a list of text parts",
-}
-
-
-def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """One clear message and the field it names, from pydantic's errors (the first)."""
-    first = errors[0]
-    loc = [part for part in first["loc"] if part != "body"]
-    if first["type"] == "json_invalid":
-        return f"malformed JSON body: {first.get('ctx', {}).get('error')}", None
-    if first["type"] == "extra_forbidden":
-        return f"unknown or unsupported field {loc[-1]!r}", str(loc[-1])
-    tags = [
-        i for i, part in enumerate(loc) if isinstance(part, str) and (part == "str" or "[" in part)
-    ]
-    if tags:  # a field with alternatives: pydantic names each one tried
-        path = ".".join(map(str, loc[: tags[0]]))
-        return f"{path} must be {_ALTERNATIVES.get(path.split('.')[-1], 'valid')}", path
-    param = ".".join(map(str, loc)) or None
-    return (f"{param}: {first['msg']}" if param else f"request body: {first['msg']}"), param
-
-
-def _bad_value(error: ValueError) -> ApiError:
-    """A 400 for the engine's ValueError; its message starts with the field it names."""
-    message = str(error)
-    field = message.split(" ", 1)[0]
-    if field == "beam_size":  # what a request calls it
-        field, message = "best_of", f"best_of is the beam width: {message}"
-    known = CompletionRequest.model_fields.keys() | ChatRequest.model_fields.keys()
-    return ApiError(400, message, field if field in known else None)
-
-
-def _check_supported(req) -> None:
-    field = req.unsupported()
-    if field is not None:
-        raise ApiError(
-            400,
-            f"{field} is not supported by this server; leave it at its default",
-            field,
-            "unsupported_parameter",
-        )
-
-
-async def _until(events: AsyncIterator[Any], disconnected: asyncio.Future) -> AsyncIterator[Any]:
-    """`events` until the client disconnects (then the caller cancels the request)."""
-    while True:
-        step = asyncio.ensure_future(anext(events, None))
-        await asyncio.wait({step, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-        if not step.done():
-            step.cancel()
-            return
-        event = step.result()
-        if event is None:
-            return
-        yield event
 
 
 class _Server(uvicorn.Server):

@@ -1,4 +1,4 @@
-"""OpenAI's request and response shapes, as this server accepts and writes them.
+"""OpenAI's request, response and error shapes, as this server accepts and writes them.
 
 Requests are strict pydantic models: a wrong type is an error, not a coercion ("5" is not
 an int), and an unknown field is an error naming it, as OpenAI's own API answers. Fields
@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 Probability = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -187,3 +188,85 @@ class Reply:
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         return self._envelope(kind, [], usage=usage(prompt_tokens, completion_tokens))
+
+
+class LoadPrefix(_Strict):
+    """`POST /v1/load_prefix`: `path` is read under the server's prefix root."""
+
+    name: str = Field(min_length=1, max_length=256)
+    path: str = Field(min_length=1)
+
+
+class UnloadPrefix(_Strict):
+    name: str = Field(min_length=1)
+
+
+_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+}
+
+
+class ApiError(Exception):
+    """An error answered with `status` and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = _KINDS.get(self.status, "invalid_request_error")
+        body = error_body(self.message, kind, self.param, self.code)
+        return JSONResponse(body, status_code=self.status)
+
+
+# What a field with alternatives takes, for errors (pydantic reports each alternative).
+_ALTERNATIVES = {
+    "prompt": "a string or a list of token ids (one prompt per request)",
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of text parts",
+}
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One clear message and the field it names, from pydantic's errors (the first)."""
+    first = errors[0]
+    loc = [part for part in first["loc"] if part != "body"]
+    if first["type"] == "json_invalid":
+        return f"malformed JSON body: {first.get('ctx', {}).get('error')}", None
+    if first["type"] == "extra_forbidden":
+        return f"unknown or unsupported field {loc[-1]!r}", str(loc[-1])
+    tags = [
+        i for i, part in enumerate(loc) if isinstance(part, str) and (part == "str" or "[" in part)
+    ]
+    if tags:  # a field with alternatives: pydantic names each one tried
+        path = ".".join(map(str, loc[: tags[0]]))
+        return f"{path} must be {_ALTERNATIVES.get(path.split('.')[-1], 'valid')}", path
+    param = ".".join(map(str, loc)) or None
+    return (f"{param}: {first['msg']}" if param else f"request body: {first['msg']}"), param
+
+
+def bad_value(error: ValueError) -> ApiError:
+    """A 400 for the engine's ValueError; its message starts with the field it names."""
+    message = str(error)
+    field = message.split(" ", 1)[0]
+    if field == "beam_size":  # what a request calls it
+        field, message = "best_of", f"best_of is the beam width: {message}"
+    known = CompletionRequest.model_fields.keys() | ChatRequest.model_fields.keys()
+    return ApiError(400, message, field if field in known else None)
+
+
+def check_supported(req) -> None:
+    """A 400 naming the first OpenAI field set that this server does not implement."""
+    field = req.unsupported()
+    if field is not None:
+        raise ApiError(
+            400,
+            f"{field} is not supported by this server; leave it at its default",
+            field,
+            "unsupported_parameter",
+        )
