@@ -1,11 +1,16 @@
-r"""Batch inference: one base model, many prefixes, requests as JSON lines.
+r"""Serve one base model and many prefixes: an OpenAI-compatible HTTP server, or a batch
+of JSON-lines requests.
 
+    prefix-jax serve --model smollm2 --prefix e2e=runs/e2e/export --port 8000
     prefix-jax serve --model smollm2 --prefix e2e=runs/e2e/export \
         --prefix webnlg=runs/webnlg/export --input requests.jsonl --output out.jsonl
 
-Each line is `{"id", "task", "input"}` plus optional decoding options (the flags below
-give their defaults); `task` names a `--prefix`, `null` or `"base"` is the base model. The
-request and record formats are `prefix_jax.serve.batch`'s.
+HTTP (without --input): `model` in a request names a `--prefix` or the base model
+(`--served-model-name`, by default `--model`); endpoints in `prefix_jax.serve.openai_api` and
+docs/serving.md. Batch (--input and --output): each line is `{"id", "task", "input"}` plus
+optional decoding options (the flags below give their defaults); `task` names a `--prefix`,
+`null` or `"base"` is the base model. The request and record formats are
+`prefix_jax.serve.batch`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -41,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=DIR",
         help="an exported prefix (ours or PEFT) served as task NAME; repeat for more",
     )
-    parser.add_argument("--input", required=True, help="requests, JSON lines ('-' = stdin)")
-    parser.add_argument("--output", required=True, help="records, JSON lines ('-' = stdout)")
+    parser.add_argument("--input", help="batch mode: requests, JSON lines ('-' = stdin)")
+    parser.add_argument("--output", help="batch mode: records, JSON lines ('-' = stdout)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-input-tokens", type=int, default=512)
     parser.add_argument("--dtype", default="float32", help="compute dtype")
@@ -54,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens)
     group.add_argument("--length-penalty", type=float, default=defaults.length_penalty)
     group.add_argument("--ban-newline", action="store_true")
+    _add_http_arguments(parser)
     args = parser.parse_args(argv)
 
     names = [name for name, _ in args.prefix]
@@ -71,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults.check(max(1024, defaults.max_new_tokens), max(16, defaults.beam_size))
     except RequestError as e:
         parser.error(str(e))
+    if args.input is None and args.output is None:
+        return _serve_http(args, parser)
+    if args.input is None or args.output is None:
+        parser.error("batch mode needs both --input and --output (neither: the HTTP server)")
 
     start = time.perf_counter()
     server = Server.load(
@@ -110,4 +121,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({s.get('tokens_per_s', 0.0):.0f} tok/s, compilation included)",
         file=sys.stderr,
     )
+    return 0
+
+
+def _add_http_arguments(parser: argparse.ArgumentParser) -> None:
+    http = parser.add_argument_group("HTTP server (the mode without --input/--output)")
+    http.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    http.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    http.add_argument("--served-model-name", help="the base model's `model` name (--model)")
+    http.add_argument(
+        "--api-key",
+        default=os.environ.get("PREFIX_JAX_API_KEY"),
+        help="require `Authorization: Bearer KEY` on /v1/ (default $PREFIX_JAX_API_KEY)",
+    )
+    http.add_argument(
+        "--prefix-root", help="allow /v1/load_prefix, from directories under this one only"
+    )
+    http.add_argument("--slots", type=int, default=8, help="requests decoded at once")
+    http.add_argument("--max-len", type=int, default=512, help="slot length in tokens")
+    http.add_argument("--max-waiting", type=int, default=64, help="queue length before 429")
+    http.add_argument("--prefix-capacity", type=int, default=16, help="prefixes held at once")
+    http.add_argument("--prefix-max-length", type=int, default=64, help="longest prefix")
+    http.add_argument(
+        "--buckets",
+        type=int,
+        nargs="+",
+        help="prompt lengths a prefill pads to, one program each (default: powers of two "
+        "from 16 below --max-len, and --max-len - 1)",
+    )
+    http.add_argument(
+        "--beam-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="beam widths a request may ask for as `best_of` (each compiles a program)",
+    )
+
+
+def _serve_http(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Build the engine (every program compiled), load the prefixes, serve until stopped."""
+    from prefix_jax.models import load
+    from prefix_jax.serve.engine import Engine, PrefixLoadError
+    from prefix_jax.serve.openai_api import create_app, run_server
+    from prefix_jax.train import assemble as experiment
+
+    if args.prefix_root is not None and not Path(args.prefix_root).is_dir():
+        parser.error(f"--prefix-root {args.prefix_root} is not a directory")
+    missing = [f"{name}={path}" for name, path in args.prefix if not Path(path).is_dir()]
+    if missing:  # before minutes of loading and compiling
+        parser.error(f"--prefix directories not found: {', '.join(missing)}")
+    start = time.perf_counter()
+    served = args.served_model_name or args.model
+    model, tokenizer = load(args.model, dtype=experiment.dtype(args.dtype))
+    try:
+        engine = Engine(
+            model,
+            tokenizer,
+            slots=args.slots,
+            max_len=args.max_len,
+            prefix_capacity=args.prefix_capacity,
+            prefix_max_length=args.prefix_max_length,
+            max_waiting=args.max_waiting,
+            buckets=args.buckets,
+            beam_sizes=args.beam_sizes,
+            base_name=served,
+            prefixes=dict(args.prefix),
+        )
+    except (PrefixLoadError, ValueError) as e:
+        parser.error(str(e))
+    app = create_app(
+        engine,
+        served_model_name=served,
+        api_key=args.api_key,
+        prefix_root=args.prefix_root,
+    )
+    print(
+        f"loaded {args.model} and {len(args.prefix)} prefixes, compiled {args.slots} slots "
+        f"of {args.max_len} tokens in {time.perf_counter() - start:.1f}s",
+        file=sys.stderr,
+    )
+
+    def ready(url: str) -> None:
+        print(f"serving {url}/v1 (OpenAI API), {url}/metrics", flush=True)
+
+    run_server(app, args.host, args.port, ready)
     return 0
