@@ -19,15 +19,19 @@ def _fast_cpu_compiles() -> None:
     and every process of one run (xdist workers, the CLI and multi-host subprocesses, which
     inherit the environment) shares one persistent compilation cache, so a program that
     several tests build is compiled once. Both only change how fast programs are built:
-    the cache returns the executable its key's HLO and flags would give. The cache is new
-    per run (made by the first process of the run, removed when that process exits)."""
+    the cache returns the executable its key's HLO and flags would give. The run's
+    processes also share prefix_jax's own cache (a GGUF's converted tokenizer). Both
+    caches are new per run (made by the first process, removed when it exits), so a run
+    measures a cold machine."""
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        cache = tempfile.mkdtemp(prefix="prefix_jax_test_xla_cache_")
+    if "PREFIX_JAX_TEST_CACHE" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="prefix_jax_test_cache_")
         atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        os.environ["PREFIX_JAX_TEST_CACHE"] = cache
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(cache, "xla")
+        os.environ["PREFIX_JAX_CACHE"] = cache  # GGUF tokenizers (models.tokenizer_cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 

@@ -120,6 +120,33 @@ def test_smollm2_config_from_gguf(smollm2):
     assert tokenizer.eos_token_id == 2
 
 
+def same_tokenizer(a, b) -> None:
+    """Two tokenizers agree on text, special tokens and the chat template."""
+    texts = ["name : The Eagle | eatType : coffee shop", "Ünïcode  spaces\n\tand tabs", ""]
+    assert [a(t)["input_ids"] for t in texts] == [b(t)["input_ids"] for t in texts]
+    assert (len(a), a.eos_token_id, a.bos_token_id, a.pad_token_id) == (
+        len(b),
+        b.eos_token_id,
+        b.bos_token_id,
+        b.pad_token_id,
+    )
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert a.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        b.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    )
+
+
+def test_gguf_tokenizer_is_converted_once_then_read_from_the_cache(smollm2):
+    """The session's SmolLM2 load left its converted tokenizer in prefix_jax's cache (this
+    run's own); reading it back gives the tokenizer the load returned."""
+    from prefix_jax.models.pretrained import load_tokenizer
+    from prefix_jax.models.tokenizer_cache import cache_root
+
+    (source,) = (cache_root() / "tokenizers").glob("*/source.txt")
+    assert str(resolve("smollm2")) in source.read_text()
+    same_tokenizer(load_tokenizer(resolve("smollm2")), smollm2[1])
+
+
 def _is_memory_map(a: np.ndarray) -> bool:
     while a is not None:
         if isinstance(a, np.memmap):

@@ -32,6 +32,7 @@ from prefix_jax.models.catalog import resolve
 from prefix_jax.models.config import ModelConfig
 from prefix_jax.models.seq2seq import EncoderDecoder
 from prefix_jax.models.seq2seq_config import Seq2SeqConfig
+from prefix_jax.models.tokenizer_cache import gguf_tokenizer
 from prefix_jax.models.transformer import Transformer
 from prefix_jax.models.weights import CheckpointError, read_checkpoint
 from prefix_jax.scale import sharding
@@ -104,13 +105,14 @@ def check_tokenizer_files(path: Path) -> None:
 
 
 def load_tokenizer(path: Path):
-    """Tokenizer from local files only (HF directory files, or GGUF metadata)."""
+    """Tokenizer from local files only (HF directory files, or GGUF metadata, converted
+    once and cached: `tokenizer_cache`)."""
     from transformers import AutoTokenizer
 
     check_tokenizer_files(path)
     if path.is_dir():
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return gguf_tokenizer(path)
 
 
 def build(

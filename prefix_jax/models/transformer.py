@@ -256,9 +256,7 @@ def self_attention_mask(
     return mask, positions
 
 
-def _per_row_step(
-    c: ModelConfig, attention_mask: Array, cache: KVCache
-) -> tuple[Array, Array]:
+def _per_row_step(c: ModelConfig, attention_mask: Array, cache: KVCache) -> tuple[Array, Array]:
     """key_valid and query_slots of a one-token step whose rows write at their own slots
     (`cache.index` [B], continuous batching). Each row's valid slots end at its own index,
     so key_valid alone is causal: the query slot is put past every key."""
