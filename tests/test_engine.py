@@ -225,7 +225,8 @@ def test_cancel_queue_full_and_limits(engine):
     ids, _, reason = running.result(timeout=0)
     assert reason == "cancelled" and 1 <= len(ids) < 50
 
-    queued = [engine.submit(prompt(i), SamplingParams(max_tokens=2)) for i in range(6)]
+    # Free slots take requests at the next step: the queue fills after slots + max_waiting.
+    queued = [engine.submit(prompt(i), SamplingParams(max_tokens=2)) for i in range(4 + 6)]
     with pytest.raises(QueueFullError, match="6 requests"):
         engine.submit(prompt(0), SamplingParams())
     for h in queued:

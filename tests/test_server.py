@@ -450,8 +450,7 @@ def test_api_key(setup):
 
 
 def test_full_queue_is_429_and_the_server_recovers(setup):
-    """2 slots + 3 waiting (requests not yet admitted count too, so 3 at once may
-    all wait): a burst of 10 long requests overflows the queue."""
+    """2 slots + 3 waiting: a burst of 10 long requests overflows the queue."""
     url = setup["urls"]["main"]
     body = {**GOOD, "max_tokens": 100, "ignore_eos": True, "prompt": "burst"}
     with concurrent.futures.ThreadPoolExecutor(10) as pool:

@@ -118,6 +118,11 @@ class Engine:
         for name, source in (prefixes or {}).items():
             self.load_prefix(name, source)
 
+    @property
+    def max_len(self) -> int:
+        """Slot length: a request's prefix, prompt and max_tokens must fit in it."""
+        return self.programs.max_len
+
     # ------------------------------------------------------------------ prefixes
 
     def load_prefix(self, name: str, source: ExportedPrefix | str | Path) -> PrefixInfo:
@@ -139,7 +144,7 @@ class Engine:
         except Exception as e:
             with self._lock:
                 self._entries[entry] = None
-            if isinstance(e, PrefixLoadError | ValueError):
+            if isinstance(e, PrefixLoadError | ValueError | OSError):  # the files' fault
                 raise PrefixLoadError(str(e)) from None
             raise
         with self._lock:
@@ -197,7 +202,8 @@ class Engine:
                     f"{self.base_name!r} for the base model)"
                 )
             self._check_fits(len(prompt), params.max_tokens, p, after)
-            if len(self._waiting) >= self.max_waiting:
+            free_slots = sum(slot is None for slot in self._slots)  # admitted next step
+            if len(self._waiting) - free_slots >= self.max_waiting:
                 raise QueueFullError(f"the waiting queue is full ({self.max_waiting} requests)")
             seed = int(self._seeds.integers(2**63)) if params.seed is None else params.seed
             handle = RequestHandle(next(self._ids), on_event)

@@ -74,7 +74,7 @@ def create_app(
     `/v1/load_prefix` may read under; without it, loading at run time is off."""
     root = None if prefix_root is None else Path(prefix_root).resolve(strict=True)
     tokenizer = engine.tokenizer
-    slot_length = engine.programs.max_len  # prefix + prompt + max_tokens fit in it
+    slot_length = engine.max_len  # prefix + prompt + max_tokens fit in it
     metrics = Metrics(engine)
     started = int(time.time())
 
