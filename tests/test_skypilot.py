@@ -271,7 +271,6 @@ def wait(procs, timeout: float = 300) -> list[int]:
     return [p.wait(timeout=timeout) for p in procs]
 
 
-@pytest.mark.slow  # about 2 minutes on the shared 2-core machine: nine JAX processes start
 def test_run_script_trains_on_two_hosts_resumes_bitwise_and_reports(tiny, tmp_path):
     overrides = {k: v for k, v in OVERRIDES.items() if k not in ("mesh", "prefix.length")}
     overrides |= {k: f"({','.join(map(str, v))})" for k, v in overrides.items() if type(v) is tuple}
