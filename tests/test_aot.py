@@ -3,6 +3,7 @@ TPU topology through libtpu's compiler (no TPU needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -130,8 +131,6 @@ def test_public_shapes_have_the_published_sizes():
 def test_gemma_steps_compile_with_per_layer_windows():
     """Gemma 2's switches (local/global layers as a traced window per layer, soft-caps,
     post-norms) through the AOT path: abstract model, train and decode steps on 2 devices."""
-    import dataclasses
-
     gemma = dataclasses.replace(
         model_config("gemma-2-2b"),
         vocab_size=512,
@@ -356,3 +355,101 @@ def test_encoder_decoder_train_step_compiles_for_a_tpu_v5e_topology():
         TINY_T5, mesh, 16, 128, method_config("prefix", 8), target_length=32
     )
     assert TINY_T5.num_params() * 2 / 4 <= fit.memory.arguments < topo.hbm_bytes
+
+
+# The serving engine's generate step. On a TPU, head_dim 128: a narrower head is padded
+# to the chip's 128 lanes, and the step's temporaries then hold a relaid copy of the
+# cache (8x the cache at head_dim 16), which real models never see.
+SERVE = dict(prefix_capacity=4, prefix_max_length=8)
+TINY_SERVE = dataclasses.replace(TINY, hidden_size=256, num_layers=4, num_heads=4, head_dim=128)
+
+
+def test_aot_generate_step_is_the_engine_program_with_its_layouts():
+    """A sharded engine's compiled generate step (concrete weights, cache and host arrays)
+    and the AOT one (shapes laid out as the engine lays them out) take the same arguments
+    in the same layouts: the compiler's accounts agree to the byte."""
+    from flax import nnx
+
+    from prefix_jax.models.transformer import Transformer
+    from prefix_jax.serve.programs import Programs
+
+    mesh = sharding.make_mesh([("data", 2), ("fsdp", 1), ("tensor", 2)], jax.devices()[:4])
+    model = Transformer(
+        TINY, rngs=nnx.Rngs(0), param_dtype=jnp.float32, dtype=jnp.float32,
+        activation_sharding=sharding.ActivationSharding(mesh),
+    )  # fmt: skip
+    state = nnx.state(model)
+    nnx.update(
+        model, jax.device_put(state, sharding.state_shardings(state, sharding.DEFAULT_RULES, mesh))
+    )
+    engine = Programs(
+        model, slots=8, max_len=64, buckets=(16,), beam_sizes=(), banned_ids=(), eos_id=None,
+        mesh=mesh, **SERVE,
+    )  # fmt: skip
+    served = aot.compile_generate_step(
+        TINY, mesh, 8, 64, param_dtype=jnp.float32, dtype=jnp.float32, **SERVE
+    )
+    real = engine._generate.memory_analysis()
+    fields = ("argument", "output", "alias", "temp")
+    measured = {f: getattr(real, f"{f}_size_in_bytes") for f in fields}
+    m = served.fit.memory
+    assert {f: getattr(m, f) for f in ("arguments", "outputs", "aliased", "temporaries")} == {
+        "arguments": measured["argument"],
+        "outputs": measured["output"],
+        "aliased": measured["alias"],
+        "temporaries": measured["temp"],
+    }
+    assert served.cache_bytes == sum(
+        x.addressable_shards[0].data.nbytes for x in (engine.cache.keys, engine.cache.values)
+    )
+    assert served.table_bytes == sum(
+        x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(engine.table)
+    )
+
+
+@needs_libtpu
+def test_generate_step_on_tpu_splits_cache_and_table_over_kv_heads():
+    """The engine's generate step compiled for v5e-4 (32 slots of 256 tokens: the cache
+    leads): tensor parallelism over 4 kv heads divides the per-chip cache and prefix table
+    by 4, and each total (step plus resident table) lies between the analytic floor and
+    1.3x it (measured 1.04 on one chip, 1.15 on four)."""
+    devices = aot.devices(aot.topology("v5e-4"))
+    fits = {}
+    for t in (1, 4):
+        mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", t)], devices[:t])
+        fits[t] = aot.compile_generate_step(TINY_SERVE, mesh, 32, 256, **SERVE)
+    assert fits[4].cache_bytes * 4 == fits[1].cache_bytes
+    assert fits[4].table_bytes * 4 <= fits[1].table_bytes + 64  # lengths/flags replicated
+    assert fits[4].fit.memory.arguments <= fits[1].fit.memory.arguments / 3
+    for t, served in fits.items():
+        floor = sum(aot.generate_floor(TINY_SERVE, {"tensor": t}, 32, 256, **SERVE).values())
+        assert served.fit.memory.arguments >= served.cache_bytes + served.weights_bytes
+        assert floor <= served.total <= 1.3 * floor, (t, served.total / floor)
+
+
+def test_serve_table_prints_generate_rows(tmp_path, capsys):
+    """`prefix-jax aot --serve-slots` rows, in this process on 4 CPU devices (tensor 2 over
+    2 kv heads, slots over data 2): per-chip cache = the whole cache / 4."""
+    from prefix_jax.cli.aot import main
+    from prefix_jax.scale.aot.table import serve_table
+
+    shape = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps({**CATALOG["smollm2-135m"].config, **shape}))
+    config = method_config("prefix")
+    config.model = str(tmp_path / "config.json")
+    config.mesh = (("data", 2), ("fsdp", 1), ("tensor", 2))
+    out = tmp_path / "serve.jsonl"
+    serve_table(config, "cpu-4", [4, 8], max_len=32, prefix_max_length=8, json_path=out)
+    printed = capsys.readouterr().out
+    assert "| generate | 4 x 32 |" in printed and "| generate | 8 x 32 |" in printed
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    head_dim = 576 // 4
+    for r in records:
+        whole = 2 * 2 * r["slots"] * 32 * 2 * head_dim * 4  # k+v, layers, f32
+        assert r["cache_bytes"] * 4 == whole
+        assert r["arguments_bytes"] >= r["cache_bytes"] + r["weights_bytes"]
+        assert r["floor_bytes"] <= r["total_bytes"]
+    with pytest.raises(SystemExit):
+        main(["--config", str(REPO / "configs/e2e.py"), "--topology", "cpu-4"]
+             + ["--serve-slots", "4", "--decode-batch", "8"])  # fmt: skip
+    assert "--serve-slots compiles the serving step alone" in capsys.readouterr().err

@@ -21,7 +21,7 @@ RANKS = {
     "train": 5,
     "infer": 6,
     "serve": 7,
-    "scale.aot": 7,
+    "scale.aot": 8,  # compiles the train, infer and serve programs
     "study": 8,
     "cli": 9,
 }

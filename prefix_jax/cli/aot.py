@@ -6,6 +6,10 @@ from the same config as training (MaxText's train_compile idea).
         --config.param_dtype=bfloat16 --config.dtype=bfloat16 \
         --config.mesh='(("data",1),("fsdp",-1),("tensor",1))' --seq 2048
 
+With `--serve-slots 64 256 --serve-max-len 4096` it compiles the serving engine's generate
+step instead (one row per slot count; the mesh should be tensor-parallel, e.g.
+`--config.mesh='(("data",1),("fsdp",1),("tensor",8))'`), see docs/serving.md.
+
 The config gives the model (a public architecture or an HF `config.json`; no weights are
 read), method, batch size, mesh, remat, dtypes and attention kernel; the flags below give
 what training reads from its data (the sequence lengths) and the decode step's shape. Prints
@@ -38,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--decode-batch", type=int, default=0, help="also compile a decode step")
     parser.add_argument("--cache-length", type=int, default=2048)
+    serve = parser.add_argument_group("serving engine: its generate step instead")
+    serve.add_argument("--serve-slots", type=int, nargs="+", metavar="S", help="slot counts")
+    serve.add_argument("--serve-max-len", type=int, default=4096, help="tokens per slot")
+    serve.add_argument("--prefix-capacity", type=int, default=16, help="prefix table entries")
+    serve.add_argument("--prefix-max-length", type=int, default=64, help="tokens per entry")
     parser.add_argument("--json", type=Path, help="append each result as a JSON line")
     parser.add_argument(
         "--no-constraints",
@@ -45,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train step without activation sharding constraints (for comparison)",
     )
     args, config = parse_with_config(parser, argv)
-    if args.no_train and not args.decode_batch:
+    if args.serve_slots and args.decode_batch:
+        parser.error("--serve-slots compiles the serving step alone: drop --decode-batch")
+    if args.no_train and not args.decode_batch and not args.serve_slots:
         parser.error("--no-train leaves nothing to compile: give --decode-batch")
 
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only use of libtpu
@@ -54,9 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.topology.startswith("cpu-"):
         jax.config.update("jax_num_cpu_devices", int(args.topology[4:]))
         jax.config.update("jax_platforms", "cpu")
-    from prefix_jax.scale.aot.table import fit_table
+    from prefix_jax.scale.aot.table import fit_table, serve_table
 
     try:
+        if args.serve_slots:
+            serve_table(
+                config,
+                args.topology,
+                args.serve_slots,
+                max_len=args.serve_max_len,
+                prefix_capacity=args.prefix_capacity,
+                prefix_max_length=args.prefix_max_length,
+                json_path=args.json,
+            )
+            return 0
         fit_table(
             config,
             args.topology,

@@ -29,6 +29,7 @@ from prefix_jax.infer.decode import TracedOptions
 from prefix_jax.methods.prefix.artifact import ExportedPrefix
 from prefix_jax.models.kv import CACHE_AXES, KVCache
 from prefix_jax.models.transformer import Transformer
+from prefix_jax.scale.sharding import ActivationSharding
 from prefix_jax.serve import slots
 from prefix_jax.serve.prefix_bank import PrefixInfo, read_prefix
 
@@ -115,14 +116,7 @@ class Programs:
         self.banned = banned
         self._no_ban = np.zeros(c.vocab_size, bool)
         # Per-slot host arrays, sent with every generate step.
-        self.active = np.zeros(slots, bool)
-        self.last = np.zeros(slots, np.int32)
-        self.temperature = np.zeros(slots, np.float32)
-        self.top_p = np.ones(slots, np.float32)
-        self.seed = np.zeros((slots, 2), np.uint32)
-        self.step = np.zeros(slots, np.int32)
-        self.min_tokens = np.zeros(slots, np.int32)
-        self.ban = np.zeros(slots, bool)
+        self.last, self.active, self.sampling = slot_arrays(slots)
 
         _listen()
         self._count = [0]
@@ -150,24 +144,8 @@ class Programs:
         c, big_p, dtype = self.config, self.prefix_max_length, model.dtype
         graphdef, self.state = nnx.split(model)
         pin_cache, pin_table = _pins(where)
-        table_shape = (c.num_layers, capacity, big_p, c.num_kv_heads, c.head_dim)
-
-        def new_table():
-            return pin_table(
-                slots.PrefixTable(
-                    keys=jnp.zeros(table_shape, dtype),
-                    values=jnp.zeros(table_shape, dtype),
-                    lengths=jnp.zeros((capacity,), jnp.int32),
-                    after=jnp.zeros((capacity,), bool),
-                )
-            )
-
-        def new_cache():
-            cache = model.init_cache(n_slots, self.max_len)
-            return pin_cache(cache.replace(index=jnp.zeros((n_slots,), jnp.int32)))
-
-        self.table = jax.jit(new_table)()
-        self.cache = jax.jit(new_cache)()
+        self.table = jax.jit(lambda: pin_table(empty_table(c, capacity, big_p, dtype)))()
+        self.cache = jax.jit(lambda: pin_cache(empty_cache(model, n_slots, self.max_len)))()
 
         def write(table, entry, keys, values, length, after):
             return pin_table(slots.write_prefix(table, entry, keys, values, length, after))
@@ -197,34 +175,20 @@ class Programs:
             args = (self.table, tokens, np.int32(1), np.int32(-1), self._options(0, False, 1.0))
             self._beam[k] = _compile(fn, self.state, *args, np.int32(1))
 
-        def generate(state, cache, last, active, sampling, eos, banned):
-            cache, tokens = slots.generate(
-                graphdef, state, cache, last, active, sampling, eos, banned
-            )
-            return pin_cache(cache), tokens
-
-        self._generate = _compile(
-            generate,
+        self._generate = lower_generate(
+            graphdef,
+            where,
             self.state,
             self.cache,
             self.last,
             self.active,
-            self._sampling(),
+            self.sampling,
             self.eos,
             self.banned,
-            donate=(1,),
-        )
+        ).compile()
 
-    def _sampling(self, rows=None) -> slots.Sampling:
-        rows = slice(None) if rows is None else rows
-        return slots.Sampling(
-            temperature=self.temperature[rows],
-            top_p=self.top_p[rows],
-            seed=self.seed[rows],
-            step=self.step[rows],
-            min_tokens=self.min_tokens[rows],
-            ban=self.ban[rows],
-        )
+    def _sampling(self, rows) -> slots.Sampling:
+        return jax.tree.map(lambda a: a[rows], self.sampling)
 
     def _options(self, min_tokens: int, ban: bool, length_penalty: float) -> TracedOptions:
         return TracedOptions(
@@ -270,13 +234,14 @@ class Programs:
         bucket = self.bucket(len(prompt))
         tokens = np.zeros((1, bucket), np.int32)
         tokens[0, : len(prompt)] = prompt
+        s = self.sampling
         self.active[slot] = True
-        self.temperature[slot] = params.temperature
-        self.top_p[slot] = params.top_p
-        self.seed[slot] = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
-        self.step[slot] = 0
-        self.min_tokens[slot] = params.min_tokens
-        self.ban[slot] = params.ban_tokens
+        s.temperature[slot] = params.temperature
+        s.top_p[slot] = params.top_p
+        s.seed[slot] = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
+        s.step[slot] = 0
+        s.min_tokens[slot] = params.min_tokens
+        s.ban[slot] = params.ban_tokens
         with self.counting():
             pre, first = self._prefill[bucket](
                 self.state,
@@ -294,7 +259,7 @@ class Programs:
     def advance(self, slot: int, token: int) -> None:
         """The slot's token goes into the next generate step."""
         self.last[slot] = token
-        self.step[slot] += 1
+        self.sampling.step[slot] += 1
 
     def free(self, slot: int) -> None:
         self.active[slot] = False
@@ -307,7 +272,7 @@ class Programs:
                 self.cache,
                 self.last,
                 self.active,
-                self._sampling(),
+                self.sampling,
                 self.eos,
                 self.banned,
             )
@@ -336,32 +301,96 @@ def _compile(fn, *args, donate: tuple[int, ...] = ()):
     return jax.jit(fn, donate_argnums=donate).lower(*args).compile()
 
 
+# ---------------------------------------------------------------------- shared with AOT
+# The pieces below are public so that the AOT fit check (`prefix_jax.scale.aot`) compiles
+# the very generate program the engine runs, over abstract arguments laid out as here.
+
+
+def slot_arrays(n_slots: int) -> tuple[np.ndarray, np.ndarray, slots.Sampling]:
+    """Fresh per-slot host arrays of S slots: last tokens, active flags, sampling options."""
+    return (
+        np.zeros(n_slots, np.int32),
+        np.zeros(n_slots, bool),
+        slots.Sampling(
+            temperature=np.zeros(n_slots, np.float32),
+            top_p=np.ones(n_slots, np.float32),
+            seed=np.zeros((n_slots, 2), np.uint32),
+            step=np.zeros(n_slots, np.int32),
+            min_tokens=np.zeros(n_slots, np.int32),
+            ban=np.zeros(n_slots, bool),
+        ),
+    )
+
+
+def empty_cache(model: Transformer, n_slots: int, max_len: int) -> KVCache:
+    """The decode cache [layers, S, max_len, kv_heads, head_dim], every slot free, with a
+    write index per slot."""
+    cache = model.init_cache(n_slots, max_len)
+    return cache.replace(index=jnp.zeros((n_slots,), jnp.int32))
+
+
+def empty_table(config, capacity: int, prefix_max_length: int, dtype) -> slots.PrefixTable:
+    """A prefix table of `capacity` free entries of `prefix_max_length` keys/values."""
+    c = config
+    shape = (c.num_layers, capacity, prefix_max_length, c.num_kv_heads, c.head_dim)
+    return slots.PrefixTable(
+        keys=jnp.zeros(shape, dtype),
+        values=jnp.zeros(shape, dtype),
+        lengths=jnp.zeros((capacity,), jnp.int32),
+        after=jnp.zeros((capacity,), bool),
+    )
+
+
+def cache_layout(cache: KVCache, where: ActivationSharding) -> KVCache:
+    """Where the engine keeps the cache on a mesh: keys/values by `CACHE_AXES` (slots over
+    the data axes, kv heads over tensor), the per-slot bookkeeping replicated."""
+    replicated = NamedSharding(where.mesh, PartitionSpec())
+    return cache.replace(
+        keys=where.spec(cache.keys.shape, CACHE_AXES),
+        values=where.spec(cache.values.shape, CACHE_AXES),
+        valid=replicated,
+        index=replicated,
+        next_position=replicated,
+    )
+
+
+def table_layout(table: slots.PrefixTable, where: ActivationSharding) -> slots.PrefixTable:
+    """Where the engine keeps the prefix table: keys/values over kv heads, like the cache
+    they are copied into; lengths and conventions replicated."""
+    replicated = NamedSharding(where.mesh, PartitionSpec())
+    axes = ("layers", None, None, "kv_heads", "head_dim")
+    return table.replace(
+        keys=where.spec(table.keys.shape, axes),
+        values=where.spec(table.values.shape, axes),
+        lengths=replicated,
+        after=replicated,
+    )
+
+
 def _pins(where):
     """Functions that constrain the cache and the table to the mesh's layout (identity
     without a mesh): every program then hands them back exactly as it took them."""
     if where is None:
         return (lambda x: x), (lambda x: x)
-    replicated = NamedSharding(where.mesh, PartitionSpec())
 
-    def pin(x, axes):
-        return jax.lax.with_sharding_constraint(x, where.spec(x.shape, axes))
-
-    def pin_cache(cache: KVCache) -> KVCache:
-        return cache.replace(
-            keys=pin(cache.keys, CACHE_AXES),
-            values=pin(cache.values, CACHE_AXES),
-            valid=jax.lax.with_sharding_constraint(cache.valid, replicated),
-            index=jax.lax.with_sharding_constraint(cache.index, replicated),
-            next_position=jax.lax.with_sharding_constraint(cache.next_position, replicated),
+    def pin(layout):
+        return lambda tree: jax.tree.map(
+            jax.lax.with_sharding_constraint, tree, layout(tree, where)
         )
 
-    def pin_table(table: slots.PrefixTable) -> slots.PrefixTable:
-        axes = ("layers", None, None, "kv_heads", "head_dim")
-        return table.replace(
-            keys=pin(table.keys, axes),
-            values=pin(table.values, axes),
-            lengths=jax.lax.with_sharding_constraint(table.lengths, replicated),
-            after=jax.lax.with_sharding_constraint(table.after, replicated),
-        )
+    return pin(cache_layout), pin(table_layout)
 
-    return pin_cache, pin_table
+
+def lower_generate(
+    graphdef, where: ActivationSharding | None, state, cache, last, active, sampling, eos, banned
+) -> jax.stages.Lowered:
+    """The engine's generate step (`slots.generate`, its cache pinned to the mesh's layout
+    and donated) lowered for these arguments, concrete or `jax.ShapeDtypeStruct`s."""
+    pin_cache, _ = _pins(where)
+
+    def generate(state, cache, last, active, sampling, eos, banned):
+        cache, tokens = slots.generate(graphdef, state, cache, last, active, sampling, eos, banned)
+        return pin_cache(cache), tokens
+
+    jitted = jax.jit(generate, donate_argnums=(1,))
+    return jitted.lower(state, cache, last, active, sampling, eos, banned)

@@ -87,15 +87,38 @@ def decode_floor(
     """Bytes per chip any sharded decode step must hold: the shard of the weights the step
     reads (`geometry.decoding_weights`), the cache's shard (split over batch and kv heads;
     an encoder-decoder's also holds the cross keys/values of the cross prefix and
-    `source_length` sources), the largest weight gathered, one step's f32 logits."""
+    `source_length` sources), the largest weight gathered (under FSDP), one step's f32
+    logits."""
     rows = max(batch / _axis(mesh_shape, "data", "fsdp"), 1)
     tensor = _axis(mesh_shape, "tensor")
     shape = decode_shape(c, cache_length, source_length=source_length, prefix_length=prefix_length)
     kv_shards = tensor if shape.kv_heads % tensor == 0 else 1
     cache = 2 * shape.layers * rows * shape.slots * shape.kv_dim / kv_shards * dtype_bytes
+    fsdp = _axis(mesh_shape, "fsdp")
     return {
-        "weights shard": shape.weights * dtype_bytes / _axis(mesh_shape, "fsdp", "tensor"),
+        "weights shard": shape.weights * dtype_bytes / (fsdp * tensor),
         "cache shard": cache,
-        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor,
+        # Only FSDP gathers a weight; tensor parallelism multiplies by its shard in place.
+        "largest weight gathered": largest_weight(c) * dtype_bytes / tensor if fsdp > 1 else 0.0,
         "logits": rows * c.vocab_size / tensor * 4,
     }
+
+
+def generate_floor(
+    c: ModelConfig,
+    mesh_shape: dict[str, int],
+    slots: int,
+    max_len: int,
+    *,
+    prefix_capacity: int,
+    prefix_max_length: int,
+    dtype_bytes: int = 2,
+) -> dict[str, float]:
+    """Bytes per chip the serving engine's generate step must hold: a decode step over
+    `slots` rows of `max_len` cached tokens (`decode_floor`; the prefix sits in those
+    slots), and the resident prefix table's shard (split over kv heads, like the cache)."""
+    floor = decode_floor(c, mesh_shape, slots, max_len, dtype_bytes=dtype_bytes)
+    tensor = _axis(mesh_shape, "tensor")
+    kv_shards = tensor if c.num_kv_heads % tensor == 0 else 1
+    table = 2 * c.num_layers * prefix_capacity * prefix_max_length * c.kv_dim / kv_shards
+    return {**floor, "prefix table": table * dtype_bytes}

@@ -20,6 +20,9 @@ against the chip's HBM and the analytic floor (`prefix_jax.scale.aot.train_floor
 analytic FLOPs per chip (`prefix_jax.scale.aot.train_flops`) and XLA's compiled count beside
 them (XLA counts the body of the layer scan once, so its number is about one layer's
 share); with `json_path` each row is also appended as a JSON line.
+
+`serve_table` prints the serving engine's generate step instead, from the same config's
+model, mesh and dtypes, one row per slot count.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -226,3 +230,96 @@ class Row:
             "flops_per_chip": self.flops / chips,
             "compile_s": self.seconds,
         }
+
+
+def serve_table(
+    config: ml_collections.ConfigDict,
+    topology: str,
+    slots: Sequence[int],
+    *,
+    max_len: int = 4096,
+    prefix_capacity: int = 16,
+    prefix_max_length: int = 64,
+    json_path: str | Path | None = None,
+) -> list[dict]:
+    """Compile the serving engine's generate step (`aot.compile_generate_step`) for each
+    slot count in `slots`, with `max_len`-token slots, on `config`'s model, mesh and
+    dtypes; print one row each (per-chip weights, cache and prefix table shares, XLA's
+    arguments and temporaries, the total with the table, the floor
+    `aot.generate_floor`) and return them as records."""
+    import jax
+
+    from prefix_jax.models.catalog import model_config
+    from prefix_jax.scale import aot, sharding
+    from prefix_jax.train.assemble import dtype
+
+    model = model_config(config.model)
+    topo = aot.topology(topology)
+    mesh = sharding.make_mesh([tuple(axis) for axis in config.mesh], aot.devices(topo))
+    mesh_shape, hbm = dict(mesh.shape), topo.hbm_bytes
+    param_dt, dt = dtype(config.param_dtype), dtype(config.dtype)
+    print(
+        f"{model.name}: {model.num_params() / 1e9:.2f}B params, {model.num_kv_heads} kv heads; "
+        f"{topo.name} ({topo.chips} chips, HBM {gib(hbm) + ' GiB' if hbm else 'n/a'}); "
+        f"mesh {mesh_shape}; prefix table {prefix_capacity} x {prefix_max_length}"
+    )
+    print(
+        "| step | slots x cache | weights GiB | cache GiB | table GiB | args GiB | temps GiB | "
+        "total GiB | floor GiB | total / floor | HBM GiB | fits | compile s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    records = []
+    for n in slots:
+        start = time.perf_counter()
+        served = aot.compile_generate_step(
+            model, mesh, n, max_len, prefix_capacity=prefix_capacity,
+            prefix_max_length=prefix_max_length, param_dtype=param_dt, dtype=dt,
+            attention=config.attention,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        floor = aot.generate_floor(
+            model, mesh_shape, n, max_len, prefix_capacity=prefix_capacity,
+            prefix_max_length=prefix_max_length, dtype_bytes=jax.numpy.dtype(dt).itemsize,
+        )  # fmt: skip
+        m, total, floor_total = served.fit.memory, served.total, sum(floor.values())
+        fits = "n/a" if hbm is None else ("yes" if m and total <= hbm else "NO")
+        # A refusal names one size for the whole program (its arguments included): the
+        # total is at least that, and what it is made of is unknown.
+        args, temps = (gib(m.arguments), gib(m.temporaries)) if m else ("?", "?")
+        shown = gib(total) if m else ">= " + gib(total)
+        print(
+            f"| generate | {n} x {max_len} | {gib(served.weights_bytes)} | "
+            f"{gib(served.cache_bytes)} | {gib(served.table_bytes)} | {args} | {temps} | "
+            f"{shown} | {gib(floor_total)} | {total / floor_total:.2f} | "
+            f"{gib(hbm) if hbm else 'n/a'} | {fits} | {seconds:.0f} |"
+        )
+        print("  floor: " + ", ".join(f"{k} {gib(v)}" for k, v in floor.items()))
+        record = {
+            "step": "generate",
+            "model": model.name,
+            "topology": topo.name,
+            "mesh": mesh_shape,
+            "dtype": config.dtype,
+            "hbm_bytes": hbm,
+            "slots": n,
+            "max_len": max_len,
+            "prefix_capacity": prefix_capacity,
+            "prefix_max_length": prefix_max_length,
+            "refused": m is None,
+            **({f"{k}_bytes": getattr(m, k) for k in _MEMORY_FIELDS} if m else {}),
+            "weights_bytes": served.weights_bytes,
+            "cache_bytes": served.cache_bytes,
+            "table_bytes": served.table_bytes,
+            "total_bytes": total,
+            "floor_bytes": floor_total,
+            "floor": floor,
+            "compile_s": seconds,
+        }
+        records.append(record)
+        if json_path:
+            with Path(json_path).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    return records
+
+
+_MEMORY_FIELDS = ("arguments", "outputs", "aliased", "temporaries", "code")

@@ -49,6 +49,8 @@ TOPOLOGIES: dict[str, Topology] = {
         _tpu("v5e-256", "v5e:16x16", 256, 15.75, False),
         _tpu("v4-8", "v4:2x2x1", 4, 32, True),
         _tpu("v5p-8", "v5:2x2x1", 4, 95, True),
+        _tpu("v5p-16", "v5:2x2x2", 8, 95, True),
+        _tpu("v5p-32", "v5:2x2x4", 16, 95, True),
         _tpu("v5p-128", "v5:4x4x4", 64, 95, True),
         _tpu("v5p-256", "v5:4x4x8", 128, 95, True),
         _tpu("v5p-512", "v5:4x8x8", 256, 95, True),
