@@ -98,3 +98,35 @@ def test_random_checkpoint_has_smollm2_shapes(smollm2):
     assert real.config.norm_eps == pytest.approx(random_config.norm_eps)  # GGUF: float32
     same_eps = dataclasses.replace(real.config, name="random", norm_eps=random_config.norm_eps)
     assert random_config == same_eps
+
+
+def test_serving_benchmarks_parse_their_arguments():
+    """The serving benchmark and soak import without a model, keep their documented defaults
+    and refuse bad sizes (their runs are minutes long: experiments, not tests)."""
+    from experiments.bench import serving, serving_soak
+
+    args = serving.parse([])
+    assert (args.per_task, args.max_tokens, args.slots) == (8, 32, 8)
+    assert args.rates == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert serving.parse(["--per-task", "1", "--lone", "6"]).lone == 3  # at most 3 requests
+    soak = serving_soak.parse([])
+    assert (soak.requests, soak.disconnect, soak.bad, soak.rss_from) == (2000, 0.1, 0.05, 200)
+    for bad in (["--rates", "0"], ["--slots", "0"]):
+        with pytest.raises(SystemExit):
+            serving.parse(bad)
+    for bad in (["--disconnect", "0.9", "--bad", "0.2"], ["--requests", "100"]):
+        with pytest.raises(SystemExit):
+            serving_soak.parse(bad)
+
+
+def test_serving_flags_fit_the_longest_prompt_and_arrivals_follow_the_rate():
+    from experiments.bench import serving
+
+    flags = serving.server_flags(longest=70, max_tokens=32, slots=4, waiting=100)
+    buckets = flags[flags.index("--buckets") + 1 : flags.index("--prefix-capacity")]
+    assert buckets == ["16", "32", "64", "128"]
+    assert flags[flags.index("--max-len") + 1] == str(20 + 128 + 32)  # p=20 + bucket + new
+    assert flags[flags.index("--max-waiting") + 1] == "100"
+    arrivals = serving.poisson_arrivals(4000, rate=2.0, seed=0)
+    assert np.all(np.diff(arrivals) > 0)
+    assert arrivals[-1] / 4000 == pytest.approx(0.5, rel=0.05)  # mean gap 1 / rate
