@@ -455,3 +455,49 @@ def make_config(tiny: dict[str, Path], **overrides):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def random_prefix(model, length: int, seed: int, after: bool = False, separator=None):
+    """An exported prefix of `length` random normal slots for `model` (`after`: PEFT's
+    position convention; `separator`: the one its training config records)."""
+    from prefix_jax.methods.prefix.artifact import ExportedPrefix
+    from prefix_jax.models import model_identity
+
+    c = model.config
+    table = np.random.default_rng(seed).normal(size=(length, 2 * c.num_layers * c.kv_dim))
+    training = {} if separator is None else {"config": {"data": {"separator": separator}}}
+    return ExportedPrefix(
+        table=table.astype(np.float32),
+        num_layers=c.num_layers,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        positions_after_prefix=after,
+        model=model_identity(model),
+        training=training,
+    )
+
+
+BYTE_EOS = 256  # byte_tokenizer's <eos>
+
+
+def save_tiny_byte_llama(path: Path, tokenizer) -> Path:
+    """A tiny random Llama (vocab 260 >= the byte tokenizer's 257) and `tokenizer` in one
+    directory: what the serving tests load, in process or in a server."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=260,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=BYTE_EOS,
+        eos_token_id=BYTE_EOS,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -12,11 +12,11 @@ import threading
 import jax
 import numpy as np
 import pytest
+from conftest import random_prefix
 
 from prefix_jax.data.tokens import left_pad
 from prefix_jax.infer.decode import beam_search, greedy
-from prefix_jax.methods.prefix.artifact import ExportedPrefix
-from prefix_jax.models import load, model_identity
+from prefix_jax.models import load
 from prefix_jax.scale import sharding
 from prefix_jax.serve.engine import (
     Engine,
@@ -33,21 +33,7 @@ N = 8  # the references' max_new_tokens (requests ask for at most this many)
 ENGINE = dict(slots=4, max_len=64, prefix_capacity=4, prefix_max_length=8, max_waiting=6)
 BUCKETS = (16, 32)
 # name -> (length, positions after the prefix, seed): both conventions, several lengths.
-PREFIXES = {"short": (3, False, 0), "peft": (5, True, 1), "full": (8, False, 2)}
-
-
-def random_prefix(model, length: int, after: bool, seed: int) -> ExportedPrefix:
-    c = model.config
-    table = np.random.default_rng(seed).normal(size=(length, 2 * c.num_layers * c.kv_dim))
-    return ExportedPrefix(
-        table=table.astype(np.float32),
-        num_layers=c.num_layers,
-        num_kv_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        positions_after_prefix=after,
-        model=model_identity(model),
-        training={},
-    )
+PREFIXES = {"short": (3, 0, False), "peft": (5, 1, True), "full": (8, 2, False)}  # p, seed, after
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +161,7 @@ def test_prefixes_load_and_unload_without_compiling(engine, loaded, prefixes):
     model, _ = loaded
     before = engine.stats()
     assert before.compilations > 0 and before.compilations_after_warmup == 0
-    extra = random_prefix(model, 6, True, seed=5)
+    extra = random_prefix(model, 6, seed=5, after=True)
     info = engine.load_prefix("extra", extra)
     assert (
         info.length == 6
@@ -194,7 +180,7 @@ def test_prefixes_load_and_unload_without_compiling(engine, loaded, prefixes):
     with pytest.raises(UnknownPrefixError, match="'full'.*loaded prefixes: 'short', 'peft'"):
         engine.submit([1, 2], SamplingParams(), prefix="full")
     with pytest.raises(PrefixLoadError, match="length 9; the table holds at most 8"):
-        engine.load_prefix("long", random_prefix(model, 9, False, seed=6))
+        engine.load_prefix("long", random_prefix(model, 9, seed=6))
     engine.load_prefix("again", prefixes["full"])  # reuses the freed entry
     mixed = [
         ("extra", SamplingParams(max_tokens=5)),
@@ -306,7 +292,7 @@ def test_sharded_engine_equals_one_device(tiny, engine, loaded, prefixes):
 def test_smollm2_greedy_equals_each_request_alone(smollm2):
     """The real model: three prefixes' conventions and the base model, joining mid-flight."""
     model, tokenizer = smollm2
-    prefixes = {"e2e": random_prefix(model, 5, True, 0), "dart": random_prefix(model, 10, False, 1)}
+    prefixes = {"e2e": random_prefix(model, 5, 0, after=True), "dart": random_prefix(model, 10, 1)}
     engine = Engine(
         model,
         tokenizer,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import byte_tokenizer
+from conftest import byte_tokenizer, random_prefix, save_tiny_byte_llama
 
 from prefix_jax.cli.serve import main
 from prefix_jax.data.tokens import left_pad, pad_id_of
 from prefix_jax.infer.decode import beam_search, greedy
 from prefix_jax.methods.prefix import artifact as export
 from prefix_jax.methods.prefix.artifact import ExportedPrefix, PrefixMismatchError
-from prefix_jax.models import load, model_identity
+from prefix_jax.models import load
 from prefix_jax.serve.batch import Server
 from prefix_jax.serve.engine import Engine
 from prefix_jax.serve.prefix_bank import PrefixRegistry, UnknownTaskError
@@ -41,26 +41,7 @@ N_NEW = 6
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny Llama (vocab 260 >= the byte tokenizer's 257) and its tokenizer, one dir."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=260,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-    )
-    path = tmp_path_factory.mktemp("serve") / "tiny_llama"
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_byte_llama(tmp_path_factory.mktemp("serve") / "tiny_llama", byte_tokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +63,6 @@ def engine(loaded):
         prefix_max_length=8,
         buckets=(32,),
         beam_sizes=(3,),
-    )
-
-
-def random_prefix(model, length: int, seed: int, after: bool = False, **training):
-    c = model.config
-    table = np.random.default_rng(seed).normal(size=(length, 2 * c.num_layers * c.kv_dim))
-    return ExportedPrefix(
-        table=table.astype(np.float32),
-        num_layers=c.num_layers,
-        num_kv_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        positions_after_prefix=after,
-        model=model_identity(model),
-        training=training,
     )
 
 
@@ -161,7 +128,7 @@ def test_mixed_batch_equals_each_row_alone(loaded, engine, beam_size):
 def test_position_conventions_share_steps(loaded, engine, tmp_path):
     """A PEFT adapter (positions after the prefix) and one of ours (from zero) together."""
     model, tokenizer = loaded
-    ours = random_prefix(model, 3, seed=10, after=False, config={"data": {"separator": " => "}})
+    ours = random_prefix(model, 3, seed=10, separator=" => ")
     peft = random_prefix(model, 5, seed=11, after=True)
     export.save(ours, tmp_path / "ours")
     export.save_peft(peft, tmp_path / "peft")

@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from conftest import byte_tokenizer
+from conftest import byte_tokenizer, random_prefix, save_tiny_byte_llama
 
 from prefix_jax.data.tokens import left_pad, plain_ids, separator_ids
 from prefix_jax.infer.decode import greedy
 from prefix_jax.methods.prefix import artifact
-from prefix_jax.methods.prefix.artifact import ExportedPrefix
-from prefix_jax.models import load, model_identity
+from prefix_jax.models import load
 
 REPO = Path(__file__).parents[1]
 EOS = 256
@@ -53,21 +52,6 @@ def _tokenizer():
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHAT_TEMPLATE
     return tok
-
-
-def _prefix(model, length: int, seed: int, after: bool, separator: str | None = None):
-    c = model.config
-    table = np.random.default_rng(seed).normal(size=(length, 2 * c.num_layers * c.kv_dim))
-    training = {} if separator is None else {"config": {"data": {"separator": separator}}}
-    return ExportedPrefix(
-        table=table.astype(np.float32),
-        num_layers=c.num_layers,
-        num_kv_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        positions_after_prefix=after,
-        model=model_identity(model),
-        training=training,
-    )
 
 
 def _start(args: list[str], log: Path):
@@ -103,31 +87,14 @@ def _ready(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
 def setup(tmp_path_factory):
     """The model directory, prefixes on disk (served, loadable, outside the root), and two
     live servers: `main` (prefixes, --api-key, --prefix-root) and `bare` (neither)."""
-    import torch
-    import transformers
-
     root = tmp_path_factory.mktemp("server")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=260,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-    )
-    model_dir = root / "tiny"
-    transformers.LlamaForCausalLM(config).save_pretrained(model_dir)
-    _tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_byte_llama(root / "tiny", _tokenizer())
     model, tokenizer = load(str(model_dir))
 
     prefixes = {
-        "ours": _prefix(model, 3, seed=1, after=False, separator=" => "),
-        "peft": _prefix(model, 5, seed=2, after=True),
-        "extra": _prefix(model, 4, seed=3, after=False),
+        "ours": random_prefix(model, 3, seed=1, separator=" => "),
+        "peft": random_prefix(model, 5, seed=2, after=True),
+        "extra": random_prefix(model, 4, seed=3),
     }
     artifact.save(prefixes["ours"], root / "ours")
     artifact.save_peft(prefixes["peft"], root / "peft")
